@@ -1,0 +1,165 @@
+//! Signing in and out, the signed-in user, and changing one's password.
+
+use leptos::prelude::*;
+use leptos_router::hooks::use_query_map;
+use serde::{Deserialize, Serialize};
+
+use crate::error::AppError;
+use crate::forms::{FieldError, FormError};
+
+/// The signed-in user, as the UI needs it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Me {
+    pub id: String,
+    pub username: String,
+    pub display_name: String,
+    pub is_admin: bool,
+}
+
+/// Only same-site paths are accepted as a place to go after sign-in, so a crafted
+/// link cannot bounce a user to another site.
+pub fn safe_next(next: Option<&str>) -> String {
+    match next {
+        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path.to_string(),
+        _ => "/".to_string(),
+    }
+}
+
+/// The signed-in user.
+#[server]
+pub async fn get_me() -> Result<Me, AppError> {
+    let principal = crate::context::principal()?;
+    let user = principal.user;
+    Ok(Me { is_admin: user.is_admin(), id: user.id, username: user.username, display_name: user.display_name })
+}
+
+/// Signs in with a username and password, then goes to `next`.
+#[server]
+pub async fn sign_in(username: String, password: String, next: Option<String>) -> Result<(), AppError> {
+    use crate::context::{client_ip, db, session};
+    let (db, session) = (db()?, session()?);
+    atelier_core::sessions::sign_in(&db, &session, &username, &password, client_ip().as_deref()).await?;
+    leptos_axum::redirect(&safe_next(next.as_deref()));
+    Ok(())
+}
+
+/// Ends the browser session.
+#[server]
+pub async fn sign_out() -> Result<(), AppError> {
+    let session = crate::context::session()?;
+    atelier_core::sessions::sign_out(&session).await?;
+    leptos_axum::redirect("/login");
+    Ok(())
+}
+
+/// Changes the signed-in user's password; other sessions of the user end.
+#[server]
+pub async fn change_password(
+    current_password: String,
+    new_password: String,
+    confirm_password: String,
+) -> Result<(), AppError> {
+    use atelier_core::authz::{Action, Resource};
+    use atelier_core::CoreError;
+    let principal = crate::context::principal()?;
+    crate::context::authorize(Action::ChangePassword, &Resource::user(&principal.user.username))?;
+    if new_password != confirm_password {
+        return Err(CoreError::invalid("confirm_password", "the two new passwords differ").into());
+    }
+    let session = crate::context::session()?;
+    let keep = session.id().map(|id| id.to_string());
+    atelier_core::accounts::change_password(
+        &crate::context::db()?,
+        &principal.user,
+        &current_password,
+        &new_password,
+        keep.as_deref(),
+    )
+    .await?;
+    Ok(())
+}
+
+/// The sign-in page: the only page a signed-out visitor sees.
+#[component]
+pub fn LoginPage() -> impl IntoView {
+    let action = ServerAction::<SignIn>::new();
+    let query = use_query_map();
+    let next = move || query.read().get("next").unwrap_or_default();
+    let show_password = RwSignal::new(false);
+    let error = Signal::derive(move || action.value().get().and_then(Result::err));
+
+    view! {
+        <main class="login">
+            <section class="login-card">
+                <h1 class="brand">"Atelier"</h1>
+                <p class="muted">"Sign in to your studio"</p>
+                <ActionForm action=action>
+                    <input type="hidden" name="next" prop:value=next/>
+                    <label for="username">"Username"</label>
+                    <input id="username" name="username" type="text" autocomplete="username" required autofocus/>
+                    <label for="password">"Password"</label>
+                    <div class="password-row">
+                        <input
+                            id="password"
+                            name="password"
+                            type=move || if show_password.get() { "text" } else { "password" }
+                            autocomplete="current-password"
+                            required
+                        />
+                        <button
+                            type="button"
+                            class="secondary"
+                            aria-label="Show password"
+                            on:click=move |_| show_password.update(|s| *s = !*s)
+                        >
+                            {move || if show_password.get() { "Hide" } else { "Show" }}
+                        </button>
+                    </div>
+                    <FormError error/>
+                    <button type="submit" class="primary" disabled=move || action.pending().get()>
+                        {move || if action.pending().get() { "Signing in…" } else { "Sign in" }}
+                    </button>
+                </ActionForm>
+            </section>
+        </main>
+    }
+}
+
+/// The sign-out button of the top bar.
+#[component]
+pub fn SignOutButton() -> impl IntoView {
+    let action = ServerAction::<SignOut>::new();
+    view! {
+        <ActionForm action=action attr:class="inline">
+            <button type="submit" class="secondary">"Sign out"</button>
+        </ActionForm>
+    }
+}
+
+/// Account > Password.
+#[component]
+pub fn PasswordPage() -> impl IntoView {
+    let action = ServerAction::<ChangePassword>::new();
+    let error = Signal::derive(move || action.value().get().and_then(Result::err));
+    let done = move || matches!(action.value().get(), Some(Ok(())));
+
+    view! {
+        <h1>"Change password"</h1>
+        <ActionForm action=action attr:class="card form">
+            <label for="current_password">"Current password"</label>
+            <input id="current_password" name="current_password" type="password" autocomplete="current-password" required/>
+            <FieldError error field="current_password"/>
+            <label for="new_password">"New password"</label>
+            <input id="new_password" name="new_password" type="password" autocomplete="new-password" required minlength="8"/>
+            <FieldError error field="new_password"/>
+            <label for="confirm_password">"Repeat new password"</label>
+            <input id="confirm_password" name="confirm_password" type="password" autocomplete="new-password" required/>
+            <FieldError error field="confirm_password"/>
+            <FormError error/>
+            <Show when=done>
+                <p class="success" role="status">"Password changed. Your other sessions were signed out."</p>
+            </Show>
+            <button type="submit" class="primary" disabled=move || action.pending().get()>"Change password"</button>
+        </ActionForm>
+    }
+}

@@ -1,0 +1,51 @@
+//! Server-side access to what the request carries: the database, the authenticated
+//! principal, the browser session and the client address. The server's middleware
+//! puts these in the request; leptos_axum hands the request parts to every server
+//! function and page render.
+
+use atelier_core::authz::{self, Action, Principal, Resource};
+use atelier_core::db::Db;
+use atelier_core::sessions::ClientIp;
+use http::request::Parts;
+use leptos::prelude::*;
+
+use crate::error::{AppError, ErrorKind};
+
+fn parts() -> Result<Parts, AppError> {
+    use_context::<Parts>().ok_or_else(|| AppError::new(ErrorKind::Internal, "request context missing"))
+}
+
+/// The database pool.
+pub fn db() -> Result<Db, AppError> {
+    use_context::<Db>().ok_or_else(|| AppError::new(ErrorKind::Internal, "database context missing"))
+}
+
+/// The authenticated principal, or an `Unauthenticated` error.
+pub fn principal() -> Result<Principal, AppError> {
+    parts()?
+        .extensions
+        .get::<Principal>()
+        .cloned()
+        .ok_or_else(|| AppError::new(ErrorKind::Unauthenticated, "You are not signed in."))
+}
+
+/// The principal, once allowed to perform `action` on `resource`.
+pub fn authorize(action: Action, resource: &Resource) -> Result<Principal, AppError> {
+    let principal = principal()?;
+    authz::authorize(&principal, action, resource)?;
+    Ok(principal)
+}
+
+/// The browser session of this request.
+pub fn session() -> Result<tower_sessions::Session, AppError> {
+    parts()?
+        .extensions
+        .get::<tower_sessions::Session>()
+        .cloned()
+        .ok_or_else(|| AppError::new(ErrorKind::Internal, "session context missing"))
+}
+
+/// The client's address, as the server determined it.
+pub fn client_ip() -> Option<String> {
+    parts().ok()?.extensions.get::<ClientIp>().map(|ip| ip.0.clone())
+}

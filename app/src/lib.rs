@@ -1,0 +1,161 @@
+//! Atelier's user interface: pages, components and the server functions behind them.
+//!
+//! Built twice: with `ssr` into the server (rendering pages, running server functions)
+//! and with `hydrate` into the browser bundle that makes those pages interactive.
+
+pub mod auth;
+#[cfg(feature = "ssr")]
+pub mod context;
+pub mod error;
+pub mod format;
+pub mod forms;
+pub mod tokens;
+pub mod users;
+
+use leptos::prelude::*;
+use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
+use leptos_router::components::{Outlet, ParentRoute, Route, Router, Routes, A};
+use leptos_router::path;
+
+use crate::auth::{get_me, LoginPage, PasswordPage, SignOutButton};
+use crate::tokens::TokensPage;
+use crate::users::UsersPage;
+
+/// Name of the JS/WASM/CSS bundle under `/pkg/`.
+pub const BUNDLE_NAME: &str = "atelier";
+
+/// The HTML document around the app.
+pub fn shell(options: LeptosOptions) -> impl IntoView {
+    view! {
+        <!DOCTYPE html>
+        <html lang="en">
+            <head>
+                <meta charset="utf-8"/>
+                <meta name="viewport" content="width=device-width, initial-scale=1"/>
+                <link rel="icon" href="data:,"/>
+                <HydrationScripts options/>
+                <MetaTags/>
+            </head>
+            <body>
+                <App/>
+            </body>
+        </html>
+    }
+}
+
+/// The root component: routes and the document-wide bits.
+#[component]
+pub fn App() -> impl IntoView {
+    provide_meta_context();
+    // Effects run only in the browser, so this marks the moment the page became
+    // interactive; browser tests wait for it before they click.
+    Effect::new(move |_| {
+        if let Some(body) = document().body() {
+            let _ = body.set_attribute("data-hydrated", "true");
+        }
+    });
+
+    view! {
+        <Stylesheet id="leptos" href=format!("/pkg/{BUNDLE_NAME}.css")/>
+        <Title text="Atelier"/>
+        <Router>
+            <Routes fallback=NotFound>
+                <Route path=path!("/login") view=LoginPage/>
+                <ParentRoute path=path!("") view=AppShell>
+                    <Route path=path!("") view=HomePage/>
+                    <Route path=path!("account/password") view=PasswordPage/>
+                    <Route path=path!("account/tokens") view=TokensPage/>
+                    <Route path=path!("admin/users") view=UsersPage/>
+                </ParentRoute>
+            </Routes>
+        </Router>
+    }
+}
+
+/// The signed-in user, loaded once by the app shell for every page under it.
+#[derive(Clone, Copy)]
+pub struct CurrentUser(pub Resource<Result<auth::Me, error::AppError>>);
+
+/// The frame of every signed-in page: top bar, navigation, content.
+#[component]
+fn AppShell() -> impl IntoView {
+    let me = Resource::new(|| (), |_| get_me());
+    provide_context(CurrentUser(me));
+    let is_admin = move || me.get().and_then(Result::ok).is_some_and(|m| m.is_admin);
+
+    view! {
+        <header class="topbar">
+            <A href="/" attr:class="brand">"Atelier"</A>
+            <div class="spacer"></div>
+            <Transition fallback=|| ()>
+                {move || Suspend::new(async move {
+                    me.await.ok().map(|m| view! {
+                        <span class="user" data-testid="current-user" title=m.username.clone()>{m.display_name}</span>
+                    })
+                })}
+            </Transition>
+            <SignOutButton/>
+        </header>
+        <div class="layout">
+            <nav class="sidebar" aria-label="Main">
+                <A href="/" exact=true>"Home"</A>
+                <p class="nav-heading">"Account"</p>
+                <A href="/account/password">"Password"</A>
+                <A href="/account/tokens">"API tokens"</A>
+                <Transition fallback=|| ()>
+                    <Show when=is_admin>
+                        <p class="nav-heading">"Admin"</p>
+                        <A href="/admin/users">"Users"</A>
+                    </Show>
+                </Transition>
+            </nav>
+            <main class="content">
+                <Outlet/>
+            </main>
+        </div>
+    }
+}
+
+/// The landing page after sign-in.
+#[component]
+fn HomePage() -> impl IntoView {
+    let CurrentUser(me) = expect_context::<CurrentUser>();
+    let clicks = RwSignal::new(0u32);
+    view! {
+        <Title text="Home · Atelier"/>
+        <Transition fallback=|| view! { <h1>"Welcome"</h1> }>
+            {move || Suspend::new(async move {
+                let name = me.await.map(|m| m.display_name).unwrap_or_default();
+                view! { <h1>"Welcome, " {name}</h1> }
+            })}
+        </Transition>
+        <p class="muted">
+            "Atelier is your team's ML studio: datasets, labeling, training, the model registry, endpoints and notebooks. "
+            "The areas appear in the navigation as they arrive."
+        </p>
+        <section class="card">
+            <h2>"Get started"</h2>
+            <ul>
+                <li><A href="/account/tokens">"Create an API token"</A>" to script Atelier through "<code>"/api/v1/"</code>"."</li>
+                <li>"The REST API is described at "<a href="/api/v1/openapi.json">"/api/v1/openapi.json"</a>"."</li>
+            </ul>
+            <button type="button" class="secondary" data-testid="hello" on:click=move |_| clicks.update(|n| *n += 1)>
+                {move || match clicks.get() { 0 => "Say hello".to_string(), n => format!("Hello ×{n}") }}
+            </button>
+        </section>
+    }
+}
+
+#[component]
+fn NotFound() -> impl IntoView {
+    #[cfg(feature = "ssr")]
+    if let Some(response) = use_context::<leptos_axum::ResponseOptions>() {
+        response.set_status(http::StatusCode::NOT_FOUND);
+    }
+    view! {
+        <main class="content">
+            <h1>"Page not found"</h1>
+            <p><A href="/">"Back to the studio"</A></p>
+        </main>
+    }
+}

@@ -1,0 +1,20 @@
+//! Atelier's control-plane core: everything the server decides that is not HTTP or UI.
+//!
+//! The `server` crate (REST API, middleware) and the `app` crate's server functions both
+//! call into these modules, so a rule such as "deactivated users cannot act" or "who may
+//! create a token for whom" is written once.
+
+pub mod accounts;
+pub mod authz;
+pub mod db;
+pub mod error;
+pub mod sessions;
+pub mod throttle;
+pub mod tokens;
+
+pub use error::{CoreError, CoreResult};
+
+/// Seconds since the Unix epoch: the one time representation stored in the database.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}

@@ -1,0 +1,98 @@
+//! `/api/v1/tokens`: the caller's API tokens.
+
+use atelier_core::authz::{authorize, Action, Resource};
+use atelier_core::tokens::{self, ApiToken};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::{ApiError, ErrorBody};
+use super::{ApiJson, Auth};
+use crate::state::AppState;
+
+/// An API token, without its secret.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct TokenDto {
+    pub id: String,
+    pub name: String,
+    /// The first characters of the secret, to tell tokens apart.
+    pub token_prefix: String,
+    pub created_at: i64,
+    pub last_used_at: Option<i64>,
+    pub expires_at: Option<i64>,
+    pub revoked_at: Option<i64>,
+}
+
+impl From<ApiToken> for TokenDto {
+    fn from(t: ApiToken) -> Self {
+        TokenDto {
+            id: t.id,
+            name: t.name,
+            token_prefix: t.token_prefix,
+            created_at: t.created_at,
+            last_used_at: t.last_used_at,
+            expires_at: t.expires_at,
+            revoked_at: t.revoked_at,
+        }
+    }
+}
+
+/// Body of `POST /api/v1/tokens`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct CreateTokenRequest {
+    pub name: String,
+    /// Days until the token expires; omit for no expiry.
+    pub expires_in_days: Option<i64>,
+}
+
+/// A new token. `secret` is shown only in this response.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CreatedTokenDto {
+    pub token: TokenDto,
+    pub secret: String,
+}
+
+/// The caller's tokens, newest first.
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = Vec<TokenDto>)))]
+pub async fn list_tokens(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+) -> Result<Json<Vec<TokenDto>>, ApiError> {
+    authorize(&principal, Action::ListAccessTokens, &Resource::user(&principal.user.username))?;
+    let list = tokens::list(&state.db, &principal.user.id).await?;
+    Ok(Json(list.into_iter().map(TokenDto::from).collect()))
+}
+
+/// Creates a token acting as the caller.
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateTokenRequest,
+    responses((status = 201, body = CreatedTokenDto), (status = 422, body = ErrorBody)))]
+pub async fn create_token(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    ApiJson(body): ApiJson<CreateTokenRequest>,
+) -> Result<(StatusCode, Json<CreatedTokenDto>), ApiError> {
+    authorize(&principal, Action::CreateAccessToken, &Resource::user(&principal.user.username))?;
+    let created = tokens::create(&state.db, &principal.user, &body.name, body.expires_in_days).await?;
+    Ok((StatusCode::CREATED, Json(CreatedTokenDto { token: created.token.into(), secret: created.secret })))
+}
+
+/// Revokes one of the caller's tokens; it stops working at once.
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens",
+    params(("id" = String, Path, description = "Token id")),
+    responses((status = 204), (status = 404, body = ErrorBody)))]
+pub async fn revoke_token(
+    State(state): State<AppState>,
+    Auth(principal): Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    authorize(&principal, Action::DeleteAccessToken, &Resource::user(&principal.user.username))?;
+    tokens::revoke(&state.db, &principal.user.id, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub fn routes() -> Router<AppState> {
+    Router::new().route("/tokens", get(list_tokens).post(create_token)).route("/tokens/{id}", delete(revoke_token))
+}

@@ -1,0 +1,162 @@
+//! The `atelier` command line: `serve` (the default) and administrative commands that
+//! work against the configured database whether or not a server is running.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use atelier_core::accounts::{self, AdminBootstrap};
+use atelier_core::db::Db;
+use atelier_core::sessions::SqlSessionStore;
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::state::AppState;
+
+/// Atelier: a self-hosted ML studio.
+#[derive(Debug, Parser)]
+#[command(name = "atelier", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub config: Config,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the studio server (the default).
+    Serve,
+    /// Manage API tokens.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create an API token for a user and print it (shown only once).
+    Create {
+        /// The user the token acts as.
+        #[arg(long)]
+        user: String,
+        /// A label to recognise the token by.
+        #[arg(long)]
+        name: String,
+        /// Days until it expires (default: never).
+        #[arg(long)]
+        expires_in_days: Option<i64>,
+    },
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.config.log_format);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command.unwrap_or(Command::Serve) {
+            Command::Serve => serve(cli.config).await,
+            Command::Token { command: TokenCommand::Create { user, name, expires_in_days } } => {
+                create_token(cli.config, &user, &name, expires_in_days).await
+            }
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Starts the server and runs until Ctrl-C or SIGTERM.
+pub async fn serve(config: Config) -> anyhow::Result<()> {
+    let state = AppState::new(config).await.context("starting up")?;
+    let config = state.config.clone();
+    if let AdminBootstrap::Created { password } =
+        accounts::ensure_admin(&state.db, config.admin_password.clone()).await.context("creating the admin account")?
+    {
+        println!("Created the admin account. Sign in as 'admin' with password: {password}");
+        println!("(shown only now; change it under Account > Password)");
+    }
+    if !crate::assets::bundle_present() {
+        tracing::warn!("the browser bundle is missing: pages will not be interactive (build with `cargo xtask build`)");
+    }
+    spawn_session_cleanup(state.db.clone());
+    let listener =
+        tokio::net::TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
+    let url =
+        config.public_url.clone().unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(config.addr)));
+    println!("Atelier is running at {url}");
+    let app = crate::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    Ok(())
+}
+
+fn spawn_session_cleanup(db: Db) {
+    tokio::spawn(async move {
+        let store = SqlSessionStore::new(db);
+        let mut tick = tokio::time::interval(Duration::from_secs(600));
+        loop {
+            tick.tick().await;
+            match store.delete_expired().await {
+                Ok(n) if n > 0 => tracing::info!(deleted = n, "expired sessions removed"),
+                Ok(_) => {}
+                Err(err) => tracing::warn!(error = %err, "session cleanup failed"),
+            }
+        }
+    });
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down");
+}
+
+async fn create_token(config: Config, username: &str, name: &str, expires_in_days: Option<i64>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let db = Db::connect(&config.database_url()).await.context("opening the database")?;
+    let user =
+        accounts::find_by_username(&db, username).await?.with_context(|| format!("no user named '{username}'"))?;
+    anyhow::ensure!(user.is_active(), "user '{}' is deactivated", user.username);
+    let created = atelier_core::tokens::create(&db, &user, name, expires_in_days).await?;
+    println!("{}", created.secret);
+    Ok(())
+}

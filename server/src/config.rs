@@ -1,0 +1,91 @@
+//! Every setting of the server, in one place. Each has a command-line flag and an
+//! environment variable; `atelier --help` lists them with their defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Server settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Directory for the embedded database and local artifacts.
+    #[arg(long, env = "ATELIER_DATA_DIR", default_value = "./data", global = true)]
+    pub data_dir: PathBuf,
+
+    /// Address to listen on.
+    #[arg(long, env = "ATELIER_ADDR", default_value = "127.0.0.1:3000", global = true)]
+    pub addr: SocketAddr,
+
+    /// Database URL: `sqlite://PATH` or `postgres://USER@HOST/DB`.
+    /// Default: SQLite at DATA_DIR/atelier.db.
+    #[arg(long, env = "DATABASE_URL", global = true)]
+    pub database_url: Option<String>,
+
+    /// Password for the `admin` account created on first start (default: random, printed once).
+    #[arg(long, env = "ATELIER_ADMIN_PASSWORD", hide_env_values = true, global = true)]
+    pub admin_password: Option<String>,
+
+    /// The URL users reach the studio at. An `https://` URL marks session cookies Secure.
+    #[arg(long, env = "ATELIER_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
+
+    /// A browser session ends after this many seconds without a request.
+    #[arg(long, env = "ATELIER_SESSION_IDLE_TIMEOUT_SECS", default_value_t = 8 * 3600, global = true)]
+    pub session_idle_timeout_secs: i64,
+
+    /// A browser session ends this many seconds after sign-in, active or not.
+    #[arg(long, env = "ATELIER_SESSION_ABSOLUTE_TIMEOUT_SECS", default_value_t = 24 * 3600, global = true)]
+    pub session_absolute_timeout_secs: i64,
+
+    /// Take the client address from `X-Forwarded-For` (only behind a trusted reverse proxy).
+    #[arg(long, env = "ATELIER_TRUST_PROXY_HEADERS", default_value_t = false, global = true)]
+    pub trust_proxy_headers: bool,
+
+    /// Largest request body accepted, in bytes.
+    #[arg(long, env = "ATELIER_MAX_BODY_BYTES", default_value_t = 16 * 1024 * 1024, global = true)]
+    pub max_body_bytes: usize,
+
+    /// Requests taking longer than this many seconds are answered 408.
+    #[arg(long, env = "ATELIER_REQUEST_TIMEOUT_SECS", default_value_t = 60, global = true)]
+    pub request_timeout_secs: u64,
+
+    /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
+    #[arg(long, env = "ATELIER_LOG_FORMAT", default_value = "text", global = true)]
+    pub log_format: String,
+}
+
+impl Config {
+    /// The database URL, defaulting to SQLite inside the data directory.
+    pub fn database_url(&self) -> String {
+        match &self.database_url {
+            Some(url) if !url.is_empty() => url.clone(),
+            _ => format!("sqlite://{}?mode=rwc", self.data_dir.join("atelier.db").display()),
+        }
+    }
+
+    /// Whether cookies must carry the Secure flag.
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.as_deref().is_some_and(|u| u.starts_with("https://"))
+    }
+
+    /// The URL to print for users.
+    pub fn display_url(&self) -> String {
+        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.addr))
+    }
+
+    /// Settings for tests and tools: defaults with the given data directory and database.
+    pub fn for_data_dir(data_dir: PathBuf, database_url: Option<String>) -> Config {
+        Config {
+            data_dir,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            database_url,
+            admin_password: None,
+            public_url: None,
+            session_idle_timeout_secs: 8 * 3600,
+            session_absolute_timeout_secs: 24 * 3600,
+            trust_proxy_headers: false,
+            max_body_bytes: 16 * 1024 * 1024,
+            request_timeout_secs: 60,
+            log_format: "text".into(),
+        }
+    }
+}

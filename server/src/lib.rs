@@ -1,0 +1,15 @@
+//! The Atelier server: configuration, startup, HTTP routing, middleware and the REST API.
+//! Domain rules live in `atelier-core`; pages and server functions in `app`.
+
+pub mod api;
+pub mod assets;
+pub mod cli;
+pub mod config;
+pub mod health;
+pub mod metrics;
+pub mod middleware;
+pub mod router;
+pub mod state;
+
+pub use router::app;
+pub use state::AppState;

@@ -1,0 +1,91 @@
+//! The HTTP surface in one place: routes, then the middleware stack around them.
+
+use std::time::Duration;
+
+use app::{shell, App};
+use atelier_core::sessions::SqlSessionStore;
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use leptos::prelude::provide_context;
+use leptos_axum::{generate_route_list, LeptosRoutes};
+use tower_http::compression::CompressionLayer;
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+use tower_sessions::cookie::{time, SameSite};
+use tower_sessions::{Expiry, SessionManagerLayer};
+
+use crate::api::error::ApiError;
+use crate::state::AppState;
+use crate::{api, assets, health, metrics, middleware};
+
+/// Builds the complete application router.
+pub fn app(state: AppState) -> Router {
+    let db = state.db.clone();
+    let leptos_context = move || provide_context(db.clone());
+    let options = state.leptos_options.clone();
+    let render_page = leptos_axum::render_app_to_stream_with_context(leptos_context.clone(), {
+        let options = options.clone();
+        move || shell(options.clone())
+    });
+    let fallback = move |request: Request| {
+        let render_page = render_page.clone();
+        async move {
+            if request.uri().path().starts_with("/api/") {
+                return ApiError(atelier_core::CoreError::NotFound("API route")).into_response();
+            }
+            not_found_status(render_page(request).await)
+        }
+    };
+
+    let sessions = SessionManagerLayer::new(SqlSessionStore::new(state.db.clone()))
+        .with_name("atelier_session")
+        .with_http_only(true)
+        .with_same_site(SameSite::Lax)
+        .with_secure(state.config.secure_cookies())
+        .with_expiry(Expiry::OnInactivity(time::Duration::seconds(state.config.session_idle_timeout_secs)));
+
+    let sensitive = std::sync::Arc::from([header::AUTHORIZATION, header::COOKIE]);
+    let timeout = Duration::from_secs(state.config.request_timeout_secs);
+
+    // Layers run outermost-last: metrics see every request, then request ids and
+    // tracing, limits, compression, the session, CSRF and finally authentication.
+    // Each layer is added on its own so that every one receives axum's body type.
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(metrics::serve))
+        .route("/pkg/{*path}", get(assets::serve))
+        .nest("/api/v1", api::router())
+        .leptos_routes_with_context(&state, generate_route_list(App), leptos_context, move || shell(options.clone()))
+        .fallback(fallback)
+        .layer(from_fn_with_state(state.clone(), middleware::authenticate))
+        .layer(from_fn(middleware::csrf_protect))
+        .layer(sessions)
+        .layer(CompressionLayer::new())
+        .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
+        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
+            let id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok());
+            tracing::info_span!("request", id, method = %request.method(), path = %request.uri().path())
+        }))
+        .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+        .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
+        .layer(from_fn_with_state(state.clone(), metrics::track))
+        .with_state(state)
+}
+
+/// Pages the router does not know render the app's "not found" view with status 404.
+fn not_found_status(mut response: Response) -> Response {
+    if response.status() == StatusCode::OK {
+        *response.status_mut() = StatusCode::NOT_FOUND;
+    }
+    response
+}

@@ -1,0 +1,37 @@
+//! Shared state handed to every handler. Everything a second replica would need lives
+//! in the database, so this holds only handles and settings.
+
+use std::sync::Arc;
+
+use atelier_core::db::Db;
+use axum::extract::FromRef;
+use leptos::prelude::LeptosOptions;
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+
+/// Handles and settings shared by all requests. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub config: Arc<Config>,
+    pub leptos_options: LeptosOptions,
+    pub metrics: Arc<Metrics>,
+}
+
+impl AppState {
+    /// Connects to the database (running migrations) and prepares the state.
+    pub async fn new(config: Config) -> anyhow::Result<AppState> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let db = Db::connect(&config.database_url()).await?;
+        let leptos_options =
+            LeptosOptions::builder().output_name(app::BUNDLE_NAME).site_pkg_dir("pkg").site_addr(config.addr).build();
+        Ok(AppState { db, config: Arc::new(config), leptos_options, metrics: Arc::new(Metrics::default()) })
+    }
+}
+
+impl FromRef<AppState> for LeptosOptions {
+    fn from_ref(state: &AppState) -> Self {
+        state.leptos_options.clone()
+    }
+}

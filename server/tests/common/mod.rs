@@ -1,0 +1,203 @@
+//! Test harness: a real router over a real, fresh database per test, driven without a
+//! socket. SQLite by default; PostgreSQL when `ATELIER_TEST_POSTGRES_URL` is set (a
+//! new database is created on that server for each test).
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+
+use atelier_core::accounts::{self, NewUser, User};
+use atelier_server::config::Config;
+use atelier_server::AppState;
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use axum::Router;
+use http_body_util::BodyExt;
+use leptos::server_fn::ServerFn;
+use serde_json::Value;
+use sqlx::Connection;
+use tower::ServiceExt;
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct TestApp {
+    pub state: AppState,
+    pub router: Router,
+    data_dir: PathBuf,
+}
+
+/// A response, read in full.
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: axum::http::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or(Value::Null)
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+    /// The `name=value` of the session cookie this response sets.
+    pub fn session_cookie(&self) -> Option<String> {
+        self.headers
+            .get_all(header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("atelier_session="))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_string)
+    }
+}
+
+/// Which database the tests run against.
+pub fn postgres_admin_url() -> Option<String> {
+    std::env::var("ATELIER_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty())
+}
+
+async fn fresh_database_url() -> Option<String> {
+    let admin = postgres_admin_url()?;
+    let name = format!("atelier_t_{}", uuid::Uuid::new_v4().simple());
+    sqlx::any::install_default_drivers();
+    let mut conn = sqlx::AnyConnection::connect(&admin).await.expect("connect to the test PostgreSQL server");
+    sqlx::query(&format!("CREATE DATABASE {name}")).execute(&mut conn).await.expect("create test database");
+    let base = admin.split('?').next().unwrap_or(&admin);
+    let base = base.rsplit_once('/').map(|(b, _)| b).unwrap_or(base);
+    Some(format!("{base}/{name}"))
+}
+
+impl TestApp {
+    pub async fn new() -> TestApp {
+        TestApp::with_config(|_| {}).await
+    }
+
+    /// A test app whose settings `adjust` may change.
+    pub async fn with_config(adjust: impl FnOnce(&mut Config)) -> TestApp {
+        let data_dir = std::env::temp_dir().join(format!("atelier-test-{}", uuid::Uuid::new_v4().simple()));
+        let database_url = fresh_database_url().await;
+        let mut config = Config::for_data_dir(data_dir.clone(), database_url);
+        adjust(&mut config);
+        let state = AppState::new(config).await.expect("app state");
+        let router = atelier_server::app(state.clone());
+        TestApp { state, router, data_dir }
+    }
+
+    /// The database URL this app uses (for running the CLI against it).
+    pub fn database_url(&self) -> String {
+        self.state.config.database_url()
+    }
+
+    pub async fn create_user(&self, username: &str, admin: bool) -> User {
+        accounts::create_user(
+            &self.state.db,
+            NewUser {
+                username: username.into(),
+                display_name: String::new(),
+                password: PASSWORD.into(),
+                is_admin: admin,
+            },
+        )
+        .await
+        .expect("create user")
+    }
+
+    /// Sends a request through the whole router.
+    pub async fn send(&self, request: Request<Body>) -> TestResponse {
+        let response = self.router.clone().oneshot(request).await.expect("router is infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+        TestResponse { status, headers, body }
+    }
+
+    /// `method path` with optional cookie / bearer token and JSON body.
+    pub async fn call(&self, method: Method, path: &str, auth: Auth<'_>, json: Option<Value>) -> TestResponse {
+        let mut builder = Request::builder().method(method).uri(path);
+        builder = auth.apply(builder);
+        let body = match json {
+            Some(v) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(builder.body(body).expect("request")).await
+    }
+
+    /// Posts the sign-in form the way the browser's server function call does.
+    pub async fn sign_in_response(&self, username: &str, password: &str, auth: Auth<'_>) -> TestResponse {
+        self.server_fn(
+            <app::auth::SignIn as ServerFn>::PATH,
+            &[("username", username), ("password", password)],
+            auth,
+            &[],
+        )
+        .await
+    }
+
+    /// Signs in and returns the session cookie.
+    pub async fn sign_in(&self, username: &str, password: &str) -> String {
+        let response = self.sign_in_response(username, password, Auth::None).await;
+        assert_eq!(response.status, StatusCode::OK, "sign-in failed: {}", response.text());
+        response.session_cookie().expect("session cookie")
+    }
+
+    /// Calls a server function with form fields and extra headers.
+    pub async fn server_fn(
+        &self,
+        path: &str,
+        fields: &[(&str, &str)],
+        auth: Auth<'_>,
+        extra_headers: &[(&str, &str)],
+    ) -> TestResponse {
+        let body = fields.iter().map(|(k, v)| format!("{k}={}", urlencode(v))).collect::<Vec<_>>().join("&");
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json");
+        for (k, v) in extra_headers {
+            builder = builder.header(*k, *v);
+        }
+        builder = auth.apply(builder);
+        self.send(builder.body(Body::from(body)).expect("request")).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.data_dir);
+    }
+}
+
+/// How a test request authenticates.
+#[derive(Clone, Copy)]
+pub enum Auth<'a> {
+    None,
+    Cookie(&'a str),
+    Bearer(&'a str),
+}
+
+impl Auth<'_> {
+    fn apply(self, builder: axum::http::request::Builder) -> axum::http::request::Builder {
+        match self {
+            Auth::None => builder,
+            Auth::Cookie(c) => builder.header(header::COOKIE, c),
+            Auth::Bearer(t) => builder.header(header::AUTHORIZATION, format!("Bearer {t}")),
+        }
+    }
+}
+
+fn urlencode(raw: &str) -> String {
+    raw.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,92 @@
+//! `cargo xtask bench`: requests/s and latency of the signed-in home page (SSR) and of
+//! `/healthz` under 32 concurrent connections (wrk), and the bundle size. Figures are
+//! printed for the issue note; nothing here asserts a speed.
+
+use std::io::Write;
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::e2e::{http_request, TestServer};
+use crate::util::{exec, on_path, Profile};
+
+pub fn run() -> Result<()> {
+    if !on_path("wrk") {
+        exec(Command::new("apt-get").args(["install", "-y", "-q", "wrk"]))?;
+    }
+    crate::build::run(true)?;
+    let password = "bench-admin-password";
+    let server = TestServer::start(Profile::Release, password)?;
+    let cookie = sign_in(server.addr(), password)?;
+
+    let home = wrk(&server.url, "/", Some(&cookie))?;
+    let health = wrk(&server.url, "/healthz", None)?;
+    let (raw, gzip) = bundle_size()?;
+    println!();
+    println!("| target | requests/s | p50 | p99 |");
+    println!("|---|---|---|---|");
+    println!("| GET / (signed in, SSR) | {} | {} | {} |", home.rps, home.p50, home.p99);
+    println!("| GET /healthz | {} | {} | {} |", health.rps, health.p50, health.p99);
+    println!();
+    println!("WASM bundle: {:.1} KiB raw, {:.1} KiB gzip", raw as f64 / 1024.0, gzip as f64 / 1024.0);
+    Ok(())
+}
+
+/// Signs in through the login form's server function and returns the session cookie.
+fn sign_in(addr: &str, password: &str) -> Result<String> {
+    let page = http_request(addr, &format!("GET /login HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))?;
+    let action = page
+        .split("action=\"")
+        .nth(1)
+        .and_then(|rest| rest.split('"').next())
+        .context("no form action on /login")?
+        .to_string();
+    let body = format!("username=admin&password={password}&next=%2F");
+    let response = http_request(
+        addr,
+        &format!(
+            "POST {action} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        ),
+    )?;
+    let cookie = response
+        .lines()
+        .find_map(|l| l.strip_prefix("set-cookie: ").or_else(|| l.strip_prefix("Set-Cookie: ")))
+        .and_then(|c| c.split(';').next())
+        .context("sign-in returned no session cookie")?;
+    Ok(cookie.to_string())
+}
+
+struct Figures {
+    rps: String,
+    p50: String,
+    p99: String,
+}
+
+fn wrk(base: &str, path: &str, cookie: Option<&str>) -> Result<Figures> {
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t2", "-c32", "-d10s", "--latency"]);
+    if let Some(cookie) = cookie {
+        cmd.args(["-H", &format!("Cookie: {cookie}")]);
+    }
+    cmd.arg(format!("{base}{path}"));
+    let out = cmd.output().context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    println!("--- wrk {path}\n{text}");
+    if text.contains("Non-2xx") {
+        bail!("{path} answered non-2xx responses under load");
+    }
+    let find = |prefix: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(prefix).map(|v| v.trim().to_string()))
+            .unwrap_or_else(|| "?".into())
+    };
+    Ok(Figures { rps: find("Requests/sec:"), p50: find("50%"), p99: find("99%") })
+}
+
+fn bundle_size() -> Result<(usize, usize)> {
+    let wasm = std::fs::read(crate::build::site_pkg_dir().join("atelier_bg.wasm"))?;
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&wasm)?;
+    Ok((wasm.len(), gz.finish()?.len()))
+}

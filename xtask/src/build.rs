@@ -1,0 +1,84 @@
+//! Building the browser bundle and the server.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, Result};
+
+use crate::util::{cargo, exec, on_path, root, server_binary, target_dir, Profile};
+
+/// Where the bundle goes; the server embeds (release) or reads (debug) it from here.
+pub fn site_pkg_dir() -> std::path::PathBuf {
+    root().join("target/site/pkg")
+}
+
+/// The bundle, then the server.
+pub fn run(release: bool) -> Result<()> {
+    let profile = Profile::from_release(release);
+    crate::setup::run(false, release)?;
+    bundle(profile)?;
+    let mut build = cargo();
+    build.args(["build", "-p", "atelier-server", "-p", "atelier-agent"]);
+    if release {
+        build.arg("--release");
+    }
+    exec(&mut build)
+}
+
+/// Builds the release binary and runs `atelier serve` with `args`.
+pub fn start(args: &[String]) -> Result<()> {
+    run(true)?;
+    let mut serve = Command::new(server_binary(Profile::Release));
+    serve.arg("serve").args(args);
+    exec(&mut serve)
+}
+
+/// Compiles the `frontend` crate to WASM and generates its JS glue, plus the CSS.
+pub fn bundle(profile: Profile) -> Result<()> {
+    let (cargo_profile, dir) = match profile {
+        Profile::Dev => ("dev", "debug"),
+        Profile::Release => ("wasm-release", "wasm-release"),
+    };
+    exec(cargo().args([
+        "build",
+        "-p",
+        "frontend",
+        "--lib",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--profile",
+        cargo_profile,
+    ]))?;
+    let wasm = target_dir().join("wasm32-unknown-unknown").join(dir).join("frontend.wasm");
+    let out = site_pkg_dir();
+    std::fs::create_dir_all(&out)?;
+    eprintln!("$ wasm-bindgen --target web --out-name atelier {}", wasm.display());
+    wasm_bindgen_cli_support::Bindgen::new()
+        .input_path(&wasm)
+        .web(true)?
+        .out_name("atelier")
+        .debug(profile == Profile::Dev)
+        .generate(&out)
+        .context("generating the JS bindings")?;
+    if profile == Profile::Release {
+        optimize(&out.join("atelier_bg.wasm"))?;
+    }
+    std::fs::copy(root().join("style/main.css"), out.join("atelier.css")).context("copying style/main.css")?;
+    Ok(())
+}
+
+fn optimize(wasm: &Path) -> Result<()> {
+    if !on_path("wasm-opt") {
+        eprintln!("note: wasm-opt not found; the bundle is not size-optimized (`apt-get install binaryen`)");
+        return Ok(());
+    }
+    exec(
+        Command::new("wasm-opt")
+            .arg("-Oz")
+            .arg("--enable-bulk-memory")
+            .arg("--enable-nontrapping-float-to-int")
+            .arg(wasm)
+            .arg("-o")
+            .arg(wasm),
+    )
+}
