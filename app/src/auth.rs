@@ -163,3 +163,17 @@ pub fn PasswordPage() -> impl IntoView {
         </ActionForm>
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::safe_next;
+
+    #[test]
+    fn next_never_leads_off_site() {
+        assert_eq!(safe_next(Some("//evil.example/x")), "/");
+        assert_eq!(safe_next(Some("https://evil.example")), "/");
+        assert_eq!(safe_next(Some("/\\evil.example")), "/");
+        assert_eq!(safe_next(Some("/account/tokens?x=1")), "/account/tokens?x=1");
+        assert_eq!(safe_next(None), "/");
+    }
+}

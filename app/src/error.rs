@@ -71,8 +71,20 @@ impl From<atelier_core::CoreError> for AppError {
                 (ErrorKind::Internal, StatusCode::INTERNAL_SERVER_ERROR, None)
             }
         };
+        // A form posted without JavaScript (before hydration) must keep leptos'
+        // redirect back to the page, which then shows the error; API-style calls get
+        // the status that says what went wrong.
+        let plain_form_post = leptos::prelude::use_context::<http::request::Parts>().is_some_and(|parts| {
+            parts
+                .headers
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|a| a.contains("text/html"))
+        });
         if let Some(response) = leptos::prelude::use_context::<leptos_axum::ResponseOptions>() {
-            response.set_status(status);
+            if !plain_form_post {
+                response.set_status(status);
+            }
         }
         AppError { kind, message: err.to_string(), field }
     }

@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::AppError;
 use crate::format::format_time;
 use crate::forms::{FieldError, FormError};
+use crate::CurrentUser;
 
 /// A user as the admin page lists it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +74,7 @@ pub fn UsersPage() -> impl IntoView {
     let create = ServerAction::<CreateUser>::new();
     let toggle = ServerAction::<SetUserActive>::new();
     let users = Resource::new(move || (create.version().get(), toggle.version().get()), |_| list_users());
+    let CurrentUser(me) = expect_context::<CurrentUser>();
     let create_error = Signal::derive(move || create.value().get().and_then(Result::err));
     let toggle_error = Signal::derive(move || toggle.value().get().and_then(Result::err));
 
@@ -81,6 +83,7 @@ pub fn UsersPage() -> impl IntoView {
         <FormError error=toggle_error/>
         <Transition fallback=|| view! { <p class="muted">"Loading users…"</p> }>
             {move || Suspend::new(async move {
+                let my_id = me.await.ok().map(|m| m.id).unwrap_or_default();
                 match users.await {
                     Err(e) => view! { <p class="error">{e.message}</p> }.into_any(),
                     Ok(list) => view! {
@@ -89,6 +92,7 @@ pub fn UsersPage() -> impl IntoView {
                             <tbody>
                                 {list.into_iter().map(|u| {
                                     let row_name = u.username.clone();
+                                    let is_me = u.id == my_id;
                                     view! {
                                     <tr data-username=row_name>
                                         <td>{u.username}</td>
@@ -97,13 +101,16 @@ pub fn UsersPage() -> impl IntoView {
                                         <td>{if u.active { "active" } else { "deactivated" }}</td>
                                         <td>{format_time(u.created_at)}</td>
                                         <td>
-                                            <ActionForm action=toggle attr:class="inline">
-                                                <input type="hidden" name="id" value=u.id/>
-                                                <input type="hidden" name="active" value=if u.active { "false" } else { "true" }/>
-                                                <button type="submit" class=if u.active { "danger" } else { "secondary" }>
-                                                    {if u.active { "Deactivate" } else { "Reactivate" }}
-                                                </button>
-                                            </ActionForm>
+                                            // Deactivating yourself is refused anyway; do not offer it.
+                                            {(!is_me).then(|| view! {
+                                                <ActionForm action=toggle attr:class="inline">
+                                                    <input type="hidden" name="id" value=u.id/>
+                                                    <input type="hidden" name="active" value=if u.active { "false" } else { "true" }/>
+                                                    <button type="submit" class=if u.active { "danger" } else { "secondary" }>
+                                                        {if u.active { "Deactivate" } else { "Reactivate" }}
+                                                    </button>
+                                                </ActionForm>
+                                            })}
                                         </td>
                                     </tr>
                                 }}).collect_view()}

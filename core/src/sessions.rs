@@ -45,20 +45,46 @@ fn backend(err: impl std::fmt::Display) -> session_store::Error {
     session_store::Error::Backend(err.to_string())
 }
 
+/// The columns of a record: id, user id, JSON data, expiry.
+fn columns(record: &Record) -> session_store::Result<(String, Option<String>, String, i64)> {
+    let data = serde_json::to_string(&record.data).map_err(|e| session_store::Error::Encode(e.to_string()))?;
+    let user_id = record.data.get(USER_ID).and_then(|v| v.as_str()).map(str::to_string);
+    Ok((record.id.to_string(), user_id, data, record.expiry_date.unix_timestamp()))
+}
+
 #[async_trait]
 impl SessionStore for SqlSessionStore {
+    async fn create(&self, record: &mut Record) -> session_store::Result<()> {
+        // A plain INSERT, so an id collision is detected instead of overwriting
+        // another session; a colliding id is replaced by a fresh one.
+        loop {
+            let (id, user_id, data, expires_at) = columns(record)?;
+            let inserted = sqlx::query("INSERT INTO sessions (id, user_id, data, expires_at) VALUES ($1, $2, $3, $4)")
+                .bind(id)
+                .bind(user_id)
+                .bind(data)
+                .bind(expires_at)
+                .execute(&self.db.pool)
+                .await;
+            match inserted {
+                Ok(_) => return Ok(()),
+                Err(sqlx::Error::Database(err)) if err.is_unique_violation() => record.id = Id::default(),
+                Err(err) => return Err(backend(err)),
+            }
+        }
+    }
+
     async fn save(&self, record: &Record) -> session_store::Result<()> {
-        let data = serde_json::to_string(&record.data).map_err(|e| session_store::Error::Encode(e.to_string()))?;
-        let user_id = record.data.get(USER_ID).and_then(|v| v.as_str());
+        let (id, user_id, data, expires_at) = columns(record)?;
         sqlx::query(
             "INSERT INTO sessions (id, user_id, data, expires_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, data = excluded.data, \
              expires_at = excluded.expires_at",
         )
-        .bind(record.id.to_string())
+        .bind(id)
         .bind(user_id)
         .bind(data)
-        .bind(record.expiry_date.unix_timestamp())
+        .bind(expires_at)
         .execute(&self.db.pool)
         .await
         .map_err(backend)?;

@@ -250,3 +250,25 @@ async fn changing_the_password_ends_other_sessions_but_keeps_this_one() {
     assert_eq!(app.sign_in_response("alice", PASSWORD, Auth::None).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(app.sign_in_response("alice", "another long one", Auth::None).await.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn signing_in_without_javascript_works_and_shows_errors() {
+    let app = TestApp::new().await;
+    app.create_user("alice", false).await;
+    let path = <app::auth::SignIn as ServerFn>::PATH;
+    let browser = [("accept", "text/html"), ("referer", "http://localhost/login?next=/account/tokens")];
+
+    let failed =
+        app.server_fn(path, &[("username", "alice"), ("password", "wrong password")], Auth::None, &browser).await;
+    assert!(failed.status.is_redirection(), "{}", failed.status);
+    let back = failed.header("location").unwrap_or_default();
+    assert!(back.contains("/login?") && back.contains("__err="), "{back}");
+    let page = app.call(Method::GET, back.trim_start_matches("http://localhost"), Auth::None, None).await;
+    assert!(page.text().contains("Incorrect username or password."), "{}", page.text());
+
+    let form = [("username", "alice"), ("password", PASSWORD), ("next", "/account/tokens")];
+    let ok = app.server_fn(path, &form, Auth::None, &browser).await;
+    assert!(ok.status.is_redirection(), "{}", ok.status);
+    assert_eq!(ok.header("location").as_deref(), Some("/account/tokens"));
+    assert!(ok.session_cookie().is_some());
+}

@@ -52,19 +52,38 @@ pub fn bundle(profile: Profile) -> Result<()> {
     let wasm = target_dir().join("wasm32-unknown-unknown").join(dir).join("frontend.wasm");
     let out = site_pkg_dir();
     std::fs::create_dir_all(&out)?;
-    eprintln!("$ wasm-bindgen --target web --out-name atelier {}", wasm.display());
-    wasm_bindgen_cli_support::Bindgen::new()
-        .input_path(&wasm)
-        .web(true)?
-        .out_name("atelier")
-        .debug(profile == Profile::Dev)
-        .generate(&out)
-        .context("generating the JS bindings")?;
-    if profile == Profile::Release {
-        optimize(&out.join("atelier_bg.wasm"))?;
+    // Regenerating rewrites the files, and a release server embeds them, so an
+    // unchanged input must leave the outputs untouched: that keeps a second
+    // `cargo xtask start` to seconds instead of a server rebuild.
+    let stamp = out.join(".source");
+    let source = stamp_of(&wasm, profile)?;
+    if std::fs::read_to_string(&stamp).ok().as_deref() != Some(source.as_str()) || !out.join("atelier_bg.wasm").exists()
+    {
+        eprintln!("$ wasm-bindgen --target web --out-name atelier {}", wasm.display());
+        wasm_bindgen_cli_support::Bindgen::new()
+            .input_path(&wasm)
+            .web(true)?
+            .out_name("atelier")
+            .debug(profile == Profile::Dev)
+            .generate(&out)
+            .context("generating the JS bindings")?;
+        if profile == Profile::Release {
+            optimize(&out.join("atelier_bg.wasm"))?;
+        }
+        std::fs::write(&stamp, source)?;
     }
-    std::fs::copy(root().join("style/main.css"), out.join("atelier.css")).context("copying style/main.css")?;
+    let css = std::fs::read(root().join("style/main.css")).context("reading style/main.css")?;
+    if std::fs::read(out.join("atelier.css")).ok().as_deref() != Some(css.as_slice()) {
+        std::fs::write(out.join("atelier.css"), css)?;
+    }
     Ok(())
+}
+
+/// Identifies a compiled WASM file (size and modification time) and the profile.
+fn stamp_of(wasm: &Path, profile: Profile) -> Result<String> {
+    let meta = std::fs::metadata(wasm).with_context(|| format!("reading {}", wasm.display()))?;
+    let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
+    Ok(format!("{profile:?} {} {modified}", meta.len()))
 }
 
 fn optimize(wasm: &Path) -> Result<()> {
