@@ -7,12 +7,16 @@ use crate::error::AppError;
 use crate::format::format_time;
 use crate::forms::{FieldError, FormError};
 
-/// A token as listed (never the secret).
+/// An API token as its owner sees it, never with the secret. Shared by the page and
+/// the REST API (`/api/v1/tokens`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     pub id: String,
     pub name: String,
+    /// The first characters of the secret, to tell tokens apart.
     pub token_prefix: String,
+    /// Unix seconds, like every time in the API.
     pub created_at: i64,
     pub last_used_at: Option<i64>,
     pub expires_at: Option<i64>,

@@ -8,14 +8,16 @@ use crate::format::format_time;
 use crate::forms::{FieldError, FormError};
 use crate::CurrentUser;
 
-/// A user as the admin page lists it.
+/// A user account as pages and the REST API (`/api/v1/users`) show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
 pub struct UserInfo {
     pub id: String,
     pub username: String,
     pub display_name: String,
     pub is_admin: bool,
     pub active: bool,
+    /// Unix seconds.
     pub created_at: i64,
 }
 

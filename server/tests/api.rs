@@ -283,3 +283,19 @@ async fn the_cli_creates_a_working_token_against_the_same_database() {
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("no user named 'nobody'"));
 }
+
+#[tokio::test]
+async fn sqlite_runs_with_wal_and_foreign_keys() {
+    let app = TestApp::new().await;
+    if app.state.db.backend != atelier_core::db::Backend::Sqlite {
+        return; // PostgreSQL run: nothing SQLite-specific to check.
+    }
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode").fetch_one(&app.state.db.pool).await.expect("pragma");
+    assert_eq!(mode, "wal");
+    let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys").fetch_one(&app.state.db.pool).await.expect("pragma");
+    assert_eq!(fk, 1);
+    let orphan = sqlx::query("INSERT INTO api_tokens (id, user_id, name, token_hash, token_prefix, created_at) VALUES ('t', 'nobody', 'n', 'h', 'p', 0)")
+        .execute(&app.state.db.pool)
+        .await;
+    assert!(orphan.is_err(), "a token for a missing user must be refused");
+}

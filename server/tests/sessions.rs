@@ -272,3 +272,19 @@ async fn signing_in_without_javascript_works_and_shows_errors() {
     assert_eq!(ok.header("location").as_deref(), Some("/account/tokens"));
     assert!(ok.session_cookie().is_some());
 }
+
+#[tokio::test]
+async fn many_failures_from_one_address_throttle_that_address_only() {
+    use atelier_core::throttle::FREE_ATTEMPTS_PER_IP;
+    let app = TestApp::new().await;
+    app.create_user("alice", false).await;
+    // Different usernames each time, so only the address key accumulates.
+    for i in 0..FREE_ATTEMPTS_PER_IP {
+        let r = app.sign_in_from([10, 0, 0, 7], &format!("guess{i}"), "x").await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+    let blocked = app.sign_in_from([10, 0, 0, 7], "alice", PASSWORD).await;
+    assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS);
+    let elsewhere = app.sign_in_from([10, 0, 0, 8], "alice", PASSWORD).await;
+    assert_eq!(elsewhere.status, StatusCode::OK);
+}

@@ -1,43 +1,19 @@
 //! `/api/v1/me` and `/api/v1/users`: the caller's account and user administration.
 
-use atelier_core::accounts::{self, NewUser, User};
+use app::users::UserInfo;
+use atelier_core::accounts::{self, NewUser};
 use atelier_core::authz::{authorize, Action, Credential, Resource};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tower_sessions::Session;
 use utoipa::ToSchema;
 
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, Auth};
 use crate::state::AppState;
-
-/// A user account.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct UserDto {
-    pub id: String,
-    pub username: String,
-    pub display_name: String,
-    pub is_admin: bool,
-    pub active: bool,
-    /// Unix seconds.
-    pub created_at: i64,
-}
-
-impl From<User> for UserDto {
-    fn from(u: User) -> Self {
-        UserDto {
-            is_admin: u.is_admin(),
-            active: u.is_active(),
-            id: u.id,
-            username: u.username,
-            display_name: u.display_name,
-            created_at: u.created_at,
-        }
-    }
-}
 
 /// Body of `PUT /api/v1/me/password`.
 #[derive(Debug, Deserialize, ToSchema)]
@@ -69,8 +45,8 @@ type ApiResult<T> = Result<T, ApiError>;
 
 /// The caller's own account.
 #[utoipa::path(get, path = "/api/v1/me", tag = "accounts",
-    responses((status = 200, body = UserDto), (status = 401, body = ErrorBody)))]
-pub async fn get_me(Auth(principal): Auth) -> ApiResult<Json<UserDto>> {
+    responses((status = 200, body = UserInfo), (status = 401, body = ErrorBody)))]
+pub async fn get_me(Auth(principal): Auth) -> ApiResult<Json<UserInfo>> {
     authorize(&principal, Action::GetUser, &Resource::user(&principal.user.username))?;
     Ok(Json(principal.user.into()))
 }
@@ -96,21 +72,21 @@ pub async fn change_password(
 
 /// All users.
 #[utoipa::path(get, path = "/api/v1/users", tag = "accounts",
-    responses((status = 200, body = Vec<UserDto>), (status = 403, body = ErrorBody)))]
-pub async fn list_users(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<UserDto>>> {
+    responses((status = 200, body = Vec<UserInfo>), (status = 403, body = ErrorBody)))]
+pub async fn list_users(State(state): State<AppState>, Auth(principal): Auth) -> ApiResult<Json<Vec<UserInfo>>> {
     authorize(&principal, Action::ListUsers, &Resource::all_users())?;
     let users = accounts::list_users(&state.db).await?;
-    Ok(Json(users.into_iter().map(UserDto::from).collect()))
+    Ok(Json(users.into_iter().map(UserInfo::from).collect()))
 }
 
 /// Creates a user.
 #[utoipa::path(post, path = "/api/v1/users", tag = "accounts", request_body = CreateUserRequest,
-    responses((status = 201, body = UserDto), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = UserInfo), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_user(
     State(state): State<AppState>,
     Auth(principal): Auth,
     ApiJson(body): ApiJson<CreateUserRequest>,
-) -> ApiResult<(StatusCode, Json<UserDto>)> {
+) -> ApiResult<(StatusCode, Json<UserInfo>)> {
     authorize(&principal, Action::CreateUser, &Resource::all_users())?;
     let user = accounts::create_user(
         &state.db,
@@ -128,12 +104,12 @@ pub async fn create_user(
 /// One user.
 #[utoipa::path(get, path = "/api/v1/users/{id}", tag = "accounts",
     params(("id" = String, Path, description = "User id")),
-    responses((status = 200, body = UserDto), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = UserInfo), (status = 404, body = ErrorBody)))]
 pub async fn get_user(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
-) -> ApiResult<Json<UserDto>> {
+) -> ApiResult<Json<UserInfo>> {
     let user = accounts::get_user(&state.db, &id).await?;
     authorize(&principal, Action::GetUser, &Resource::user(&user.username))?;
     Ok(Json(user.into()))
@@ -142,13 +118,13 @@ pub async fn get_user(
 /// Updates a user (activation).
 #[utoipa::path(patch, path = "/api/v1/users/{id}", tag = "accounts", request_body = UpdateUserRequest,
     params(("id" = String, Path, description = "User id")),
-    responses((status = 200, body = UserDto), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = UserInfo), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn update_user(
     State(state): State<AppState>,
     Auth(principal): Auth,
     Path(id): Path<String>,
     ApiJson(body): ApiJson<UpdateUserRequest>,
-) -> ApiResult<Json<UserDto>> {
+) -> ApiResult<Json<UserInfo>> {
     let user = accounts::get_user(&state.db, &id).await?;
     authorize(&principal, Action::UpdateUser, &Resource::user(&user.username))?;
     let user = match body.active {

@@ -1,7 +1,8 @@
 //! `/api/v1/tokens`: the caller's API tokens.
 
+use app::tokens::TokenInfo;
 use atelier_core::authz::{authorize, Action, Resource};
-use atelier_core::tokens::{self, ApiToken};
+use atelier_core::tokens;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
@@ -13,33 +14,6 @@ use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, Auth};
 use crate::state::AppState;
 
-/// An API token, without its secret.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct TokenDto {
-    pub id: String,
-    pub name: String,
-    /// The first characters of the secret, to tell tokens apart.
-    pub token_prefix: String,
-    pub created_at: i64,
-    pub last_used_at: Option<i64>,
-    pub expires_at: Option<i64>,
-    pub revoked_at: Option<i64>,
-}
-
-impl From<ApiToken> for TokenDto {
-    fn from(t: ApiToken) -> Self {
-        TokenDto {
-            id: t.id,
-            name: t.name,
-            token_prefix: t.token_prefix,
-            created_at: t.created_at,
-            last_used_at: t.last_used_at,
-            expires_at: t.expires_at,
-            revoked_at: t.revoked_at,
-        }
-    }
-}
-
 /// Body of `POST /api/v1/tokens`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct CreateTokenRequest {
@@ -50,33 +24,33 @@ pub struct CreateTokenRequest {
 
 /// A new token. `secret` is shown only in this response.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CreatedTokenDto {
-    pub token: TokenDto,
+pub struct CreatedToken {
+    pub token: TokenInfo,
     pub secret: String,
 }
 
 /// The caller's tokens, newest first.
-#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = Vec<TokenDto>)))]
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", responses((status = 200, body = Vec<TokenInfo>)))]
 pub async fn list_tokens(
     State(state): State<AppState>,
     Auth(principal): Auth,
-) -> Result<Json<Vec<TokenDto>>, ApiError> {
+) -> Result<Json<Vec<TokenInfo>>, ApiError> {
     authorize(&principal, Action::ListAccessTokens, &Resource::user(&principal.user.username))?;
     let list = tokens::list(&state.db, &principal.user.id).await?;
-    Ok(Json(list.into_iter().map(TokenDto::from).collect()))
+    Ok(Json(list.into_iter().map(TokenInfo::from).collect()))
 }
 
 /// Creates a token acting as the caller.
 #[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = CreateTokenRequest,
-    responses((status = 201, body = CreatedTokenDto), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = CreatedToken), (status = 422, body = ErrorBody)))]
 pub async fn create_token(
     State(state): State<AppState>,
     Auth(principal): Auth,
     ApiJson(body): ApiJson<CreateTokenRequest>,
-) -> Result<(StatusCode, Json<CreatedTokenDto>), ApiError> {
+) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     authorize(&principal, Action::CreateAccessToken, &Resource::user(&principal.user.username))?;
     let created = tokens::create(&state.db, &principal.user, &body.name, body.expires_in_days).await?;
-    Ok((StatusCode::CREATED, Json(CreatedTokenDto { token: created.token.into(), secret: created.secret })))
+    Ok((StatusCode::CREATED, Json(CreatedToken { token: created.token.into(), secret: created.secret })))
 }
 
 /// Revokes one of the caller's tokens; it stops working at once.

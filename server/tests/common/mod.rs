@@ -140,6 +140,20 @@ impl TestApp {
         .await
     }
 
+    /// Posts the sign-in form from client address `ip`.
+    pub async fn sign_in_from(&self, ip: [u8; 4], username: &str, password: &str) -> TestResponse {
+        let body = format!("username={}&password={}", urlencode(username), urlencode(password));
+        let mut request = Request::builder()
+            .method(Method::POST)
+            .uri(<app::auth::SignIn as ServerFn>::PATH)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .body(Body::from(body))
+            .expect("request");
+        request.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((ip, 40000))));
+        self.send(request).await
+    }
+
     /// Signs in and returns the session cookie.
     pub async fn sign_in(&self, username: &str, password: &str) -> String {
         let response = self.sign_in_response(username, password, Auth::None).await;
