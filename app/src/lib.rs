@@ -15,7 +15,7 @@ pub mod users;
 use leptos::prelude::*;
 use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Outlet, ParentRoute, Route, Router, Routes, A};
-use leptos_router::path;
+use leptos_router::{path, SsrMode};
 
 use crate::auth::{get_me, LoginPage, PasswordPage, SignOutButton};
 use crate::tokens::TokensPage;
@@ -61,7 +61,11 @@ pub fn App() -> impl IntoView {
         <Router>
             <Routes fallback=NotFound>
                 <Route path=path!("/login") view=LoginPage/>
-                <ParentRoute path=path!("") view=AppShell>
+                // Signed-in pages render in one piece once their data is ready: their
+                // data is local and fast, and one write per page is cheaper than
+                // streaming the shell and each resource separately (see the bench).
+                // A route with slow data can opt back into streaming.
+                <ParentRoute path=path!("") view=AppShell ssr=SsrMode::Async>
                     <Route path=path!("") view=HomePage/>
                     <Route path=path!("account/password") view=PasswordPage/>
                     <Route path=path!("account/tokens") view=TokensPage/>
