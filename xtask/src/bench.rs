@@ -8,11 +8,11 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 use crate::e2e::{http_request, TestServer};
-use crate::util::{exec, on_path, Profile};
+use crate::util::{on_path, Profile};
 
 pub fn run() -> Result<()> {
     if !on_path("wrk") {
-        exec(Command::new("apt-get").args(["install", "-y", "-q", "wrk"]))?;
+        crate::setup::apt_install(&["wrk"])?;
     }
     crate::build::run(true)?;
     let password = "bench-admin-password";

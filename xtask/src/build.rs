@@ -5,7 +5,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result};
 
-use crate::util::{cargo, exec, on_path, root, server_binary, target_dir, Profile};
+use crate::util::{cargo, exec, root, server_binary, target_dir, Profile};
 
 /// Where the bundle goes; the server embeds (release) or reads (debug) it from here.
 pub fn site_pkg_dir() -> std::path::PathBuf {
@@ -15,7 +15,7 @@ pub fn site_pkg_dir() -> std::path::PathBuf {
 /// The bundle, then the server.
 pub fn run(release: bool) -> Result<()> {
     let profile = Profile::from_release(release);
-    crate::setup::run(false, release)?;
+    crate::setup::run(false)?;
     bundle(profile)?;
     let mut build = cargo();
     build.args(["build", "-p", "atelier-server", "-p", "atelier-agent"]);
@@ -67,9 +67,6 @@ pub fn bundle(profile: Profile) -> Result<()> {
             .debug(profile == Profile::Dev)
             .generate(&out)
             .context("generating the JS bindings")?;
-        if profile == Profile::Release {
-            optimize(&out.join("atelier_bg.wasm"))?;
-        }
         std::fs::write(&stamp, source)?;
     }
     let css = std::fs::read(root().join("style/main.css")).context("reading style/main.css")?;
@@ -84,20 +81,4 @@ fn stamp_of(wasm: &Path, profile: Profile) -> Result<String> {
     let meta = std::fs::metadata(wasm).with_context(|| format!("reading {}", wasm.display()))?;
     let modified = meta.modified()?.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or_default();
     Ok(format!("{profile:?} {} {modified}", meta.len()))
-}
-
-fn optimize(wasm: &Path) -> Result<()> {
-    if !on_path("wasm-opt") {
-        eprintln!("note: wasm-opt not found; the bundle is not size-optimized (`apt-get install binaryen`)");
-        return Ok(());
-    }
-    exec(
-        Command::new("wasm-opt")
-            .arg("-Oz")
-            .arg("--enable-bulk-memory")
-            .arg("--enable-nontrapping-float-to-int")
-            .arg(wasm)
-            .arg("-o")
-            .arg(wasm),
-    )
 }

@@ -15,9 +15,9 @@ use crate::util::{cargo, exec, on_path, root, server_binary, target_dir, Profile
 const DEFAULT_TEST_POSTGRES: &str = "postgres://root@127.0.0.1:5432/postgres";
 
 /// Formatting, both lint builds, unit and integration tests on SQLite and PostgreSQL,
-/// then the browser tests.
+/// then the browser tests against the release build, the one users run.
 pub fn test_all() -> Result<()> {
-    crate::setup::run(true, false)?;
+    crate::setup::run(true)?;
     exec(cargo().args(["fmt", "--all", "--", "--check"]))?;
     // The server build and the browser build enable different features of `app`, so
     // they are linted separately.
@@ -50,14 +50,13 @@ pub fn test_all() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    crate::build::bundle(Profile::Dev)?;
     exec(cargo().args(["test", "--workspace", "--exclude", "frontend"]).env_remove("ATELIER_TEST_POSTGRES_URL"))?;
     let postgres = std::env::var("ATELIER_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_TEST_POSTGRES.into());
     let result =
         exec(cargo().args(["test", "-p", "atelier-server", "--tests"]).env("ATELIER_TEST_POSTGRES_URL", &postgres));
     drop_test_databases(&postgres);
     result?;
-    browser_tests(Profile::Dev)
+    browser_tests(Profile::Release)
 }
 
 /// Removes the per-test PostgreSQL databases (`atelier_t_*`), best effort.
@@ -139,10 +138,11 @@ fn http_get(addr: &str, path: &str) -> Result<String> {
     http_request(addr, &format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"))
 }
 
-/// Runs the Playwright tests in `end2end/` against a fresh server.
+/// Builds the bundle and server for `profile` and runs the Playwright tests in
+/// `end2end/` against a freshly started server.
 pub fn browser_tests(profile: Profile) -> Result<()> {
-    crate::setup::run(true, false)?;
-    exec(cargo().args(["build", "-p", "atelier-server"]))?;
+    crate::setup::run(true)?;
+    crate::build::run(profile == Profile::Release)?;
     let password = "e2e-admin-password";
     let server = TestServer::start(profile, password)?;
     let result = exec(

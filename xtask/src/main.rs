@@ -29,7 +29,7 @@ fn main() -> ExitCode {
         None => ("help", &[][..]),
     };
     let result = match task {
-        "setup" => setup::run(rest.iter().any(|a| a == "--browser"), rest.iter().any(|a| a == "--release")),
+        "setup" => setup::run(rest.iter().any(|a| a == "--browser")),
         "build" => build::run(rest.iter().any(|a| a == "--release")),
         "start" => build::start(rest),
         "test" => e2e::test_all(),

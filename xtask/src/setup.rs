@@ -8,18 +8,12 @@ use anyhow::{bail, Result};
 use crate::util::{exec, on_path, root};
 
 /// `browser`: also Chromium and the Playwright package (for the browser tests).
-/// `release`: also binaryen's `wasm-opt` (shrinks the release bundle).
-pub fn run(browser: bool, release: bool) -> Result<()> {
+pub fn run(browser: bool) -> Result<()> {
     wasm_target()?;
-    let mut packages = Vec::new();
-    if release && !on_path("wasm-opt") {
-        packages.push("binaryen");
-    }
-    if browser && !std::path::Path::new("/usr/bin/chromium").exists() {
-        packages.push("chromium");
-    }
-    apt_install(&packages)?;
     if browser {
+        if !std::path::Path::new("/usr/bin/chromium").exists() {
+            apt_install(&["chromium"])?;
+        }
         npm_install()?;
     }
     Ok(())
@@ -34,10 +28,8 @@ fn wasm_target() -> Result<()> {
     }
 }
 
-fn apt_install(packages: &[&str]) -> Result<()> {
-    if packages.is_empty() {
-        return Ok(());
-    }
+/// Installs Debian packages (as root, or through sudo).
+pub fn apt_install(packages: &[&str]) -> Result<()> {
     if !on_path("apt-get") {
         bail!("please install {} (no apt-get on this machine)", packages.join(", "));
     }
