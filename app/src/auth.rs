@@ -94,7 +94,7 @@ pub fn LoginPage() -> impl IntoView {
                 <h1 class="brand">"Atelier"</h1>
                 <p class="muted">"Sign in to your studio"</p>
                 <ActionForm action=action>
-                    <input type="hidden" name="next" prop:value=next/>
+                    <input type="hidden" name="next" value=next/>
                     <label for="username">"Username"</label>
                     <input id="username" name="username" type="text" autocomplete="username" required autofocus/>
                     <label for="password">"Password"</label>
@@ -110,6 +110,7 @@ pub fn LoginPage() -> impl IntoView {
                             type="button"
                             class="secondary"
                             aria-label="Show password"
+                            aria-pressed=move || show_password.get().to_string()
                             on:click=move |_| show_password.update(|s| *s = !*s)
                         >
                             {move || if show_password.get() { "Hide" } else { "Show" }}

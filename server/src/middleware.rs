@@ -17,6 +17,8 @@ use axum::response::{IntoResponse, Redirect, Response};
 use leptos::server_fn::ServerFn;
 use tower_sessions::Session;
 
+use app::error::{AppError, ErrorKind};
+
 use crate::api::error::ApiError;
 use crate::state::AppState;
 
@@ -53,6 +55,12 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         None if !path.starts_with("/api/") && matches!(*request.method(), Method::GET | Method::HEAD) => {
             let target = request.uri().path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
             Redirect::to(&format!("/login?next={}", percent_encode(target))).into_response()
+        }
+        // Server functions answer in the error shape the page's client decodes, so an
+        // expired session reads as such in the UI.
+        None if !path.starts_with("/api/v1/") => {
+            let error = AppError::new(ErrorKind::Unauthenticated, "Your session has ended. Sign in again.");
+            (StatusCode::UNAUTHORIZED, axum::Json(error)).into_response()
         }
         None => ApiError::from(CoreError::Unauthenticated(
             "Sign in, or send an API token as 'Authorization: Bearer <token>'.".into(),

@@ -288,3 +288,12 @@ async fn many_failures_from_one_address_throttle_that_address_only() {
     let elsewhere = app.sign_in_from([10, 0, 0, 8], "alice", PASSWORD).await;
     assert_eq!(elsewhere.status, StatusCode::OK);
 }
+
+#[tokio::test]
+async fn server_functions_without_a_session_answer_in_the_page_error_shape() {
+    let app = TestApp::new().await;
+    let r = app.server_fn(<app::tokens::ListTokens as ServerFn>::PATH, &[], Auth::None, &[]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let error: app::error::AppError = serde_json::from_slice(&r.body).expect("AppError JSON");
+    assert_eq!(error.kind, app::error::ErrorKind::Unauthenticated);
+}

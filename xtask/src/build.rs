@@ -65,6 +65,8 @@ pub fn bundle(profile: Profile) -> Result<()> {
             .web(true)?
             .out_name("atelier")
             .debug(profile == Profile::Dev)
+            .remove_name_section(profile == Profile::Release)
+            .remove_producers_section(profile == Profile::Release)
             .generate(&out)
             .context("generating the JS bindings")?;
         std::fs::write(&stamp, source)?;
