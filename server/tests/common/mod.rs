@@ -2,6 +2,7 @@
 //! socket. SQLite by default; PostgreSQL when `ATELIER_TEST_POSTGRES_URL` is set (a
 //! new database is created on that server for each test).
 
+// Each test binary uses a different subset of these helpers.
 #![allow(dead_code)]
 
 use std::path::PathBuf;
