@@ -17,10 +17,19 @@ pub struct Me {
 }
 
 /// Only same-site paths are accepted as a place to go after sign-in, so a crafted
-/// link cannot bounce a user to another site.
+/// link cannot bounce a user to another site. Whitespace and control characters are
+/// refused too: browsers drop tabs and newlines from URLs, so `/\t/evil.example`
+/// would become `//evil.example`, and they are not valid in a `Location` header.
 pub fn safe_next(next: Option<&str>) -> String {
     match next {
-        Some(path) if path.starts_with('/') && !path.starts_with("//") && !path.contains('\\') => path.to_string(),
+        Some(path)
+            if path.starts_with('/')
+                && !path.starts_with("//")
+                && !path.contains('\\')
+                && !path.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+        {
+            path.to_string()
+        }
         _ => "/".to_string(),
     }
 }
@@ -59,10 +68,9 @@ pub async fn change_password(
     new_password: String,
     confirm_password: String,
 ) -> Result<(), AppError> {
-    use atelier_core::authz::{Action, Resource};
+    use atelier_core::authz::Action;
     use atelier_core::CoreError;
-    let principal = crate::context::principal()?;
-    crate::context::authorize(Action::ChangePassword, &Resource::user(&principal.user.username))?;
+    let principal = crate::context::authorize_own_account(Action::ChangePassword)?;
     if new_password != confirm_password {
         return Err(CoreError::invalid("confirm_password", "the two new passwords differ").into());
     }
@@ -174,6 +182,8 @@ mod tests {
         assert_eq!(safe_next(Some("//evil.example/x")), "/");
         assert_eq!(safe_next(Some("https://evil.example")), "/");
         assert_eq!(safe_next(Some("/\\evil.example")), "/");
+        assert_eq!(safe_next(Some("/\t/evil.example")), "/");
+        assert_eq!(safe_next(Some("/\r\nSet-Cookie: x")), "/");
         assert_eq!(safe_next(Some("/account/tokens?x=1")), "/account/tokens?x=1");
         assert_eq!(safe_next(None), "/");
     }

@@ -36,6 +36,13 @@ pub fn authorize(action: Action, resource: &Resource) -> Result<Principal, AppEr
     Ok(principal)
 }
 
+/// The principal, once allowed to perform `action` on their own account.
+pub fn authorize_own_account(action: Action) -> Result<Principal, AppError> {
+    let principal = principal()?;
+    authz::authorize(&principal, action, &Resource::user(&principal.user.username))?;
+    Ok(principal)
+}
+
 /// The browser session of this request.
 pub fn session() -> Result<tower_sessions::Session, AppError> {
     parts()?

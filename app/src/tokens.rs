@@ -41,9 +41,8 @@ impl From<atelier_core::tokens::ApiToken> for TokenInfo {
 /// The signed-in user's tokens.
 #[server]
 pub async fn list_tokens() -> Result<Vec<TokenInfo>, AppError> {
-    use atelier_core::authz::{Action, Resource};
-    let me = crate::context::principal()?.user;
-    crate::context::authorize(Action::ListAccessTokens, &Resource::user(&me.username))?;
+    use atelier_core::authz::Action;
+    let me = crate::context::authorize_own_account(Action::ListAccessTokens)?.user;
     let tokens = atelier_core::tokens::list(&crate::context::db()?, &me.id).await?;
     Ok(tokens.into_iter().map(TokenInfo::from).collect())
 }
@@ -51,10 +50,9 @@ pub async fn list_tokens() -> Result<Vec<TokenInfo>, AppError> {
 /// Creates a token for the signed-in user and returns its secret, once.
 #[server]
 pub async fn create_token(name: String, expires_in_days: String) -> Result<String, AppError> {
-    use atelier_core::authz::{Action, Resource};
+    use atelier_core::authz::Action;
     use atelier_core::CoreError;
-    let me = crate::context::principal()?.user;
-    crate::context::authorize(Action::CreateAccessToken, &Resource::user(&me.username))?;
+    let me = crate::context::authorize_own_account(Action::CreateAccessToken)?.user;
     let days = match expires_in_days.trim() {
         "" => None,
         raw => Some(
@@ -69,9 +67,8 @@ pub async fn create_token(name: String, expires_in_days: String) -> Result<Strin
 /// Revokes one of the signed-in user's tokens.
 #[server]
 pub async fn revoke_token(id: String) -> Result<(), AppError> {
-    use atelier_core::authz::{Action, Resource};
-    let me = crate::context::principal()?.user;
-    crate::context::authorize(Action::DeleteAccessToken, &Resource::user(&me.username))?;
+    use atelier_core::authz::Action;
+    let me = crate::context::authorize_own_account(Action::DeleteAccessToken)?.user;
     atelier_core::tokens::revoke(&crate::context::db()?, &me.id, &id).await?;
     Ok(())
 }

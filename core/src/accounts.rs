@@ -16,6 +16,23 @@ use crate::{now, CoreError, CoreResult};
 pub const MIN_PASSWORD_LEN: usize = 8;
 /// Argon2 inputs beyond this are refused: hashing cost grows with length.
 pub const MAX_PASSWORD_LEN: usize = 256;
+/// Longest username.
+pub const MAX_USERNAME_LEN: usize = 64;
+
+/// At most this many password hashes run at once: each takes 19 MiB, and sign-in is
+/// open to anyone, so a burst of attempts must queue rather than exhaust memory.
+fn hashing_permits() -> &'static tokio::sync::Semaphore {
+    static PERMITS: OnceLock<tokio::sync::Semaphore> = OnceLock::new();
+    PERMITS.get_or_init(|| {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        tokio::sync::Semaphore::new(cores * 2)
+    })
+}
+
+/// The one answer to a failed sign-in, whatever the reason.
+pub fn bad_credentials() -> CoreError {
+    CoreError::Unauthenticated("Incorrect username or password.".into())
+}
 
 /// A user as the rest of the system sees it. The password hash is deliberately not
 /// part of this type, so it cannot be serialized into a response or a log line.
@@ -57,7 +74,7 @@ pub fn normalize_username(raw: &str) -> CoreResult<String> {
     let valid_chars =
         name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '.' | '_' | '-'));
     let starts_well = name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric());
-    if !(2..=64).contains(&name.len()) || !valid_chars || !starts_well {
+    if !(2..=MAX_USERNAME_LEN).contains(&name.len()) || !valid_chars || !starts_well {
         return Err(CoreError::invalid(
             "username",
             "username must be 2-64 characters of a-z, 0-9, '.', '_' or '-', starting with a letter or digit",
@@ -80,6 +97,7 @@ pub fn validate_password(field: &'static str, password: &str) -> CoreResult<()> 
 
 /// Hashes a password with Argon2id on a blocking thread.
 pub async fn hash_password(password: String) -> CoreResult<String> {
+    let _permit = hashing_permits().acquire().await.map_err(CoreError::internal)?;
     tokio::task::spawn_blocking(move || {
         let salt = SaltString::generate(&mut OsRng);
         Argon2::default()
@@ -92,6 +110,7 @@ pub async fn hash_password(password: String) -> CoreResult<String> {
 
 /// Verifies a password against a stored PHC hash on a blocking thread.
 pub async fn verify_password(password: String, hash: String) -> CoreResult<bool> {
+    let _permit = hashing_permits().acquire().await.map_err(CoreError::internal)?;
     tokio::task::spawn_blocking(move || {
         let parsed = PasswordHash::new(&hash).map_err(|e| CoreError::Internal(e.to_string().into()))?;
         Ok(Argon2::default().verify_password(password.as_bytes(), &parsed).is_ok())
@@ -178,9 +197,8 @@ pub async fn list_users(db: &Db) -> CoreResult<Vec<User>> {
 /// Checks a username and password. Unknown user, wrong password and deactivated account
 /// all give the same error, after the same amount of work.
 pub async fn verify_credentials(db: &Db, username: &str, password: &str) -> CoreResult<User> {
-    let failed = || CoreError::Unauthenticated("Incorrect username or password.".into());
     if password.len() > MAX_PASSWORD_LEN {
-        return Err(failed());
+        return Err(bad_credentials());
     }
     let name = username.trim().to_ascii_lowercase();
     let row: Option<(String, i64)> = sqlx::query_as("SELECT password_hash, active FROM users WHERE username = $1")
@@ -193,9 +211,9 @@ pub async fn verify_credentials(db: &Db, username: &str, password: &str) -> Core
     };
     let matches = verify_password(password.to_string(), hash).await?;
     if !matches || active == 0 {
-        return Err(failed());
+        return Err(bad_credentials());
     }
-    find_by_username(db, &name).await?.ok_or_else(failed)
+    find_by_username(db, &name).await?.ok_or_else(bad_credentials)
 }
 
 /// Changes a user's own password after checking the current one. Ends every other
@@ -207,11 +225,17 @@ pub async fn change_password(
     new: &str,
     keep_session: Option<&str>,
 ) -> CoreResult<()> {
+    // Guessing the current password through a stolen session or token is throttled
+    // like guessing it at sign-in.
+    let keys = crate::throttle::keys(&user.username, None);
+    crate::throttle::check(db, &keys).await?;
+    crate::throttle::count_attempt(db, &keys).await?;
     let hash: String =
         sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1").bind(&user.id).fetch_one(&db.pool).await?;
-    if !verify_password(current.to_string(), hash).await? {
+    if current.len() > MAX_PASSWORD_LEN || !verify_password(current.to_string(), hash).await? {
         return Err(CoreError::invalid("current_password", "current password is incorrect"));
     }
+    crate::throttle::record_success(db, &keys).await?;
     validate_password("new_password", new)?;
     if new == current {
         return Err(CoreError::invalid("new_password", "new password must differ from the current one"));

@@ -75,19 +75,18 @@ impl SessionStore for SqlSessionStore {
     }
 
     async fn save(&self, record: &Record) -> session_store::Result<()> {
+        // Only ever an UPDATE: new sessions go through `create`, and a session deleted
+        // meanwhile (sign-out elsewhere, password change, deactivation) must stay
+        // deleted even if one of its requests was still in flight.
         let (id, user_id, data, expires_at) = columns(record)?;
-        sqlx::query(
-            "INSERT INTO sessions (id, user_id, data, expires_at) VALUES ($1, $2, $3, $4) \
-             ON CONFLICT (id) DO UPDATE SET user_id = excluded.user_id, data = excluded.data, \
-             expires_at = excluded.expires_at",
-        )
-        .bind(id)
-        .bind(user_id)
-        .bind(data)
-        .bind(expires_at)
-        .execute(&self.db.pool)
-        .await
-        .map_err(backend)?;
+        sqlx::query("UPDATE sessions SET user_id = $1, data = $2, expires_at = $3 WHERE id = $4")
+            .bind(user_id)
+            .bind(data)
+            .bind(expires_at)
+            .bind(id)
+            .execute(&self.db.pool)
+            .await
+            .map_err(backend)?;
         Ok(())
     }
 
@@ -133,15 +132,19 @@ pub async fn sign_in(
     password: &str,
     client_ip: Option<&str>,
 ) -> CoreResult<User> {
+    // No account has a longer name; refusing early keeps junk out of the throttle
+    // table and the log.
+    if username.trim().len() > accounts::MAX_USERNAME_LEN {
+        return Err(accounts::bad_credentials());
+    }
     let keys = throttle::keys(username, client_ip);
     throttle::check(db, &keys).await?;
+    // Counted before the password is checked, so parallel guesses all count.
+    throttle::count_attempt(db, &keys).await?;
     let user = match accounts::verify_credentials(db, username, password).await {
         Ok(user) => user,
         Err(err) => {
-            if matches!(err, CoreError::Unauthenticated(_)) {
-                throttle::record_failure(db, &keys).await?;
-                tracing::info!(username = %username.trim(), client_ip, "sign-in failed");
-            }
+            tracing::info!(username = ?username.trim(), client_ip, "sign-in failed");
             return Err(err);
         }
     };

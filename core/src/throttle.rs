@@ -30,20 +30,29 @@ pub fn delay_after(key: &str, failures: i64) -> i64 {
     (1i64 << doublings).min(MAX_DELAY_SECS)
 }
 
-/// The throttle keys for one attempt.
-pub fn keys(username: &str, client_ip: Option<&str>) -> Vec<String> {
-    let mut keys = vec![format!("user:{}", username.trim().to_ascii_lowercase())];
-    if let Some(ip) = client_ip {
-        keys.push(format!("ip:{ip}"));
+/// The throttle keys of one attempt: the account, and the client address if known.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Keys {
+    user: String,
+    ip: Option<String>,
+}
+
+impl Keys {
+    fn all(&self) -> impl Iterator<Item = &String> {
+        std::iter::once(&self.user).chain(self.ip.as_ref())
     }
-    keys
+}
+
+/// The keys for an attempt on `username` from `client_ip`.
+pub fn keys(username: &str, client_ip: Option<&str>) -> Keys {
+    Keys { user: format!("user:{}", username.trim().to_ascii_lowercase()), ip: client_ip.map(|ip| format!("ip:{ip}")) }
 }
 
 /// Fails with [`CoreError::TooManyAttempts`] when any key is still waiting.
-pub async fn check(db: &Db, keys: &[String]) -> CoreResult<()> {
+pub async fn check(db: &Db, keys: &Keys) -> CoreResult<()> {
     let now = now();
     let mut wait = 0;
-    for key in keys {
+    for key in keys.all() {
         let row: Option<(i64, i64)> =
             sqlx::query_as("SELECT failures, last_failure_at FROM sign_in_failures WHERE throttle_key = $1")
                 .bind(key)
@@ -61,10 +70,11 @@ pub async fn check(db: &Db, keys: &[String]) -> CoreResult<()> {
     Ok(())
 }
 
-/// Counts a failed attempt against every key.
-pub async fn record_failure(db: &Db, keys: &[String]) -> CoreResult<()> {
+/// Counts an attempt against every key *before* the password is checked, so a burst
+/// of parallel guesses is counted in full rather than all passing [`check`] first.
+pub async fn count_attempt(db: &Db, keys: &Keys) -> CoreResult<()> {
     let now = now();
-    for key in keys {
+    for key in keys.all() {
         sqlx::query(
             "INSERT INTO sign_in_failures (throttle_key, failures, last_failure_at) VALUES ($1, 1, $2) \
              ON CONFLICT (throttle_key) DO UPDATE SET \
@@ -81,12 +91,27 @@ pub async fn record_failure(db: &Db, keys: &[String]) -> CoreResult<()> {
     Ok(())
 }
 
-/// Clears the keys after a successful sign-in.
-pub async fn record_success(db: &Db, keys: &[String]) -> CoreResult<()> {
-    for key in keys {
-        sqlx::query("DELETE FROM sign_in_failures WHERE throttle_key = $1").bind(key).execute(&db.pool).await?;
+/// After a successful attempt: the account's count is cleared, and the address's count
+/// loses only this attempt, so signing in to one's own account cannot wipe out
+/// failures made against other accounts from the same address.
+pub async fn record_success(db: &Db, keys: &Keys) -> CoreResult<()> {
+    sqlx::query("DELETE FROM sign_in_failures WHERE throttle_key = $1").bind(&keys.user).execute(&db.pool).await?;
+    if let Some(ip) = &keys.ip {
+        sqlx::query("UPDATE sign_in_failures SET failures = failures - 1 WHERE throttle_key = $1 AND failures > 0")
+            .bind(ip)
+            .execute(&db.pool)
+            .await?;
     }
     Ok(())
+}
+
+/// Deletes counters nobody has failed against for [`FORGET_AFTER_SECS`].
+pub async fn prune(db: &Db) -> CoreResult<u64> {
+    let done = sqlx::query("DELETE FROM sign_in_failures WHERE last_failure_at < $1")
+        .bind(now() - FORGET_AFTER_SECS)
+        .execute(&db.pool)
+        .await?;
+    Ok(done.rows_affected())
 }
 
 #[cfg(test)]
@@ -110,6 +135,7 @@ mod tests {
 
     #[test]
     fn usernames_in_keys_are_case_insensitive() {
-        assert_eq!(keys(" Alice", Some("10.0.0.1")), vec!["user:alice", "ip:10.0.0.1"]);
+        let k = keys(" Alice", Some("10.0.0.1"));
+        assert_eq!(k.all().collect::<Vec<_>>(), vec!["user:alice", "ip:10.0.0.1"]);
     }
 }

@@ -114,8 +114,16 @@ pub async fn authenticate(db: &Db, secret: &str) -> CoreResult<(User, String)> {
         return Err(rejected());
     }
     let now = now();
-    let row: Option<(String, String, Option<i64>)> = sqlx::query_as(
-        "SELECT t.id, t.user_id, t.last_used_at FROM api_tokens t JOIN users u ON u.id = t.user_id \
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        token_id: String,
+        last_used_at: Option<i64>,
+        #[sqlx(flatten)]
+        user: User,
+    }
+    let row: Option<Row> = sqlx::query_as(
+        "SELECT t.id AS token_id, t.last_used_at, u.id, u.username, u.display_name, u.is_admin, u.active, u.created_at \
+         FROM api_tokens t JOIN users u ON u.id = t.user_id \
          WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND u.active = 1 \
            AND (t.expires_at IS NULL OR t.expires_at > $2)",
     )
@@ -123,17 +131,16 @@ pub async fn authenticate(db: &Db, secret: &str) -> CoreResult<(User, String)> {
     .bind(now)
     .fetch_optional(&db.pool)
     .await?;
-    let (token_id, user_id, last_used) = row.ok_or_else(rejected)?;
+    let Row { token_id, last_used_at, user } = row.ok_or_else(rejected)?;
     // Record use at minute granularity: enough to spot stale tokens, without a write
     // on every request.
-    if last_used.is_none_or(|t| now - t >= 60) {
+    if last_used_at.is_none_or(|t| now - t >= 60) {
         sqlx::query("UPDATE api_tokens SET last_used_at = $1 WHERE id = $2")
             .bind(now)
             .bind(&token_id)
             .execute(&db.pool)
             .await?;
     }
-    let user = crate::accounts::get_user(db, &user_id).await?;
     Ok((user, token_id))
 }
 

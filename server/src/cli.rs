@@ -103,7 +103,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     if !crate::assets::bundle_present() {
         tracing::warn!("the browser bundle is missing: pages will not be interactive (build with `cargo xtask build`)");
     }
-    spawn_session_cleanup(state.db.clone());
+    spawn_cleanup(state.db.clone());
     let listener =
         tokio::net::TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let url =
@@ -122,16 +122,18 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn spawn_session_cleanup(db: Db) {
+/// Every ten minutes: delete expired sessions and forgotten sign-in failure counters.
+fn spawn_cleanup(db: Db) {
     tokio::spawn(async move {
-        let store = SqlSessionStore::new(db);
+        let store = SqlSessionStore::new(db.clone());
         let mut tick = tokio::time::interval(Duration::from_secs(600));
         loop {
             tick.tick().await;
-            match store.delete_expired().await {
-                Ok(n) if n > 0 => tracing::info!(deleted = n, "expired sessions removed"),
-                Ok(_) => {}
-                Err(err) => tracing::warn!(error = %err, "session cleanup failed"),
+            if let Err(err) = store.delete_expired().await {
+                tracing::warn!(error = %err, "expired session cleanup failed");
+            }
+            if let Err(err) = atelier_core::throttle::prune(&db).await {
+                tracing::warn!(error = %err, "sign-in counter cleanup failed");
             }
         }
     });

@@ -10,6 +10,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
@@ -90,7 +91,14 @@ fn escape(label: &str) -> String {
 /// Middleware: times every request and records it under its route pattern.
 pub async fn track(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().to_string();
+    // Clients can send any method token; only the standard ones become label values
+    // so the number of series stays bounded.
+    let method = match *request.method() {
+        Method::GET | Method::HEAD | Method::POST | Method::PUT | Method::PATCH | Method::DELETE | Method::OPTIONS => {
+            request.method().as_str().to_string()
+        }
+        _ => "OTHER".to_string(),
+    };
     let route = request
         .extensions()
         .get::<MatchedPath>()

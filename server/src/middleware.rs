@@ -36,9 +36,9 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     if let Some(ip) = client_ip(&state, &request) {
         request.extensions_mut().insert(ClientIp(ip));
     }
-    let authorization = request.headers().get(header::AUTHORIZATION).cloned();
+    let bearer = bearer_token(request.headers());
     let session = request.extensions().get::<Session>().cloned();
-    let principal = match resolve_principal(&state, authorization, session).await {
+    let principal = match resolve_principal(&state, bearer, session).await {
         Ok(principal) => principal,
         Err(err) => return ApiError::from(err).into_response(),
     };
@@ -69,18 +69,21 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     }
 }
 
+/// The token of an `Authorization: Bearer ...` header. Other schemes (say, Basic auth
+/// added by a fronting proxy) are not Atelier credentials and are ignored.
+fn bearer_token(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim().to_string())
+}
+
 async fn resolve_principal(
     state: &AppState,
-    authorization: Option<header::HeaderValue>,
+    bearer: Option<String>,
     session: Option<Session>,
 ) -> Result<Option<Principal>, CoreError> {
-    if let Some(value) = authorization {
-        let secret = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| CoreError::Unauthenticated("Authorization must be 'Bearer <token>'".into()))?;
-        let (user, token_id) = tokens::authenticate(&state.db, secret.trim()).await?;
+    if let Some(secret) = bearer {
+        let (user, token_id) = tokens::authenticate(&state.db, &secret).await?;
         return Ok(Some(Principal { user, via: Credential::ApiToken(token_id) }));
     }
     let Some(session) = session else {
@@ -96,7 +99,9 @@ fn client_ip(state: &AppState, request: &Request) -> Option<String> {
             .headers()
             .get("x-forwarded-for")
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
+            // The last entry is the one our proxy appended; earlier ones are whatever
+            // the client claimed.
+            .and_then(|v| v.rsplit(',').next())
             .map(|v| v.trim().to_string())
             .filter(|v| !v.is_empty());
         if forwarded.is_some() {
@@ -112,7 +117,8 @@ fn client_ip(state: &AppState, request: &Request) -> Option<String> {
 /// with `Sec-Fetch-Site`, and older ones with `Origin`; a request whose labels say it
 /// came from a different origin is refused. Requests without either header did not
 /// come from a browser page and carry no ambient credentials worth forging; requests
-/// with an `Authorization` header carry their credential explicitly. This covers
+/// with a bearer token carry their credential explicitly (a browser never adds one on
+/// its own, unlike Basic credentials). This covers
 /// plain forms, `fetch` and server functions alike, with no token to thread through
 /// every form.
 pub async fn csrf_protect(request: Request, next: Next) -> Response {
@@ -132,7 +138,7 @@ pub async fn csrf_protect(request: Request, next: Next) -> Response {
 
 /// The decision behind [`csrf_protect`].
 pub fn is_cross_site_write(method: &Method, headers: &HeaderMap) -> bool {
-    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) || headers.contains_key(header::AUTHORIZATION) {
+    if matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS) || bearer_token(headers).is_some() {
         return false;
     }
     if let Some(site) = headers.get("sec-fetch-site") {
@@ -190,6 +196,18 @@ mod tests {
             &headers(&[("origin", "https://evil.example"), ("host", "127.0.0.1:3000")])
         ));
         assert!(is_cross_site_write(&Method::POST, &headers(&[("origin", "null"), ("host", "a")])));
+    }
+
+    #[test]
+    fn only_bearer_credentials_exempt_a_write() {
+        assert!(!is_cross_site_write(
+            &Method::POST,
+            &headers(&[("sec-fetch-site", "cross-site"), ("authorization", "Bearer atl_x")])
+        ));
+        assert!(is_cross_site_write(
+            &Method::POST,
+            &headers(&[("sec-fetch-site", "cross-site"), ("authorization", "Basic YTpi")])
+        ));
     }
 
     #[test]

@@ -297,3 +297,30 @@ async fn server_functions_without_a_session_answer_in_the_page_error_shape() {
     let error: app::error::AppError = serde_json::from_slice(&r.body).expect("AppError JSON");
     assert_eq!(error.kind, app::error::ErrorKind::Unauthenticated);
 }
+
+#[tokio::test]
+async fn guessing_the_current_password_is_throttled() {
+    let app = TestApp::new().await;
+    app.create_user("alice", false).await;
+    let cookie = app.sign_in("alice", PASSWORD).await;
+    let guess = json!({"current_password": "guess", "new_password": "another long one"});
+    for _ in 0..FREE_ATTEMPTS {
+        let r = app.call(Method::PUT, "/api/v1/me/password", Auth::Cookie(&cookie), Some(guess.clone())).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    }
+    let right = json!({"current_password": PASSWORD, "new_password": "another long one"});
+    let blocked = app.call(Method::PUT, "/api/v1/me/password", Auth::Cookie(&cookie), Some(right)).await;
+    assert_eq!(blocked.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(blocked.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn absurdly_long_usernames_are_refused_like_any_wrong_credential() {
+    let app = TestApp::new().await;
+    let r = app.sign_in_response(&"a".repeat(10_000), "x", Auth::None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.json()["message"], "Incorrect username or password.");
+    let rows: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sign_in_failures").fetch_one(&app.state.db.pool).await.expect("count");
+    assert_eq!(rows, 0);
+}
