@@ -64,6 +64,15 @@ struct Figures {
 }
 
 fn wrk(base: &str, path: &str, cookie: Option<&str>) -> Result<Figures> {
+    // A short discarded run first: a fresh server's first seconds (cold caches,
+    // allocator growth, the connection pool filling) are not its steady state.
+    let mut warm_up = Command::new("wrk");
+    warm_up.args(["-t2", "-c32", "-d3s"]);
+    if let Some(cookie) = cookie {
+        warm_up.args(["-H", &format!("Cookie: {cookie}")]);
+    }
+    warm_up.arg(format!("{base}{path}")).output().context("running wrk")?;
+
     let mut cmd = Command::new("wrk");
     cmd.args(["-t2", "-c32", "-d10s", "--latency"]);
     if let Some(cookie) = cookie {
