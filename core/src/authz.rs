@@ -86,9 +86,6 @@ impl Resource {
     pub fn all_users() -> Self {
         Resource("atelier:iam:user/*".into())
     }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
 }
 
 impl fmt::Display for Resource {

@@ -67,11 +67,6 @@ impl Config {
         self.public_url.as_deref().is_some_and(|u| u.starts_with("https://"))
     }
 
-    /// The URL to print for users.
-    pub fn display_url(&self) -> String {
-        self.public_url.clone().unwrap_or_else(|| format!("http://{}", self.addr))
-    }
-
     /// Settings for tests and tools: defaults with the given data directory and database.
     pub fn for_data_dir(data_dir: PathBuf, database_url: Option<String>) -> Config {
         Config {
