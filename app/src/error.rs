@@ -58,19 +58,20 @@ impl From<atelier_core::CoreError> for AppError {
     fn from(err: atelier_core::CoreError) -> Self {
         use atelier_core::CoreError as E;
         use http::StatusCode;
-        let (kind, status, field) = match &err {
-            E::Invalid { field, .. } => (ErrorKind::Invalid, StatusCode::UNPROCESSABLE_ENTITY, Some(field.to_string())),
-            E::Unauthenticated(_) => (ErrorKind::Unauthenticated, StatusCode::UNAUTHORIZED, None),
-            E::Forbidden(_) => (ErrorKind::Forbidden, StatusCode::FORBIDDEN, None),
-            E::NotFound(_) => (ErrorKind::NotFound, StatusCode::NOT_FOUND, None),
-            E::Conflict(_) => (ErrorKind::Conflict, StatusCode::CONFLICT, None),
-            E::TooLarge(_) => (ErrorKind::Invalid, StatusCode::PAYLOAD_TOO_LARGE, None),
-            E::TooManyAttempts { .. } => (ErrorKind::TooManyRequests, StatusCode::TOO_MANY_REQUESTS, None),
+        let (kind, field) = match &err {
+            E::Invalid { field, .. } => (ErrorKind::Invalid, Some(field.to_string())),
+            E::Unauthenticated(_) => (ErrorKind::Unauthenticated, None),
+            E::Forbidden(_) => (ErrorKind::Forbidden, None),
+            E::NotFound(_) => (ErrorKind::NotFound, None),
+            E::Conflict(_) => (ErrorKind::Conflict, None),
+            E::TooLarge(_) => (ErrorKind::Invalid, None),
+            E::TooManyAttempts { .. } => (ErrorKind::TooManyRequests, None),
             E::Internal(source) => {
                 tracing::error!(error = %source, "server function failed");
-                (ErrorKind::Internal, StatusCode::INTERNAL_SERVER_ERROR, None)
+                (ErrorKind::Internal, None)
             }
         };
+        let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         // A form posted without JavaScript (before hydration) must keep leptos'
         // redirect back to the page, which then shows the error; API-style calls get
         // the status that says what went wrong.

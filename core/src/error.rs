@@ -41,6 +41,21 @@ impl CoreError {
         CoreError::Invalid { field, message: message.to_string() }
     }
 
+    /// The HTTP status that answers this error, the same for the REST API and for
+    /// server functions (kept as a number so the core needs no HTTP crate).
+    pub fn http_status(&self) -> u16 {
+        match self {
+            CoreError::Invalid { .. } => 422,
+            CoreError::Unauthenticated(_) => 401,
+            CoreError::Forbidden(_) => 403,
+            CoreError::NotFound(_) => 404,
+            CoreError::Conflict(_) => 409,
+            CoreError::TooLarge(_) => 413,
+            CoreError::TooManyAttempts { .. } => 429,
+            CoreError::Internal(_) => 500,
+        }
+    }
+
     /// Wraps an unexpected failure.
     pub fn internal(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         CoreError::Internal(Box::new(err))

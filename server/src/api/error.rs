@@ -58,19 +58,20 @@ impl From<PathRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code, field) = match &self.0 {
-            CoreError::Invalid { field, .. } => (StatusCode::UNPROCESSABLE_ENTITY, "invalid", Some(field.to_string())),
-            CoreError::Unauthenticated(_) => (StatusCode::UNAUTHORIZED, "unauthenticated", None),
-            CoreError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", None),
-            CoreError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found", None),
-            CoreError::Conflict(_) => (StatusCode::CONFLICT, "conflict", None),
-            CoreError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large", None),
-            CoreError::TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "too_many_attempts", None),
+        let (code, field) = match &self.0 {
+            CoreError::Invalid { field, .. } => ("invalid", Some(field.to_string())),
+            CoreError::Unauthenticated(_) => ("unauthenticated", None),
+            CoreError::Forbidden(_) => ("forbidden", None),
+            CoreError::NotFound(_) => ("not_found", None),
+            CoreError::Conflict(_) => ("conflict", None),
+            CoreError::TooLarge(_) => ("too_large", None),
+            CoreError::TooManyAttempts { .. } => ("too_many_attempts", None),
             CoreError::Internal(source) => {
                 tracing::error!(error = %source, "request failed");
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal", None)
+                ("internal", None)
             }
         };
+        let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody { error: ErrorDetail { code, message: self.0.to_string(), field } };
         let mut response = (status, axum::Json(body)).into_response();
         match &self.0 {
