@@ -200,20 +200,26 @@ pub async fn verify_credentials(db: &Db, username: &str, password: &str) -> Core
     if password.len() > MAX_PASSWORD_LEN {
         return Err(bad_credentials());
     }
-    let name = username.trim().to_ascii_lowercase();
-    let row: Option<(String, i64)> = sqlx::query_as("SELECT password_hash, active FROM users WHERE username = $1")
-        .bind(&name)
-        .fetch_optional(&db.pool)
-        .await?;
-    let (hash, active) = match row {
-        Some(row) => row,
-        None => (decoy_hash().await?, 0),
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        password_hash: String,
+        #[sqlx(flatten)]
+        user: User,
+    }
+    let row: Option<Row> =
+        sqlx::query_as(&format!("SELECT password_hash, {USER_COLUMNS} FROM users WHERE username = $1"))
+            .bind(username.trim().to_ascii_lowercase())
+            .fetch_optional(&db.pool)
+            .await?;
+    let (hash, user) = match row {
+        Some(Row { password_hash, user }) => (password_hash, Some(user)),
+        None => (decoy_hash().await?, None),
     };
     let matches = verify_password(password.to_string(), hash).await?;
-    if !matches || active == 0 {
-        return Err(bad_credentials());
+    match user {
+        Some(user) if matches && user.is_active() => Ok(user),
+        _ => Err(bad_credentials()),
     }
-    find_by_username(db, &name).await?.ok_or_else(bad_credentials)
 }
 
 /// Changes a user's own password after checking the current one. Ends every other
