@@ -13,7 +13,24 @@ pub struct Me {
     pub id: String,
     pub username: String,
     pub display_name: String,
-    pub is_admin: bool,
+    /// The areas of the studio this user may open, for the navigation (the server
+    /// still checks every request).
+    pub areas: Vec<Area>,
+}
+
+/// An area of the studio that appears in the navigation when its list may be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Area {
+    Models,
+    Users,
+    Groups,
+    Policies,
+    Simulator,
+    Audit,
+}
+
+impl Area {
+    pub const ALL: [Area; 6] = [Area::Models, Area::Users, Area::Groups, Area::Policies, Area::Simulator, Area::Audit];
 }
 
 /// Only same-site paths are accepted as a place to go after sign-in, so a crafted
@@ -37,9 +54,24 @@ pub fn safe_next(next: Option<&str>) -> String {
 /// The signed-in user.
 #[server]
 pub async fn get_me() -> Result<Me, AppError> {
+    use atelier_core::authz::{Action, Resource};
     let principal = crate::context::principal()?;
+    let areas = Area::ALL
+        .into_iter()
+        .filter(|area| {
+            let (action, resource) = match area {
+                Area::Models => (Action::ListModelGroups, "atelier:models:group/*"),
+                Area::Users => (Action::ListUsers, "atelier:iam:user/*"),
+                Area::Groups => (Action::ListGroups, "atelier:iam:group/*"),
+                Area::Policies => (Action::ListPolicies, "atelier:iam:policy/*"),
+                Area::Simulator => (Action::SimulatePolicy, "atelier:iam:user/*"),
+                Area::Audit => (Action::ListAuditEvents, "atelier:audit:log"),
+            };
+            principal.can(action, &Resource::new(resource))
+        })
+        .collect();
     let user = principal.user;
-    Ok(Me { is_admin: user.is_admin(), id: user.id, username: user.username, display_name: user.display_name })
+    Ok(Me { areas, id: user.id, username: user.username, display_name: user.display_name })
 }
 
 /// Signs in with a username and password, then goes to `next`.
@@ -47,7 +79,24 @@ pub async fn get_me() -> Result<Me, AppError> {
 pub async fn sign_in(username: String, password: String, next: Option<String>) -> Result<(), AppError> {
     use crate::context::{client_ip, db, session};
     let (db, session) = (db()?, session()?);
-    atelier_core::sessions::sign_in(&db, &session, &username, &password, client_ip().as_deref()).await?;
+    let ip = client_ip();
+    // Whatever was typed, bounded: it is recorded even when no such user exists.
+    let name: String = username.trim().to_ascii_lowercase().chars().take(64).collect();
+    let outcome = atelier_core::sessions::sign_in(&db, &session, &username, &password, ip.as_deref()).await;
+    let event = atelier_core::audit::NewEvent {
+        resource: atelier_core::authz::Resource::user(&name).name,
+        principal: name,
+        action: "iam:SignIn".into(),
+        allowed: outcome.is_ok(),
+        source_ip: ip,
+        summary: match &outcome {
+            Ok(_) => "signed in".into(),
+            Err(e) => format!("sign-in refused: {e}"),
+        },
+        ..Default::default()
+    };
+    atelier_core::audit::record(&db, event).await?;
+    outcome?;
     leptos_axum::redirect(&safe_next(next.as_deref()));
     Ok(())
 }

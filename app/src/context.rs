@@ -29,6 +29,12 @@ pub fn principal() -> Result<Principal, AppError> {
         .ok_or_else(|| AppError::new(ErrorKind::Unauthenticated, "You are not signed in."))
 }
 
+/// The database and the principal: what a server function that delegates its
+/// authorization to a core operation needs.
+pub fn db_and_principal() -> Result<(Db, Principal), AppError> {
+    Ok((db()?, principal()?))
+}
+
 /// The principal, once allowed to perform `action` on `resource`.
 pub fn authorize(action: Action, resource: &Resource) -> Result<Principal, AppError> {
     let principal = principal()?;

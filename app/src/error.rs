@@ -59,7 +59,7 @@ impl From<atelier_core::CoreError> for AppError {
         use atelier_core::CoreError as E;
         use http::StatusCode;
         let (kind, field) = match &err {
-            E::Invalid { field, .. } => (ErrorKind::Invalid, Some(field.to_string())),
+            E::Invalid { field, .. } | E::Malformed { field, .. } => (ErrorKind::Invalid, Some(field.to_string())),
             E::Unauthenticated(_) => (ErrorKind::Unauthenticated, None),
             E::Forbidden(_) => (ErrorKind::Forbidden, None),
             E::NotFound(_) => (ErrorKind::NotFound, None),

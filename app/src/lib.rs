@@ -3,12 +3,15 @@
 //! Built twice: with `ssr` into the server (rendering pages, running server functions)
 //! and with `hydrate` into the browser bundle that makes those pages interactive.
 
+pub mod audit;
 pub mod auth;
 #[cfg(feature = "ssr")]
 pub mod context;
 pub mod error;
 pub mod format;
 pub mod forms;
+pub mod iam;
+pub mod models;
 pub mod tokens;
 pub mod users;
 
@@ -17,9 +20,12 @@ use leptos_meta::{provide_meta_context, MetaTags, Stylesheet, Title};
 use leptos_router::components::{Outlet, ParentRoute, Route, Router, Routes, A};
 use leptos_router::{path, SsrMode};
 
-use crate::auth::{get_me, LoginPage, PasswordPage, SignOutButton};
+use crate::audit::AuditPage;
+use crate::auth::{get_me, Area, LoginPage, PasswordPage, SignOutButton};
+use crate::iam::{GroupPage, GroupsPage, PoliciesPage, PolicyPage, SimulatorPage};
+use crate::models::ModelsPage;
 use crate::tokens::TokensPage;
-use crate::users::UsersPage;
+use crate::users::{UserPage, UsersPage};
 
 /// Name of the JS/WASM/CSS bundle under `/pkg/`.
 pub const BUNDLE_NAME: &str = "atelier";
@@ -69,7 +75,15 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("") view=HomePage/>
                     <Route path=path!("account/password") view=PasswordPage/>
                     <Route path=path!("account/tokens") view=TokensPage/>
+                    <Route path=path!("models") view=ModelsPage/>
                     <Route path=path!("admin/users") view=UsersPage/>
+                    <Route path=path!("admin/users/:username") view=UserPage/>
+                    <Route path=path!("admin/groups") view=GroupsPage/>
+                    <Route path=path!("admin/groups/:name") view=GroupPage/>
+                    <Route path=path!("admin/policies") view=PoliciesPage/>
+                    <Route path=path!("admin/policies/:name") view=PolicyPage/>
+                    <Route path=path!("admin/simulator") view=SimulatorPage/>
+                    <Route path=path!("admin/audit") view=AuditPage/>
                 </ParentRoute>
             </Routes>
         </Router>
@@ -85,7 +99,10 @@ pub struct CurrentUser(pub Resource<Result<auth::Me, error::AppError>>);
 fn AppShell() -> impl IntoView {
     let me = Resource::new(|| (), |_| get_me());
     provide_context(CurrentUser(me));
-    let is_admin = move || me.get().and_then(Result::ok).is_some_and(|m| m.is_admin);
+    // The navigation shows what the user may open; the server checks every request.
+    let may = move |area: Area| me.get().and_then(Result::ok).is_some_and(|m| m.areas.contains(&area));
+    let any_admin =
+        move || [Area::Users, Area::Groups, Area::Policies, Area::Simulator, Area::Audit].into_iter().any(may);
 
     view! {
         <header class="topbar">
@@ -103,14 +120,23 @@ fn AppShell() -> impl IntoView {
         <div class="layout">
             <nav class="sidebar" aria-label="Main">
                 <A href="/" exact=true>"Home"</A>
+                <Transition fallback=|| ()>
+                    <Show when=move || may(Area::Models)>
+                        <A href="/models">"Models"</A>
+                    </Show>
+                </Transition>
                 <p class="nav-heading">"Account"</p>
                 <A href="/account/password">"Password"</A>
                 <A href="/account/tokens">"API tokens"</A>
                 <Transition fallback=|| ()>
-                    <Show when=is_admin>
+                    <Show when=any_admin>
                         <p class="nav-heading">"Admin"</p>
-                        <A href="/admin/users">"Users"</A>
                     </Show>
+                    <Show when=move || may(Area::Users)><A href="/admin/users">"Users"</A></Show>
+                    <Show when=move || may(Area::Groups)><A href="/admin/groups">"Groups"</A></Show>
+                    <Show when=move || may(Area::Policies)><A href="/admin/policies">"Policies"</A></Show>
+                    <Show when=move || may(Area::Simulator)><A href="/admin/simulator">"Simulator"</A></Show>
+                    <Show when=move || may(Area::Audit)><A href="/admin/audit">"Audit log"</A></Show>
                 </Transition>
             </nav>
             <main class="content">

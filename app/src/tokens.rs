@@ -21,6 +21,8 @@ pub struct TokenInfo {
     pub last_used_at: Option<i64>,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// The inline policy that narrows the token, if any.
+    pub policy: Option<String>,
 }
 
 #[cfg(feature = "ssr")]
@@ -34,6 +36,7 @@ impl From<atelier_core::tokens::ApiToken> for TokenInfo {
             last_used_at: t.last_used_at,
             expires_at: t.expires_at,
             revoked_at: t.revoked_at,
+            policy: t.policy,
         }
     }
 }
@@ -49,10 +52,11 @@ pub async fn list_tokens() -> Result<Vec<TokenInfo>, AppError> {
 
 /// Creates a token for the signed-in user and returns its secret, once.
 #[server]
-pub async fn create_token(name: String, expires_in_days: String) -> Result<String, AppError> {
+pub async fn create_token(name: String, expires_in_days: String, policy: Option<String>) -> Result<String, AppError> {
     use atelier_core::authz::Action;
     use atelier_core::CoreError;
-    let me = crate::context::authorize_own_account(Action::CreateAccessToken)?.user;
+    let principal = crate::context::authorize_own_account(Action::CreateAccessToken)?;
+    let me = principal.user.clone();
     let days = match expires_in_days.trim() {
         "" => None,
         raw => Some(
@@ -60,7 +64,8 @@ pub async fn create_token(name: String, expires_in_days: String) -> Result<Strin
                 .map_err(|_| CoreError::invalid("expires_in_days", "expiry must be a whole number of days"))?,
         ),
     };
-    let created = atelier_core::tokens::create(&crate::context::db()?, &me, &name, days).await?;
+    let created = atelier_core::tokens::create(&crate::context::db()?, &me, &name, days, policy.as_deref()).await?;
+    principal.note_change(format!("created API token {} ({})", created.token.name, created.token.id));
     Ok(created.secret)
 }
 
@@ -68,8 +73,9 @@ pub async fn create_token(name: String, expires_in_days: String) -> Result<Strin
 #[server]
 pub async fn revoke_token(id: String) -> Result<(), AppError> {
     use atelier_core::authz::Action;
-    let me = crate::context::authorize_own_account(Action::DeleteAccessToken)?.user;
-    atelier_core::tokens::revoke(&crate::context::db()?, &me.id, &id).await?;
+    let principal = crate::context::authorize_own_account(Action::DeleteAccessToken)?;
+    atelier_core::tokens::revoke(&crate::context::db()?, &principal.user.id, &id).await?;
+    principal.note_change(format!("revoked API token {id}"));
     Ok(())
 }
 
@@ -86,7 +92,7 @@ pub fn TokensPage() -> impl IntoView {
         <h1>"API tokens"</h1>
         <p class="muted">
             "Scripts use a token as " <code>"Authorization: Bearer <token>"</code>
-            " on the REST API under " <code>"/api/v1/"</code> ". A token acts as you."
+            " on the REST API under " <code>"/api/v1/"</code> ". A token acts as you, optionally narrowed by an inline policy."
         </p>
         <ActionForm action=create attr:class="card form">
             <h2>"New token"</h2>
@@ -96,6 +102,13 @@ pub fn TokensPage() -> impl IntoView {
             <label for="token-expiry">"Expires after (days, empty for never)"</label>
             <input id="token-expiry" name="expires_in_days" type="number" min="1" max="3650"/>
             <FieldError error=create_error field="expires_in_days"/>
+            <details>
+                <summary>"Narrow with an inline policy (optional)"</summary>
+                <p class="muted">"The token may then do only what both this policy and your own policies allow."</p>
+                <textarea id="token-policy" name="policy" rows="8" class="code"
+                    placeholder=r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "models:List*", "Resource": "*"}]}"#></textarea>
+            </details>
+            <FieldError error=create_error field="document"/>
             <FormError error=create_error/>
             <button type="submit" class="primary">"Create token"</button>
         </ActionForm>
@@ -125,7 +138,7 @@ pub fn TokensPage() -> impl IntoView {
                                             <td>{format_time(t.created_at)}</td>
                                             <td>{t.last_used_at.map(format_time).unwrap_or_else(|| "never".into())}</td>
                                             <td>{t.expires_at.map(format_time).unwrap_or_else(|| "never".into())}</td>
-                                            <td>{if revoked { "revoked" } else { "active" }}</td>
+                                            <td>{if revoked { "revoked" } else { "active" }}{t.policy.is_some().then_some(" · narrowed")}</td>
                                             <td>
                                                 {(!revoked).then(|| view! {
                                                     <ActionForm action=revoke attr:class="inline">

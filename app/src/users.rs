@@ -1,6 +1,8 @@
-//! Admin > Users: list, create, deactivate and reactivate accounts.
+//! Admin > Users: list, create, deactivate, reset passwords, attach policies, groups.
 
 use leptos::prelude::*;
+use leptos_router::components::A;
+use leptos_router::hooks::use_params_map;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
@@ -15,22 +17,26 @@ pub struct UserInfo {
     pub id: String,
     pub username: String,
     pub display_name: String,
-    pub is_admin: bool,
     pub active: bool,
     /// Unix seconds.
     pub created_at: i64,
+    /// Policies attached directly (SelfService applies to everyone and is not listed).
+    pub policies: Vec<String>,
+    /// Groups the user belongs to (their policies apply too).
+    pub groups: Vec<String>,
 }
 
 #[cfg(feature = "ssr")]
-impl From<atelier_core::accounts::User> for UserInfo {
-    fn from(u: atelier_core::accounts::User) -> Self {
+impl From<atelier_core::iam::admin::UserRecord> for UserInfo {
+    fn from(r: atelier_core::iam::admin::UserRecord) -> Self {
         UserInfo {
-            is_admin: u.is_admin(),
-            active: u.is_active(),
-            id: u.id,
-            username: u.username,
-            display_name: u.display_name,
-            created_at: u.created_at,
+            active: r.user.is_active(),
+            id: r.user.id,
+            username: r.user.username,
+            display_name: r.user.display_name,
+            created_at: r.user.created_at,
+            policies: r.policies,
+            groups: r.groups,
         }
     }
 }
@@ -38,35 +44,64 @@ impl From<atelier_core::accounts::User> for UserInfo {
 /// Every user.
 #[server]
 pub async fn list_users() -> Result<Vec<UserInfo>, AppError> {
-    use atelier_core::authz::{Action, Resource};
-    crate::context::authorize(Action::ListUsers, &Resource::all_users())?;
-    let users = atelier_core::accounts::list_users(&crate::context::db()?).await?;
+    let (db, p) = crate::context::db_and_principal()?;
+    let users = atelier_core::iam::admin::list_users(&db, &p).await?;
     Ok(users.into_iter().map(UserInfo::from).collect())
 }
 
-/// Creates a user; `is_admin` is present when the checkbox is ticked.
+/// One user, by username.
+#[server]
+pub async fn get_user(username: String) -> Result<UserInfo, AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    Ok(atelier_core::iam::admin::get_user(&db, &p, &username).await?.into())
+}
+
+/// Creates a user, optionally with one policy and one group (more on the user's page).
 #[server]
 pub async fn create_user(
     username: String,
     display_name: String,
     password: String,
-    is_admin: Option<String>,
+    policy: Option<String>,
+    group: Option<String>,
 ) -> Result<(), AppError> {
-    use atelier_core::authz::{Action, Resource};
-    crate::context::authorize(Action::CreateUser, &Resource::all_users())?;
-    let new = atelier_core::accounts::NewUser { username, display_name, password, is_admin: is_admin.is_some() };
-    atelier_core::accounts::create_user(&crate::context::db()?, new).await?;
+    let (db, p) = crate::context::db_and_principal()?;
+    let policies = policy.into_iter().filter(|p| !p.is_empty()).collect();
+    let groups = group.into_iter().filter(|g| !g.is_empty()).collect();
+    let new = atelier_core::accounts::NewUser { username, display_name, password, policies, groups };
+    atelier_core::iam::admin::create_user(&db, &p, new).await?;
     Ok(())
 }
 
 /// Deactivates (ending the user's sessions and tokens at once) or reactivates a user.
 #[server]
 pub async fn set_user_active(id: String, active: bool) -> Result<(), AppError> {
-    use atelier_core::authz::{Action, Resource};
-    let db = crate::context::db()?;
-    let target = atelier_core::accounts::get_user(&db, &id).await?;
-    let principal = crate::context::authorize(Action::UpdateUser, &Resource::user(&target.username))?;
-    atelier_core::accounts::set_active(&db, &principal.user, &id, active).await?;
+    let (db, p) = crate::context::db_and_principal()?;
+    atelier_core::iam::admin::set_active(&db, &p, &id, active).await?;
+    Ok(())
+}
+
+/// Sets a new password for a user; their sessions end.
+#[server]
+pub async fn reset_password(username: String, password: String) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    atelier_core::iam::admin::reset_password(&db, &p, &username, &password).await?;
+    Ok(())
+}
+
+/// Attaches a policy to (or detaches it from) a user.
+#[server]
+pub async fn set_user_policy(username: String, policy: String, attach: bool) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    atelier_core::iam::admin::set_user_policy(&db, &p, &username, &policy, attach).await?;
+    Ok(())
+}
+
+/// Adds a user to (or removes them from) a group.
+#[server]
+pub async fn set_user_group(username: String, group: String, member: bool) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    atelier_core::iam::admin::set_member(&db, &p, &group, &username, member).await?;
     Ok(())
 }
 
@@ -74,46 +109,30 @@ pub async fn set_user_active(id: String, active: bool) -> Result<(), AppError> {
 #[component]
 pub fn UsersPage() -> impl IntoView {
     let create = ServerAction::<CreateUser>::new();
-    let toggle = ServerAction::<SetUserActive>::new();
-    let users = Resource::new(move || (create.version().get(), toggle.version().get()), |_| list_users());
-    let CurrentUser(me) = expect_context::<CurrentUser>();
+    let users = Resource::new(move || create.version().get(), |_| list_users());
+    let choices = Resource::new(|| (), |_| crate::iam::attach_choices());
     let create_error = Signal::derive(move || create.value().get().and_then(Result::err));
-    let toggle_error = Signal::derive(move || toggle.value().get().and_then(Result::err));
 
     view! {
         <h1>"Users"</h1>
-        <FormError error=toggle_error/>
         <Transition fallback=|| view! { <p class="muted">"Loading users…"</p> }>
             {move || Suspend::new(async move {
-                let my_id = me.await.ok().map(|m| m.id).unwrap_or_default();
                 match users.await {
                     Err(e) => view! { <p class="error">{e.message}</p> }.into_any(),
                     Ok(list) => view! {
                         <table class="table">
-                            <thead><tr><th>"Username"</th><th>"Name"</th><th>"Role"</th><th>"Status"</th><th>"Created"</th><th></th></tr></thead>
+                            <thead><tr><th>"Username"</th><th>"Name"</th><th>"Policies"</th><th>"Groups"</th><th>"Status"</th><th>"Created"</th></tr></thead>
                             <tbody>
                                 {list.into_iter().map(|u| {
-                                    let row_name = u.username.clone();
-                                    let is_me = u.id == my_id;
+                                    let (key, href) = (u.username.clone(), format!("/admin/users/{}", u.username));
                                     view! {
-                                    <tr data-username=row_name>
-                                        <td>{u.username}</td>
+                                    <tr data-username=key>
+                                        <td><A href=href>{u.username}</A></td>
                                         <td>{u.display_name}</td>
-                                        <td>{if u.is_admin { "admin" } else { "user" }}</td>
+                                        <td>{u.policies.join(", ")}</td>
+                                        <td>{u.groups.join(", ")}</td>
                                         <td>{if u.active { "active" } else { "deactivated" }}</td>
                                         <td>{format_time(u.created_at)}</td>
-                                        <td>
-                                            // Deactivating yourself is refused anyway; do not offer it.
-                                            {(!is_me).then(|| view! {
-                                                <ActionForm action=toggle attr:class="inline">
-                                                    <input type="hidden" name="id" value=u.id/>
-                                                    <input type="hidden" name="active" value=if u.active { "false" } else { "true" }/>
-                                                    <button type="submit" class=if u.active { "danger" } else { "secondary" }>
-                                                        {if u.active { "Deactivate" } else { "Reactivate" }}
-                                                    </button>
-                                                </ActionForm>
-                                            })}
-                                        </td>
                                     </tr>
                                 }}).collect_view()}
                             </tbody>
@@ -133,9 +152,143 @@ pub fn UsersPage() -> impl IntoView {
             <label for="new-password">"Initial password"</label>
             <input id="new-password" name="password" type="password" autocomplete="new-password" required minlength="8"/>
             <FieldError error=create_error field="password"/>
-            <label class="checkbox"><input type="checkbox" name="is_admin"/>" Administrator"</label>
+            <Transition fallback=|| ()>
+                {move || Suspend::new(async move {
+                    let (policies, groups) = choices.await.unwrap_or_default();
+                    view! {
+                        <label for="new-policy">"Policy"</label>
+                        <select id="new-policy" name="policy">
+                            <option value="">"(none)"</option>
+                            {policies.into_iter().map(|p| view! { <option value=p.clone()>{p.clone()}</option> }).collect_view()}
+                        </select>
+                        <label for="new-group">"Group"</label>
+                        <select id="new-group" name="group">
+                            <option value="">"(none)"</option>
+                            {groups.into_iter().map(|g| view! { <option value=g.clone()>{g.clone()}</option> }).collect_view()}
+                        </select>
+                    }
+                })}
+            </Transition>
+            <FieldError error=create_error field="policies"/>
+            <FieldError error=create_error field="groups"/>
             <FormError error=create_error/>
             <button type="submit" class="primary">"Create user"</button>
         </ActionForm>
+    }
+}
+
+/// Admin > Users > one user.
+#[component]
+pub fn UserPage() -> impl IntoView {
+    let params = use_params_map();
+    let username = move || params.read().get("username").unwrap_or_default();
+    let toggle = ServerAction::<SetUserActive>::new();
+    let reset = ServerAction::<ResetPassword>::new();
+    let policy = ServerAction::<SetUserPolicy>::new();
+    let group = ServerAction::<SetUserGroup>::new();
+    let user = Resource::new(
+        move || (username(), toggle.version().get(), policy.version().get(), group.version().get()),
+        |(name, ..)| get_user(name),
+    );
+    let choices = Resource::new(|| (), |_| crate::iam::attach_choices());
+    let CurrentUser(me) = expect_context::<CurrentUser>();
+    let errors = Signal::derive(move || {
+        [toggle.value().get(), policy.value().get(), group.value().get()].into_iter().flatten().find_map(Result::err)
+    });
+    let reset_error = Signal::derive(move || reset.value().get().and_then(Result::err));
+
+    view! {
+        <p><A href="/admin/users">"← Users"</A></p>
+        <FormError error=errors/>
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                let my_id = me.await.ok().map(|m| m.id).unwrap_or_default();
+                let (all_policies, all_groups) = choices.await.unwrap_or_default();
+                match user.await {
+                    Err(e) => view! { <p class="error">{e.message}</p> }.into_any(),
+                    Ok(u) => {
+                        // StoredValue is Copy: each form's children closure can take it.
+                        let name = StoredValue::new(u.username.clone());
+                        let is_me = u.id == my_id;
+                        let policy_options = all_policies.into_iter().filter(|p| !u.policies.contains(p))
+                            .map(|p| { let v = p.clone(); view! { <option value=v>{p}</option> } }).collect_view();
+                        let group_options = all_groups.into_iter().filter(|g| !u.groups.contains(g))
+                            .map(|g| { let v = g.clone(); view! { <option value=v>{g}</option> } }).collect_view();
+                        let policy_rows = u.policies.clone().into_iter().map(|p| {
+                            let (href, value) = (format!("/admin/policies/{p}"), p.clone());
+                            view! {
+                                <li>
+                                    <A href=href>{p}</A>" "
+                                    <ActionForm action=policy attr:class="inline">
+                                        <input type="hidden" name="username" value=name.get_value()/>
+                                        <input type="hidden" name="policy" value=value/>
+                                        <input type="hidden" name="attach" value="false"/>
+                                        <button type="submit" class="link">"Detach"</button>
+                                    </ActionForm>
+                                </li>
+                            }
+                        }).collect_view();
+                        let group_rows = u.groups.clone().into_iter().map(|g| {
+                            let (href, value) = (format!("/admin/groups/{g}"), g.clone());
+                            view! {
+                                <li>
+                                    <A href=href>{g}</A>" "
+                                    <ActionForm action=group attr:class="inline">
+                                        <input type="hidden" name="username" value=name.get_value()/>
+                                        <input type="hidden" name="group" value=value/>
+                                        <input type="hidden" name="member" value="false"/>
+                                        <button type="submit" class="link">"Remove"</button>
+                                    </ActionForm>
+                                </li>
+                            }
+                        }).collect_view();
+                        view! {
+                            <h1>{u.display_name.clone()} <span class="muted">" @"{u.username.clone()}</span></h1>
+                            <p>{if u.active { "Active" } else { "Deactivated" }}" · created "{format_time(u.created_at)}</p>
+                            {(!is_me).then(|| view! {
+                                <ActionForm action=toggle attr:class="inline">
+                                    <input type="hidden" name="id" value=u.id.clone()/>
+                                    <input type="hidden" name="active" value=if u.active { "false" } else { "true" }/>
+                                    <button type="submit" class=if u.active { "danger" } else { "secondary" }>
+                                        {if u.active { "Deactivate" } else { "Reactivate" }}
+                                    </button>
+                                </ActionForm>
+                            })}
+                            <section class="card">
+                                <h2>"Policies"</h2>
+                                <p class="muted">"SelfService applies to every user. Policies of the user's groups apply too."</p>
+                                <ul data-testid="user-policies">{policy_rows}</ul>
+                                <ActionForm action=policy attr:class="inline">
+                                    <input type="hidden" name="username" value=name.get_value()/>
+                                    <input type="hidden" name="attach" value="true"/>
+                                    <select name="policy" aria-label="Policy to attach">{policy_options}</select>
+                                    <button type="submit" class="secondary">"Attach policy"</button>
+                                </ActionForm>
+                            </section>
+                            <section class="card">
+                                <h2>"Groups"</h2>
+                                <ul data-testid="user-groups">{group_rows}</ul>
+                                <ActionForm action=group attr:class="inline">
+                                    <input type="hidden" name="username" value=name.get_value()/>
+                                    <input type="hidden" name="member" value="true"/>
+                                    <select name="group" aria-label="Group to join">{group_options}</select>
+                                    <button type="submit" class="secondary">"Add to group"</button>
+                                </ActionForm>
+                            </section>
+                            <ActionForm action=reset attr:class="card form">
+                                <h2>"Reset password"</h2>
+                                <input type="hidden" name="username" value=name.get_value()/>
+                                <label for="reset-password">"New password"</label>
+                                <input id="reset-password" name="password" type="password" autocomplete="new-password" required minlength="8"/>
+                                <FieldError error=reset_error field="password"/>
+                                <FormError error=reset_error/>
+                                {move || matches!(reset.value().get(), Some(Ok(()))).then(|| view! { <p class="success" role="status">"Password reset; the user's sessions ended."</p> })}
+                                <button type="submit" class="secondary">"Set password"</button>
+                            </ActionForm>
+                        }.into_any()
+                    }
+                }
+            })}
+        </Transition>
     }
 }

@@ -41,21 +41,17 @@ pub struct User {
     pub id: String,
     pub username: String,
     pub display_name: String,
-    pub is_admin: i64,
     pub active: i64,
     pub created_at: i64,
 }
 
 impl User {
-    pub fn is_admin(&self) -> bool {
-        self.is_admin != 0
-    }
     pub fn is_active(&self) -> bool {
         self.active != 0
     }
 }
 
-const USER_COLUMNS: &str = "id, username, display_name, is_admin, active, created_at";
+const USER_COLUMNS: &str = "id, username, display_name, active, created_at";
 
 /// What it takes to create a user.
 #[derive(Debug, Clone)]
@@ -63,7 +59,10 @@ pub struct NewUser {
     pub username: String,
     pub display_name: String,
     pub password: String,
-    pub is_admin: bool,
+    /// Names of policies to attach.
+    pub policies: Vec<String>,
+    /// Names of groups to join.
+    pub groups: Vec<String>,
 }
 
 /// Lower-cases and checks a username: 2 to 64 of `a-z 0-9 . _ -`, starting with a letter
@@ -141,31 +140,26 @@ pub async fn create_user(db: &Db, new: NewUser) -> CoreResult<User> {
         name => name.to_string(),
     };
     let hash = hash_password(new.password).await?;
-    let user = User {
-        id: uuid::Uuid::new_v4().to_string(),
-        username,
-        display_name,
-        is_admin: i64::from(new.is_admin),
-        active: 1,
-        created_at: now(),
-    };
+    let user = User { id: uuid::Uuid::new_v4().to_string(), username, display_name, active: 1, created_at: now() };
+    let mut tx = db.pool.begin().await?;
     sqlx::query(
-        "INSERT INTO users (id, username, display_name, password_hash, is_admin, active, created_at, updated_at) \
-         VALUES ($1, $2, $3, $4, $5, 1, $6, $6)",
+        "INSERT INTO users (id, username, display_name, password_hash, active, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, 1, $5, $5)",
     )
     .bind(&user.id)
     .bind(&user.username)
     .bind(&user.display_name)
     .bind(&hash)
-    .bind(user.is_admin)
     .bind(user.created_at)
-    .execute(&db.pool)
+    .execute(&mut *tx)
     .await
     .map_err(|e| match CoreError::from(e) {
         CoreError::Conflict(_) => CoreError::Conflict(format!("user '{}' already exists", user.username)),
         other => other,
     })?;
-    tracing::info!(user = %user.username, admin = new.is_admin, "user created");
+    crate::iam::store::grant_new_user(&mut tx, &user.id, &new.policies, &new.groups).await?;
+    tx.commit().await?;
+    tracing::info!(user = %user.username, policies = ?new.policies, "user created");
     Ok(user)
 }
 
@@ -291,6 +285,28 @@ pub async fn set_active(db: &Db, actor: &User, id: &str, active: bool) -> CoreRe
     Ok(user)
 }
 
+/// The built-in policy that makes a user an administrator.
+pub const ADMIN_POLICY: &str = "AdministratorAccess";
+
+/// Sets another user's password (an administrator's reset) and ends all of that
+/// user's sessions. The user's API tokens keep working; revoke them separately.
+pub async fn reset_password(db: &Db, id: &str, new_password: &str) -> CoreResult<User> {
+    validate_password("password", new_password)?;
+    let user = get_user(db, id).await?;
+    let hash = hash_password(new_password.to_string()).await?;
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("UPDATE users SET password_hash = $1, updated_at = $2 WHERE id = $3")
+        .bind(hash)
+        .bind(now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
+    tx.commit().await?;
+    tracing::info!(user = %user.username, "password reset by an administrator");
+    Ok(user)
+}
+
 /// Outcome of [`ensure_admin`].
 #[derive(Debug, PartialEq, Eq)]
 pub enum AdminBootstrap {
@@ -303,7 +319,10 @@ pub enum AdminBootstrap {
 /// Creates the `admin` account on first start, when no administrator exists yet.
 /// The password is `preset` (from `ATELIER_ADMIN_PASSWORD`) or a new random one.
 pub async fn ensure_admin(db: &Db, preset: Option<String>) -> CoreResult<AdminBootstrap> {
-    let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM users WHERE is_admin = 1").fetch_one(&db.pool).await?;
+    let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_policies WHERE policy_id = $1")
+        .bind(crate::iam::builtin::id(ADMIN_POLICY))
+        .fetch_one(&db.pool)
+        .await?;
     if admins > 0 {
         return Ok(AdminBootstrap::Existing);
     }
@@ -317,7 +336,8 @@ pub async fn ensure_admin(db: &Db, preset: Option<String>) -> CoreResult<AdminBo
             username: "admin".into(),
             display_name: "Administrator".into(),
             password: password.clone(),
-            is_admin: true,
+            policies: vec![ADMIN_POLICY.into()],
+            groups: Vec::new(),
         },
     )
     .await?;

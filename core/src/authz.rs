@@ -1,20 +1,32 @@
 //! The one access-control check: may this principal do this action on this resource?
 //!
-//! Every HTTP route and server function that is not on the public list calls
-//! [`authorize`] before acting. The rules here are the foundation's (administrators may
-//! do everything; a user may act on their own account); the access-control issue
-//! replaces the rule body with policy evaluation behind the same call.
+//! Every HTTP route and server function that is not on the reviewed public list calls
+//! [`authorize`] before acting. The answer comes from the principal's policies
+//! (compiled once per IAM generation, see `iam::store`), narrowed by the API token's
+//! inline policy when the request carries one. Each decision is noted on the principal
+//! so the server's middleware can write the audit log once the response is known.
 
-use std::fmt;
+use std::sync::{Arc, Mutex};
+
+use serde::{Deserialize, Serialize};
 
 use crate::accounts::User;
-use crate::{CoreError, CoreResult};
+use crate::iam::{CompiledPolicies, Evaluation, Facts};
+use crate::{now, CoreError, CoreResult};
 
-/// Who is acting, and how they proved it.
+pub use crate::iam::Action;
+
+/// Who is acting, how they proved it, and the policies that govern them.
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub user: User,
     pub via: Credential,
+    pub policies: Arc<CompiledPolicies>,
+    /// The API token's inline policy, if it has one: the token may do only what both
+    /// this and the user's policies allow.
+    pub token_policies: Option<Arc<CompiledPolicies>>,
+    pub source_ip: Option<String>,
+    trail: Arc<Mutex<Vec<Noted>>>,
 }
 
 /// How a principal authenticated.
@@ -26,126 +38,173 @@ pub enum Credential {
     ApiToken(String),
 }
 
-/// Actions, named `service:Verb` as they will appear in policy documents.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    GetUser,
-    ListUsers,
-    CreateUser,
-    UpdateUser,
-    ChangePassword,
-    ListAccessTokens,
-    CreateAccessToken,
-    DeleteAccessToken,
-}
-
-impl Action {
-    /// Every action, for catalogues and documentation.
-    pub const ALL: [Action; 8] = [
-        Action::GetUser,
-        Action::ListUsers,
-        Action::CreateUser,
-        Action::UpdateUser,
-        Action::ChangePassword,
-        Action::ListAccessTokens,
-        Action::CreateAccessToken,
-        Action::DeleteAccessToken,
-    ];
-
-    /// The action's policy name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Action::GetUser => "iam:GetUser",
-            Action::ListUsers => "iam:ListUsers",
-            Action::CreateUser => "iam:CreateUser",
-            Action::UpdateUser => "iam:UpdateUser",
-            Action::ChangePassword => "iam:ChangePassword",
-            Action::ListAccessTokens => "iam:ListAccessTokens",
-            Action::CreateAccessToken => "iam:CreateAccessToken",
-            Action::DeleteAccessToken => "iam:DeleteAccessToken",
-        }
-    }
-}
-
-impl fmt::Display for Action {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// An Atelier resource name, such as `atelier:iam:user/alice`.
+/// A decision noted during a request, for the audit log.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Resource(String);
+pub struct Noted {
+    pub action: Action,
+    pub resource: String,
+    pub allowed: bool,
+    pub summary: String,
+}
+
+/// A resource being acted on: its name and the attributes conditions may test.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Resource {
+    pub name: String,
+    /// Username of whoever created it (`atelier:ResourceCreator`).
+    pub creator: Option<String>,
+    /// `atelier:ResourceTag/<key>`.
+    pub tags: Vec<(String, String)>,
+    /// `atelier:WorkTeam`, for labeling work.
+    pub work_team: Option<String>,
+}
 
 impl Resource {
+    /// A resource by name, such as `atelier:models:group/fraud`.
+    pub fn new(name: impl Into<String>) -> Self {
+        Resource { name: name.into(), ..Default::default() }
+    }
     /// A user account.
     pub fn user(username: &str) -> Self {
-        Resource(format!("atelier:iam:user/{username}"))
+        Resource::new(format!("atelier:iam:user/{username}"))
     }
     /// The collection of all users (for listing and creating).
     pub fn all_users() -> Self {
-        Resource("atelier:iam:user/*".into())
+        Resource::new("atelier:iam:user/*")
+    }
+    pub fn group(name: &str) -> Self {
+        Resource::new(format!("atelier:iam:group/{name}"))
+    }
+    pub fn policy(name: &str) -> Self {
+        Resource::new(format!("atelier:iam:policy/{name}"))
+    }
+    pub fn created_by(mut self, username: impl Into<String>) -> Self {
+        self.creator = Some(username.into());
+        self
+    }
+    pub fn tagged(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.tags.push((key.into(), value.into()));
+        self
+    }
+    pub fn for_team(mut self, team: impl Into<String>) -> Self {
+        self.work_team = Some(team.into());
+        self
     }
 }
 
-impl fmt::Display for Resource {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+impl std::fmt::Display for Resource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.name)
     }
 }
 
-/// Allows or refuses `action` on `resource` for `principal`.
+/// The combined answer for a principal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Decision {
+    pub allowed: bool,
+    /// What the user's policies decided.
+    pub user: Evaluation,
+    /// What the API token's inline policy decided, when it has one.
+    pub token: Option<Evaluation>,
+}
+
+impl Principal {
+    pub fn new(
+        user: User,
+        via: Credential,
+        policies: Arc<CompiledPolicies>,
+        token_policies: Option<Arc<CompiledPolicies>>,
+        source_ip: Option<String>,
+    ) -> Self {
+        Principal { user, via, policies, token_policies, source_ip, trail: Arc::default() }
+    }
+
+    /// The condition keys this principal brings to every request.
+    pub fn facts(&self, resource: &Resource) -> Facts {
+        let mut facts = resource_facts(resource);
+        facts
+            .set("atelier:username", self.user.username.clone())
+            .set("atelier:userid", self.user.id.clone())
+            .set("atelier:ViaApiToken", matches!(self.via, Credential::ApiToken(_)).to_string())
+            .set_time("atelier:CurrentTime", now());
+        if let Some(ip) = &self.source_ip {
+            facts.set("atelier:SourceIp", ip.clone());
+        }
+        facts
+    }
+
+    /// Evaluates without enforcing or auditing (the simulator and UI hints use this).
+    pub fn decide(&self, action: Action, resource: &Resource) -> CoreResult<Decision> {
+        let facts = self.facts(resource);
+        let user = self.policies.evaluate(action, &facts)?;
+        let token = match &self.token_policies {
+            Some(t) => Some(t.evaluate(action, &facts)?),
+            None => None,
+        };
+        let allowed = self.user.is_active() && user.allowed() && token.as_ref().is_none_or(Evaluation::allowed);
+        Ok(Decision { allowed, user, token })
+    }
+
+    /// Whether the action would be allowed; for hiding what a user cannot do. Never
+    /// a substitute for [`authorize`].
+    pub fn can(&self, action: Action, resource: &Resource) -> bool {
+        self.decide(action, resource).is_ok_and(|d| d.allowed)
+    }
+
+    /// Adds a short description of the change to the last write this request was
+    /// allowed, for the audit log (for example "attached DataScientist to alice").
+    pub fn note_change(&self, summary: impl Into<String>) {
+        let mut trail = self.lock();
+        if let Some(last) = trail.iter_mut().rev().find(|n| n.allowed && n.action.is_write()) {
+            last.summary = summary.into();
+        }
+    }
+
+    /// Removes and returns the decisions noted so far.
+    pub fn take_noted(&self) -> Vec<Noted> {
+        std::mem::take(&mut *self.lock())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Noted>> {
+        self.trail.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The condition keys a resource brings.
+pub fn resource_facts(resource: &Resource) -> Facts {
+    let mut facts = Facts::new(resource.name.clone());
+    if let Some(c) = &resource.creator {
+        facts.set("atelier:ResourceCreator", c.clone());
+    }
+    if let Some(t) = &resource.work_team {
+        facts.set("atelier:WorkTeam", t.clone());
+    }
+    for (k, v) in &resource.tags {
+        facts.set(format!("atelier:ResourceTag/{k}"), v.clone());
+    }
+    facts
+}
+
+/// Allows or refuses `action` on `resource` for `principal`. Denials and allowed
+/// changes are noted for the audit log.
 pub fn authorize(principal: &Principal, action: Action, resource: &Resource) -> CoreResult<()> {
-    let user = &principal.user;
-    let allowed = user.is_active()
-        && (user.is_admin() || (resource == &Resource::user(&user.username) && action != Action::UpdateUser));
-    if allowed {
+    let decision = principal.decide(action, resource)?;
+    // Allowed reads are not audited; allowed writes and every denial are.
+    if !decision.allowed || action.is_write() {
+        principal.lock().push(Noted {
+            action,
+            resource: resource.name.clone(),
+            allowed: decision.allowed,
+            summary: String::new(),
+        });
+    }
+    if decision.allowed {
         Ok(())
     } else {
-        tracing::info!(user = %user.username, %action, %resource, "access denied");
-        Err(CoreError::Forbidden(format!("{} may not perform {action} on {resource}", user.username)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn principal(name: &str, admin: bool) -> Principal {
-        Principal {
-            user: User {
-                id: name.into(),
-                username: name.into(),
-                display_name: name.into(),
-                is_admin: i64::from(admin),
-                active: 1,
-                created_at: 0,
-            },
-            via: Credential::Session,
-        }
-    }
-
-    #[test]
-    fn users_manage_their_own_tokens_but_not_others() {
-        let alice = principal("alice", false);
-        assert!(authorize(&alice, Action::CreateAccessToken, &Resource::user("alice")).is_ok());
-        assert!(authorize(&alice, Action::CreateAccessToken, &Resource::user("bob")).is_err());
-        assert!(authorize(&alice, Action::ListUsers, &Resource::all_users()).is_err());
-    }
-
-    #[test]
-    fn users_cannot_reactivate_or_promote_themselves() {
-        let alice = principal("alice", false);
-        assert!(authorize(&alice, Action::UpdateUser, &Resource::user("alice")).is_err());
-    }
-
-    #[test]
-    fn admins_may_do_everything_but_not_once_deactivated() {
-        let mut admin = principal("root", true);
-        for action in Action::ALL {
-            assert!(authorize(&admin, action, &Resource::user("bob")).is_ok(), "{action}");
-        }
-        admin.user.active = 0;
-        assert!(authorize(&admin, Action::GetUser, &Resource::user("root")).is_err());
+        tracing::info!(user = %principal.user.username, %action, %resource, "access denied");
+        Err(CoreError::Forbidden(format!(
+            "{} is not allowed to perform {action} on {resource}",
+            principal.user.username
+        )))
     }
 }

@@ -30,7 +30,8 @@ pub struct Db {
 }
 
 impl Db {
-    /// Connects to `url` (`sqlite://...` or `postgres://...`) and applies pending migrations.
+    /// Connects to `url` (`sqlite://...` or `postgres://...`) and applies pending migrations and
+    /// gives built-in policies their rows.
     pub async fn connect(url: &str) -> CoreResult<Db> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
@@ -65,7 +66,9 @@ impl Db {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await.map_err(CoreError::internal)?;
-        Ok(Db { pool, backend })
+        let db = Db { pool, backend };
+        crate::iam::store::ensure_builtins(&db).await?;
+        Ok(db)
     }
 
     /// True when the database answers a trivial query.

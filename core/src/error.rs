@@ -12,6 +12,10 @@ pub enum CoreError {
     /// Input failed validation; `field` names the offending input.
     #[error("{message}")]
     Invalid { field: &'static str, message: String },
+    /// A submitted document (such as a policy) is malformed; the message points at the
+    /// offending part.
+    #[error("{message}")]
+    Malformed { field: &'static str, message: String },
     /// No valid credentials were presented.
     #[error("{0}")]
     Unauthenticated(String),
@@ -41,11 +45,17 @@ impl CoreError {
         CoreError::Invalid { field, message: message.to_string() }
     }
 
+    /// A malformed-document error for one field.
+    pub fn malformed(field: &'static str, message: impl fmt::Display) -> Self {
+        CoreError::Malformed { field, message: message.to_string() }
+    }
+
     /// The HTTP status that answers this error, the same for the REST API and for
     /// server functions (kept as a number so the core needs no HTTP crate).
     pub fn http_status(&self) -> u16 {
         match self {
             CoreError::Invalid { .. } => 422,
+            CoreError::Malformed { .. } => 400,
             CoreError::Unauthenticated(_) => 401,
             CoreError::Forbidden(_) => 403,
             CoreError::NotFound(_) => 404,

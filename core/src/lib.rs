@@ -5,9 +5,12 @@
 //! create a token for whom" is written once.
 
 pub mod accounts;
+pub mod audit;
 pub mod authz;
 pub mod db;
 pub mod error;
+pub mod iam;
+pub mod models;
 pub mod sessions;
 pub mod throttle;
 pub mod tokens;

@@ -26,6 +26,8 @@ pub struct ApiToken {
     pub last_used_at: Option<i64>,
     pub expires_at: Option<i64>,
     pub revoked_at: Option<i64>,
+    /// Inline policy narrowing what the token may do (JSON policy document).
+    pub policy: Option<String>,
 }
 
 /// A freshly created token together with its secret, shown once.
@@ -39,8 +41,15 @@ fn hash(secret: &str) -> String {
     Sha256::digest(secret.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Creates a token for `user`. `expires_in_days` of `None` means no expiry.
-pub async fn create(db: &Db, user: &User, name: &str, expires_in_days: Option<i64>) -> CoreResult<CreatedToken> {
+/// Creates a token for `user`. `expires_in_days` of `None` means no expiry; `policy`,
+/// an inline policy document, narrows what the token may do.
+pub async fn create(
+    db: &Db,
+    user: &User,
+    name: &str,
+    expires_in_days: Option<i64>,
+    policy: Option<&str>,
+) -> CoreResult<CreatedToken> {
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 100 {
         return Err(CoreError::invalid("name", "token name must be 1-100 characters"));
@@ -49,6 +58,10 @@ pub async fn create(db: &Db, user: &User, name: &str, expires_in_days: Option<i6
         if !(1..=3650).contains(&days) {
             return Err(CoreError::invalid("expires_in_days", "expiry must be between 1 and 3650 days"));
         }
+    }
+    let policy = policy.map(str::trim).filter(|p| !p.is_empty());
+    if let Some(p) = policy {
+        crate::iam::document::parse(p)?;
     }
     let secret = format!("{TOKEN_PREFIX}{}", random_secret(32));
     let created_at = now();
@@ -61,10 +74,11 @@ pub async fn create(db: &Db, user: &User, name: &str, expires_in_days: Option<i6
         last_used_at: None,
         expires_at: expires_in_days.map(|d| created_at + d * 86_400),
         revoked_at: None,
+        policy: policy.map(str::to_string),
     };
     sqlx::query(
-        "INSERT INTO api_tokens (id, user_id, name, token_hash, token_prefix, created_at, expires_at) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        "INSERT INTO api_tokens (id, user_id, name, token_hash, token_prefix, created_at, expires_at, policy) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
     )
     .bind(&token.id)
     .bind(&token.user_id)
@@ -73,6 +87,7 @@ pub async fn create(db: &Db, user: &User, name: &str, expires_in_days: Option<i6
     .bind(&token.token_prefix)
     .bind(token.created_at)
     .bind(token.expires_at)
+    .bind(&token.policy)
     .execute(&db.pool)
     .await?;
     tracing::info!(user = %user.username, token = %token.id, "API token created");
@@ -82,7 +97,7 @@ pub async fn create(db: &Db, user: &User, name: &str, expires_in_days: Option<i6
 /// The tokens of one user, newest first, revoked ones included.
 pub async fn list(db: &Db, user_id: &str) -> CoreResult<Vec<ApiToken>> {
     Ok(sqlx::query_as::<_, ApiToken>(
-        "SELECT id, user_id, name, token_prefix, created_at, last_used_at, expires_at, revoked_at \
+        "SELECT id, user_id, name, token_prefix, created_at, last_used_at, expires_at, revoked_at, policy \
          FROM api_tokens WHERE user_id = $1 ORDER BY created_at DESC, id",
     )
     .bind(user_id)
@@ -106,9 +121,17 @@ pub async fn revoke(db: &Db, user_id: &str, token_id: &str) -> CoreResult<()> {
     Ok(())
 }
 
-/// Resolves a presented secret to its active user and token id. Revoked or expired
-/// tokens and tokens of deactivated users resolve to `Unauthenticated`.
-pub async fn authenticate(db: &Db, secret: &str) -> CoreResult<(User, String)> {
+/// A token that authenticated a request.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub user: User,
+    pub token_id: String,
+    pub policy: Option<String>,
+}
+
+/// Resolves a presented secret to its active user, token id and inline policy. Revoked
+/// or expired tokens and tokens of deactivated users resolve to `Unauthenticated`.
+pub async fn authenticate(db: &Db, secret: &str) -> CoreResult<Authenticated> {
     let rejected = || CoreError::Unauthenticated("invalid or revoked API token".into());
     if !secret.starts_with(TOKEN_PREFIX) || secret.len() > 128 {
         return Err(rejected());
@@ -118,11 +141,12 @@ pub async fn authenticate(db: &Db, secret: &str) -> CoreResult<(User, String)> {
     struct Row {
         token_id: String,
         last_used_at: Option<i64>,
+        policy: Option<String>,
         #[sqlx(flatten)]
         user: User,
     }
     let row: Option<Row> = sqlx::query_as(
-        "SELECT t.id AS token_id, t.last_used_at, u.id, u.username, u.display_name, u.is_admin, u.active, u.created_at \
+        "SELECT t.id AS token_id, t.last_used_at, t.policy, u.id, u.username, u.display_name, u.active, u.created_at \
          FROM api_tokens t JOIN users u ON u.id = t.user_id \
          WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND u.active = 1 \
            AND (t.expires_at IS NULL OR t.expires_at > $2)",
@@ -131,7 +155,7 @@ pub async fn authenticate(db: &Db, secret: &str) -> CoreResult<(User, String)> {
     .bind(now)
     .fetch_optional(&db.pool)
     .await?;
-    let Row { token_id, last_used_at, user } = row.ok_or_else(rejected)?;
+    let Row { token_id, last_used_at, policy, user } = row.ok_or_else(rejected)?;
     // Record use at minute granularity: enough to spot stale tokens, without a write
     // on every request.
     if last_used_at.is_none_or(|t| now - t >= 60) {
@@ -141,7 +165,7 @@ pub async fn authenticate(db: &Db, secret: &str) -> CoreResult<(User, String)> {
             .execute(&db.pool)
             .await?;
     }
-    Ok((user, token_id))
+    Ok(Authenticated { user, token_id, policy })
 }
 
 #[cfg(test)]

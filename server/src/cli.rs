@@ -167,7 +167,7 @@ async fn create_token(config: Config, username: &str, name: &str, expires_in_day
     let user =
         accounts::find_by_username(&db, username).await?.with_context(|| format!("no user named '{username}'"))?;
     anyhow::ensure!(user.is_active(), "user '{}' is deactivated", user.username);
-    let created = atelier_core::tokens::create(&db, &user, name, expires_in_days).await?;
+    let created = atelier_core::tokens::create(&db, &user, name, expires_in_days, None).await?;
     println!("{}", created.secret);
     Ok(())
 }

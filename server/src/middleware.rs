@@ -7,7 +7,10 @@
 
 use std::net::SocketAddr;
 
+use atelier_core::accounts::User;
+use atelier_core::audit::{self, NewEvent};
 use atelier_core::authz::{Credential, Principal};
+use atelier_core::iam::store;
 use atelier_core::sessions::{self, ClientIp};
 use atelier_core::{tokens, CoreError};
 use axum::extract::{ConnectInfo, Request, State};
@@ -15,6 +18,7 @@ use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Redirect, Response};
 use leptos::server_fn::ServerFn;
+use tower_http::request_id::RequestId;
 use tower_sessions::Session;
 
 use app::error::{AppError, ErrorKind};
@@ -30,43 +34,90 @@ pub fn is_public(path: &str) -> bool {
         || path.starts_with("/pkg/")
 }
 
-/// Resolves the principal (API token first, then session), records the client address,
-/// and turns away anonymous requests to non-public routes.
+/// Resolves the principal (API token first, then session) with its compiled policies,
+/// records the client address, turns away anonymous requests to non-public routes,
+/// and writes the request's audit events once the response status is known.
 pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
-    if let Some(ip) = client_ip(&state, &request) {
-        request.extensions_mut().insert(ClientIp(ip));
+    let ip = client_ip(&state, &request);
+    if let Some(ip) = &ip {
+        request.extensions_mut().insert(ClientIp(ip.clone()));
     }
+    let request_id =
+        request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).map(str::to_string);
     let bearer = bearer_token(request.headers());
     let session = request.extensions().get::<Session>().cloned();
-    let principal = match resolve_principal(&state, bearer, session).await {
+    let principal = match resolve_principal(&state, bearer, session, ip.clone()).await {
         Ok(principal) => principal,
         Err(err) => return ApiError::from(err).into_response(),
     };
     let path = request.uri().path().to_string();
-    match principal {
-        Some(principal) => {
-            if path == "/login" && request.method() == Method::GET {
-                return Redirect::to("/").into_response();
-            }
-            request.extensions_mut().insert(principal);
-            next.run(request).await
+    let Some(principal) = principal else {
+        return anonymous(&state, request, next, ip, request_id).await;
+    };
+    if path == "/login" && request.method() == Method::GET {
+        return Redirect::to("/").into_response();
+    }
+    request.extensions_mut().insert(principal.clone());
+    let response = next.run(request).await;
+    for noted in principal.take_noted() {
+        let event = NewEvent {
+            principal: principal.user.username.clone(),
+            action: noted.action.name().to_string(),
+            resource: noted.resource,
+            allowed: noted.allowed,
+            status: Some(response.status().as_u16()),
+            source_ip: ip.clone(),
+            request_id: request_id.clone(),
+            summary: noted.summary,
+        };
+        if let Err(err) = audit::record(&state.db, event).await {
+            // The change is made; failing the response now would invite a retry of it.
+            tracing::error!(error = %err, "audit event could not be written");
         }
-        None if is_public(&path) => next.run(request).await,
-        None if !path.starts_with("/api/") && matches!(*request.method(), Method::GET | Method::HEAD) => {
-            let target = request.uri().path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
-            Redirect::to(&format!("/login?next={}", percent_encode(target))).into_response()
-        }
-        // Server functions answer in the error shape the page's client decodes, so an
-        // expired session reads as such in the UI.
-        None if !path.starts_with("/api/v1/") => {
-            let error = AppError::new(ErrorKind::Unauthenticated, "Your session has ended. Sign in again.");
-            (StatusCode::UNAUTHORIZED, axum::Json(error)).into_response()
-        }
-        None => ApiError::from(CoreError::Unauthenticated(
+    }
+    response
+}
+
+/// Requests without a principal: public routes pass, pages redirect to sign-in, API
+/// calls and server functions are refused (and audited).
+async fn anonymous(
+    state: &AppState,
+    request: Request,
+    next: Next,
+    ip: Option<String>,
+    request_id: Option<String>,
+) -> Response {
+    let path = request.uri().path().to_string();
+    if is_public(&path) {
+        return next.run(request).await;
+    }
+    if !path.starts_with("/api/") && matches!(*request.method(), Method::GET | Method::HEAD) {
+        let target = request.uri().path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
+        return Redirect::to(&format!("/login?next={}", percent_encode(target))).into_response();
+    }
+    let event = NewEvent {
+        principal: "anonymous".into(),
+        action: "-".into(),
+        resource: path.clone(),
+        allowed: false,
+        status: Some(401),
+        source_ip: ip,
+        request_id,
+        summary: format!("not signed in: {} {path}", request.method()),
+    };
+    if let Err(err) = audit::record(&state.db, event).await {
+        tracing::error!(error = %err, "audit event could not be written");
+    }
+    if path.starts_with("/api/v1/") {
+        return ApiError::from(CoreError::Unauthenticated(
             "Sign in, or send an API token as 'Authorization: Bearer <token>'.".into(),
         ))
-        .into_response(),
+        .into_response();
     }
+    // Server functions answer in the error shape the page's client decodes, so an
+    // expired session reads as such in the UI.
+    let error = AppError::new(ErrorKind::Unauthenticated, "Your session has ended. Sign in again.");
+    (StatusCode::UNAUTHORIZED, axum::Json(error)).into_response()
 }
 
 /// The token of an `Authorization: Bearer ...` header. Other schemes (say, Basic auth
@@ -81,16 +132,44 @@ async fn resolve_principal(
     state: &AppState,
     bearer: Option<String>,
     session: Option<Session>,
+    ip: Option<String>,
 ) -> Result<Option<Principal>, CoreError> {
     if let Some(secret) = bearer {
-        let (user, token_id) = tokens::authenticate(&state.db, &secret).await?;
-        return Ok(Some(Principal { user, via: Credential::ApiToken(token_id) }));
+        let token = tokens::authenticate(&state.db, &secret).await?;
+        let generation = store::generation(&state.db).await?;
+        let token_policies = match &token.policy {
+            Some(text) => Some(
+                state
+                    .policy_cache
+                    .get_or_compile(&format!("token:{}", token.token_id), generation, || {
+                        store::compile_token_policy(&state.db, &token.user, &token.token_id, text)
+                    })
+                    .await?,
+            ),
+            None => None,
+        };
+        let policies = user_policies(state, &token.user, generation).await?;
+        let via = Credential::ApiToken(token.token_id);
+        return Ok(Some(Principal::new(token.user, via, policies, token_policies, ip)));
     }
     let Some(session) = session else {
         return Ok(None);
     };
-    let user = sessions::current_user(&state.db, &session, state.config.session_absolute_timeout_secs).await?;
-    Ok(user.map(|user| Principal { user, via: Credential::Session }))
+    let Some(user) = sessions::current_user(&state.db, &session, state.config.session_absolute_timeout_secs).await?
+    else {
+        return Ok(None);
+    };
+    let generation = store::generation(&state.db).await?;
+    let policies = user_policies(state, &user, generation).await?;
+    Ok(Some(Principal::new(user, Credential::Session, policies, None, ip)))
+}
+
+async fn user_policies(
+    state: &AppState,
+    user: &User,
+    generation: i64,
+) -> Result<std::sync::Arc<atelier_core::iam::CompiledPolicies>, CoreError> {
+    state.policy_cache.get_or_compile(&user.id, generation, || store::compile_for_user(&state.db, user)).await
 }
 
 fn client_ip(state: &AppState, request: &Request) -> Option<String> {

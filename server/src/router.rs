@@ -62,7 +62,7 @@ pub fn app(state: AppState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(metrics::serve))
         .route("/pkg/{*path}", get(assets::serve))
-        .nest("/api/v1", api::router())
+        .merge(api::router())
         .leptos_routes_with_context(&state, generate_route_list(App), leptos_context, move || shell(options.clone()))
         .fallback(fallback)
         .layer(from_fn_with_state(state.clone(), middleware::authenticate))

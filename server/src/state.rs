@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use atelier_core::db::Db;
+use atelier_core::iam::store::PolicyCache;
 use axum::extract::FromRef;
 use leptos::prelude::LeptosOptions;
 
@@ -17,6 +18,9 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub leptos_options: LeptosOptions,
     pub metrics: Arc<Metrics>,
+    /// Compiled policies per principal; checked against the database's IAM
+    /// generation on every request, so it never serves stale permissions.
+    pub policy_cache: PolicyCache,
 }
 
 impl AppState {
@@ -26,7 +30,13 @@ impl AppState {
         let db = Db::connect(&config.database_url()).await?;
         let leptos_options =
             LeptosOptions::builder().output_name(app::BUNDLE_NAME).site_pkg_dir("pkg").site_addr(config.addr).build();
-        Ok(AppState { db, config: Arc::new(config), leptos_options, metrics: Arc::new(Metrics::default()) })
+        Ok(AppState {
+            db,
+            config: Arc::new(config),
+            leptos_options,
+            metrics: Arc::new(Metrics::default()),
+            policy_cache: PolicyCache::default(),
+        })
     }
 }
 

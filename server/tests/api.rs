@@ -253,7 +253,7 @@ async fn openapi_document_describes_the_routes_and_bearer_auth() {
     let app = TestApp::new().await;
     let doc = app.call(Method::GET, "/api/v1/openapi.json", Auth::None, None).await.json();
     assert!(doc["openapi"].as_str().unwrap_or_default().starts_with("3."));
-    for path in ["/api/v1/me", "/api/v1/tokens", "/api/v1/tokens/{id}", "/api/v1/users", "/api/v1/users/{id}"] {
+    for path in ["/api/v1/me", "/api/v1/tokens", "/api/v1/tokens/{id}", "/api/v1/users", "/api/v1/users/{user}"] {
         assert!(doc["paths"][path].is_object(), "missing {path}");
     }
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");

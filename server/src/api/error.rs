@@ -60,6 +60,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (code, field) = match &self.0 {
             CoreError::Invalid { field, .. } => ("invalid", Some(field.to_string())),
+            CoreError::Malformed { field, .. } => ("malformed", Some(field.to_string())),
             CoreError::Unauthenticated(_) => ("unauthenticated", None),
             CoreError::Forbidden(_) => ("forbidden", None),
             CoreError::NotFound(_) => ("not_found", None),

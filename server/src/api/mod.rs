@@ -6,17 +6,23 @@
 //! `atelier_core::authz` before acting.
 
 pub mod accounts;
+pub mod audit;
 pub mod error;
+pub mod iam;
+pub mod models;
 pub mod tokens;
 
 use atelier_core::authz::Principal;
 use atelier_core::CoreError;
 use axum::extract::{FromRequest, FromRequestParts};
 use axum::http::request::Parts;
+use std::sync::LazyLock;
+
 use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
 
 use self::error::ApiError;
 use crate::state::AppState;
@@ -42,24 +48,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Auth {
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct ApiJson<T>(pub T);
 
-/// The OpenAPI description of the REST API.
+/// The OpenAPI description's frame; the paths are added by [`router`] as routes are
+/// registered, so the document lists exactly the routes that exist.
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "Atelier API", description = "The REST API of the Atelier ML studio. Authenticate with `Authorization: Bearer <API token>`."),
-    paths(
-        accounts::get_me,
-        accounts::change_password,
-        accounts::list_users,
-        accounts::create_user,
-        accounts::get_user,
-        accounts::update_user,
-        tokens::list_tokens,
-        tokens::create_token,
-        tokens::revoke_token,
-    ),
+    info(title = "Atelier API", description = "The REST API of the Atelier ML studio. Authenticate with `Authorization: Bearer <API token>`. Every route is authorized by the caller's IAM policies; `GET /api/v1/iam/catalogue` lists the actions and resource names policies use."),
     modifiers(&BearerAuth),
     security(("bearer" = [])),
-    tags((name = "accounts", description = "Users and passwords"), (name = "tokens", description = "API tokens"))
+    tags(
+        (name = "accounts", description = "Users and passwords"),
+        (name = "tokens", description = "API tokens"),
+        (name = "iam", description = "Groups, policies, the catalogue and the policy simulator"),
+        (name = "audit", description = "The audit log"),
+        (name = "models", description = "The model registry"),
+    )
 )]
 pub struct ApiDoc;
 
@@ -75,19 +77,27 @@ impl Modify for BearerAuth {
     }
 }
 
-async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
-    Json(ApiDoc::openapi())
-}
-
-async fn not_found() -> ApiError {
-    ApiError(CoreError::NotFound("API route"))
-}
-
-/// The `/api/v1` router.
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/openapi.json", get(openapi_json))
+fn split() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(accounts::routes())
         .merge(tokens::routes())
-        .fallback(not_found)
+        .merge(iam::routes())
+        .merge(audit::routes())
+        .merge(models::routes())
+        .split_for_parts()
+}
+
+/// The OpenAPI document: every REST route, generated from the route registrations.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    static DOC: LazyLock<utoipa::openapi::OpenApi> = LazyLock::new(|| split().1);
+    DOC.clone()
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(openapi())
+}
+
+/// The REST routes (full `/api/v1/...` paths) and the OpenAPI document route.
+pub fn router() -> Router<AppState> {
+    split().0.route("/api/v1/openapi.json", get(openapi_json))
 }

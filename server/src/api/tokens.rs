@@ -5,10 +5,11 @@ use atelier_core::authz::{authorize, Action, Resource};
 use atelier_core::tokens;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::{delete, get};
-use axum::{Json, Router};
+use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
 use super::{ApiJson, Auth};
@@ -20,6 +21,8 @@ pub struct CreateTokenRequest {
     pub name: String,
     /// Days until the token expires; omit for no expiry.
     pub expires_in_days: Option<i64>,
+    /// An inline policy document (JSON text) narrowing what the token may do.
+    pub policy: Option<String>,
 }
 
 /// A new token. `secret` is shown only in this response.
@@ -49,7 +52,9 @@ pub async fn create_token(
     ApiJson(body): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     authorize(&principal, Action::CreateAccessToken, &Resource::user(&principal.user.username))?;
-    let created = tokens::create(&state.db, &principal.user, &body.name, body.expires_in_days).await?;
+    let created =
+        tokens::create(&state.db, &principal.user, &body.name, body.expires_in_days, body.policy.as_deref()).await?;
+    principal.note_change(format!("created API token {} ({})", created.token.name, created.token.id));
     Ok((StatusCode::CREATED, Json(CreatedToken { token: created.token.into(), secret: created.secret })))
 }
 
@@ -64,9 +69,10 @@ pub async fn revoke_token(
 ) -> Result<StatusCode, ApiError> {
     authorize(&principal, Action::DeleteAccessToken, &Resource::user(&principal.user.username))?;
     tokens::revoke(&state.db, &principal.user.id, &id).await?;
+    principal.note_change(format!("revoked API token {id}"));
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub fn routes() -> Router<AppState> {
-    Router::new().route("/tokens", get(list_tokens).post(create_token)).route("/tokens/{id}", delete(revoke_token))
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(list_tokens, create_token)).routes(routes!(revoke_token))
 }

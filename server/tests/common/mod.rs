@@ -93,18 +93,31 @@ impl TestApp {
         self.state.config.database_url()
     }
 
+    /// A user; `admin` attaches AdministratorAccess.
     pub async fn create_user(&self, username: &str, admin: bool) -> User {
+        let policies = if admin { vec![accounts::ADMIN_POLICY.to_string()] } else { Vec::new() };
+        self.create_user_with(username, &policies).await
+    }
+
+    /// A user with these policies attached.
+    pub async fn create_user_with(&self, username: &str, policies: &[String]) -> User {
         accounts::create_user(
             &self.state.db,
             NewUser {
                 username: username.into(),
                 display_name: String::new(),
                 password: PASSWORD.into(),
-                is_admin: admin,
+                policies: policies.to_vec(),
+                groups: Vec::new(),
             },
         )
         .await
         .expect("create user")
+    }
+
+    /// An API token of `user`, optionally narrowed by an inline policy.
+    pub async fn token_for(&self, user: &User, policy: Option<&str>) -> String {
+        atelier_core::tokens::create(&self.state.db, user, "test", None, policy).await.expect("token").secret
     }
 
     /// Sends a request through the whole router.

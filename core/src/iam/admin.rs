@@ -1,0 +1,281 @@
+//! Access administration as the UI and the REST API perform it: each operation
+//! authorizes the acting principal, acts, and notes a summary for the audit log, so
+//! the two front ends cannot drift apart.
+
+use serde::Serialize;
+
+use super::store::{self, GroupInfo, Holder, PolicyInfo, PolicyVersion};
+use crate::accounts::{self, NewUser, User};
+use crate::authz::{authorize, Action, Principal, Resource};
+use crate::db::Db;
+use crate::{CoreError, CoreResult};
+
+/// A user with their direct policies and groups.
+#[derive(Debug, Clone, Serialize)]
+pub struct UserRecord {
+    pub user: User,
+    pub policies: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+/// A group with its members and policies.
+#[derive(Debug, Clone, Serialize)]
+pub struct GroupDetail {
+    pub group: GroupInfo,
+    pub members: Vec<String>,
+    pub policies: Vec<String>,
+}
+
+/// A policy with its default document, versions and holders.
+#[derive(Debug, Clone, Serialize)]
+pub struct PolicyDetail {
+    pub policy: PolicyInfo,
+    pub document: String,
+    pub versions: Vec<PolicyVersion>,
+    pub users: Vec<String>,
+    pub groups: Vec<String>,
+}
+
+/// A user by id or username.
+pub async fn find_user(db: &Db, key: &str) -> CoreResult<User> {
+    match accounts::find_by_username(db, key).await? {
+        Some(user) => Ok(user),
+        None => accounts::get_user(db, key).await,
+    }
+}
+
+async fn record(db: &Db, user: User) -> CoreResult<UserRecord> {
+    let policies = store::user_policies(db, &user.id).await?;
+    let groups = store::user_groups(db, &user.id).await?;
+    Ok(UserRecord { user, policies, groups })
+}
+
+pub async fn list_users(db: &Db, p: &Principal) -> CoreResult<Vec<UserRecord>> {
+    authorize(p, Action::ListUsers, &Resource::all_users())?;
+    let mut attachments = store::all_user_attachments(db).await?;
+    Ok(accounts::list_users(db)
+        .await?
+        .into_iter()
+        .map(|user| {
+            let (policies, groups) = attachments.remove(&user.id).unwrap_or_default();
+            UserRecord { user, policies, groups }
+        })
+        .collect())
+}
+
+pub async fn get_user(db: &Db, p: &Principal, key: &str) -> CoreResult<UserRecord> {
+    let user = find_user(db, key).await?;
+    authorize(p, Action::GetUser, &Resource::user(&user.username))?;
+    record(db, user).await
+}
+
+/// Creates a user; attaching policies and joining groups need their own permissions.
+pub async fn create_user(db: &Db, p: &Principal, new: NewUser) -> CoreResult<UserRecord> {
+    authorize(p, Action::CreateUser, &Resource::all_users())?;
+    for name in &new.policies {
+        authorize(p, Action::AttachPolicy, &Resource::policy(name))?;
+    }
+    for name in &new.groups {
+        authorize(p, Action::UpdateGroup, &Resource::group(name))?;
+    }
+    let (policies, groups) = (new.policies.clone(), new.groups.clone());
+    let user = accounts::create_user(db, new).await?;
+    p.note_change(format!("created user {} (policies: {policies:?}, groups: {groups:?})", user.username));
+    record(db, user).await
+}
+
+pub async fn set_active(db: &Db, p: &Principal, key: &str, active: bool) -> CoreResult<UserRecord> {
+    let target = find_user(db, key).await?;
+    authorize(p, Action::UpdateUser, &Resource::user(&target.username))?;
+    let user = accounts::set_active(db, &p.user, &target.id, active).await?;
+    p.note_change(format!("{} {}", if active { "reactivated" } else { "deactivated" }, user.username));
+    record(db, user).await
+}
+
+pub async fn reset_password(db: &Db, p: &Principal, key: &str, password: &str) -> CoreResult<()> {
+    let target = find_user(db, key).await?;
+    authorize(p, Action::ResetPassword, &Resource::user(&target.username))?;
+    accounts::reset_password(db, &target.id, password).await?;
+    p.note_change(format!("reset the password of {}", target.username));
+    Ok(())
+}
+
+/// Attaching needs `iam:AttachPolicy` on the policy and `iam:UpdateUser` on the user.
+pub async fn set_user_policy(db: &Db, p: &Principal, key: &str, policy: &str, attach: bool) -> CoreResult<UserRecord> {
+    let target = find_user(db, key).await?;
+    let action = if attach { Action::AttachPolicy } else { Action::DetachPolicy };
+    authorize(p, action, &Resource::policy(policy))?;
+    authorize(p, Action::UpdateUser, &Resource::user(&target.username))?;
+    store::set_attachment(db, Holder::User(&target.id), policy, attach).await?;
+    p.note_change(format!("{} {policy} {} user {}", verb(attach), prep(attach), target.username));
+    record(db, target).await
+}
+
+fn verb(attach: bool) -> &'static str {
+    if attach {
+        "attached"
+    } else {
+        "detached"
+    }
+}
+
+fn prep(attach: bool) -> &'static str {
+    if attach {
+        "to"
+    } else {
+        "from"
+    }
+}
+
+pub async fn list_groups(db: &Db, p: &Principal) -> CoreResult<Vec<GroupInfo>> {
+    authorize(p, Action::ListGroups, &Resource::group("*"))?;
+    store::list_groups(db).await
+}
+
+pub async fn get_group(db: &Db, p: &Principal, name: &str) -> CoreResult<GroupDetail> {
+    authorize(p, Action::GetGroup, &Resource::group(name))?;
+    group_detail(db, name).await
+}
+
+async fn group_detail(db: &Db, name: &str) -> CoreResult<GroupDetail> {
+    let group = store::get_group(db, name).await?;
+    let members = store::group_members(db, &group.id).await?;
+    let policies = store::group_policies(db, &group.id).await?;
+    Ok(GroupDetail { group, members, policies })
+}
+
+pub async fn create_group(db: &Db, p: &Principal, name: &str, description: &str) -> CoreResult<GroupDetail> {
+    authorize(p, Action::CreateGroup, &Resource::group("*"))?;
+    let group = store::create_group(db, name, description).await?;
+    p.note_change(format!("created group {}", group.name));
+    group_detail(db, &group.name).await
+}
+
+pub async fn update_group(db: &Db, p: &Principal, name: &str, description: &str) -> CoreResult<GroupDetail> {
+    authorize(p, Action::UpdateGroup, &Resource::group(name))?;
+    store::update_group(db, name, description).await?;
+    p.note_change(format!("changed the description of group {name}"));
+    group_detail(db, name).await
+}
+
+pub async fn delete_group(db: &Db, p: &Principal, name: &str) -> CoreResult<()> {
+    authorize(p, Action::DeleteGroup, &Resource::group(name))?;
+    store::delete_group(db, name).await?;
+    p.note_change(format!("deleted group {name}"));
+    Ok(())
+}
+
+pub async fn set_member(db: &Db, p: &Principal, group: &str, user_key: &str, member: bool) -> CoreResult<GroupDetail> {
+    authorize(p, Action::UpdateGroup, &Resource::group(group))?;
+    let info = store::get_group(db, group).await?;
+    let user = find_user(db, user_key)
+        .await
+        .map_err(|_| CoreError::invalid("username", format!("there is no user {user_key}")))?;
+    store::set_membership(db, &info.id, &user.id, member).await?;
+    p.note_change(format!(
+        "{} {} {} group {group}",
+        if member { "added" } else { "removed" },
+        user.username,
+        prep(member)
+    ));
+    group_detail(db, group).await
+}
+
+/// Attaching needs `iam:AttachPolicy` on the policy and `iam:UpdateGroup` on the group.
+pub async fn set_group_policy(
+    db: &Db,
+    p: &Principal,
+    group: &str,
+    policy: &str,
+    attach: bool,
+) -> CoreResult<GroupDetail> {
+    let action = if attach { Action::AttachPolicy } else { Action::DetachPolicy };
+    authorize(p, action, &Resource::policy(policy))?;
+    authorize(p, Action::UpdateGroup, &Resource::group(group))?;
+    let info = store::get_group(db, group).await?;
+    store::set_attachment(db, Holder::Group(&info.id), policy, attach).await?;
+    p.note_change(format!("{} {policy} {} group {group}", verb(attach), prep(attach)));
+    group_detail(db, group).await
+}
+
+pub async fn list_policies(db: &Db, p: &Principal) -> CoreResult<Vec<PolicyInfo>> {
+    authorize(p, Action::ListPolicies, &Resource::policy("*"))?;
+    store::list_policies(db).await
+}
+
+pub async fn get_policy(db: &Db, p: &Principal, name: &str) -> CoreResult<PolicyDetail> {
+    authorize(p, Action::GetPolicy, &Resource::policy(name))?;
+    policy_detail(db, name).await
+}
+
+async fn policy_detail(db: &Db, name: &str) -> CoreResult<PolicyDetail> {
+    let policy = store::get_policy(db, name).await?;
+    let versions = store::list_versions(db, &policy).await?;
+    let document = versions
+        .iter()
+        .find(|v| v.version == policy.default_version)
+        .map(|v| v.document.clone())
+        .ok_or(CoreError::NotFound("policy version"))?;
+    let (users, groups) = store::policy_holders(db, &policy.id).await?;
+    Ok(PolicyDetail { policy, document, versions, users, groups })
+}
+
+pub async fn create_policy(
+    db: &Db,
+    p: &Principal,
+    name: &str,
+    description: &str,
+    document: &str,
+) -> CoreResult<PolicyDetail> {
+    authorize(p, Action::CreatePolicy, &Resource::policy("*"))?;
+    let policy = store::create_policy(db, &p.user.username, name, description, document).await?;
+    p.note_change(format!("created policy {}", policy.name));
+    policy_detail(db, &policy.name).await
+}
+
+/// Adds a version (when `document` is given) and/or changes the description.
+pub async fn update_policy(
+    db: &Db,
+    p: &Principal,
+    name: &str,
+    document: Option<&str>,
+    description: Option<&str>,
+) -> CoreResult<PolicyDetail> {
+    authorize(p, Action::UpdatePolicy, &Resource::policy(name))?;
+    let policy = store::update_policy(db, &p.user.username, name, document, description).await?;
+    p.note_change(match document {
+        Some(_) => format!("saved version {} of policy {name}", policy.default_version),
+        None => format!("changed the description of policy {name}"),
+    });
+    policy_detail(db, name).await
+}
+
+pub async fn set_default_version(db: &Db, p: &Principal, name: &str, version: i64) -> CoreResult<PolicyDetail> {
+    authorize(p, Action::UpdatePolicy, &Resource::policy(name))?;
+    store::set_default_version(db, name, version).await?;
+    p.note_change(format!("made version {version} the default of policy {name}"));
+    policy_detail(db, name).await
+}
+
+pub async fn delete_policy(db: &Db, p: &Principal, name: &str) -> CoreResult<()> {
+    authorize(p, Action::DeletePolicy, &Resource::policy(name))?;
+    store::delete_policy(db, name).await?;
+    p.note_change(format!("deleted policy {name}"));
+    Ok(())
+}
+
+/// Runs the policy simulator for another (or the same) user.
+pub async fn simulate(
+    db: &Db,
+    p: &Principal,
+    request: &super::simulate::SimulationRequest,
+) -> CoreResult<super::simulate::Simulation> {
+    authorize(p, Action::SimulatePolicy, &Resource::user(request.username.trim()))?;
+    super::simulate::simulate(db, request).await
+}
+
+/// Lists audit events.
+pub async fn audit_events(db: &Db, p: &Principal, query: &crate::audit::Query) -> CoreResult<crate::audit::Page> {
+    authorize(p, Action::ListAuditEvents, &Resource::new("atelier:audit:log"))?;
+    crate::audit::list(db, query).await
+}
