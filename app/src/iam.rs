@@ -286,7 +286,8 @@ pub async fn simulate(
 /// Action names of the catalogue, for pickers.
 #[server]
 pub async fn action_names() -> Result<Vec<String>, AppError> {
-    crate::context::principal()?;
+    use atelier_core::authz::{Action, Resource};
+    crate::context::authorize(Action::GetCatalogue, &Resource::new("atelier:iam:catalogue"))?;
     Ok(atelier_core::iam::Action::ALL.iter().map(|a| a.name().to_string()).collect())
 }
 

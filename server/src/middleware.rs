@@ -34,6 +34,14 @@ pub fn is_public(path: &str) -> bool {
         || path.starts_with("/pkg/")
 }
 
+/// The reviewed list of server functions that need a signed-in principal but no
+/// particular permission: they only read or end the caller's own session. Everything
+/// else is authorized by `atelier_core::authz` (a test checks every registered route
+/// and server function against these two lists).
+pub fn authenticated_only_server_fns() -> [&'static str; 2] {
+    [<app::auth::GetMe as ServerFn>::PATH, <app::auth::SignOut as ServerFn>::PATH]
+}
+
 /// Resolves the principal (API token first, then session) with its compiled policies,
 /// records the client address, turns away anonymous requests to non-public routes,
 /// and writes the request's audit events once the response status is known.

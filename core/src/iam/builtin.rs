@@ -108,6 +108,175 @@ pub fn id(name: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::iam::engine::{CompiledPolicies, Facts, Vars};
+    use crate::iam::{document, Action};
+
+    /// A user holding SelfService and `policy`, as `store::compile_for_user` builds it.
+    fn compiled(policy: &str) -> CompiledPolicies {
+        let docs: Vec<(&str, document::PolicyDocument)> = [SELF_SERVICE, policy]
+            .iter()
+            .map(|n| (*n, document::parse(find(n).map(|b| b.document).unwrap_or_default()).unwrap()))
+            .collect();
+        let vars = Vars { username: "alice".into(), userid: "u-alice".into(), groups: vec!["signs".into()] };
+        CompiledPolicies::compile(docs.iter().map(|(n, d)| (*n, d)), &vars).unwrap()
+    }
+
+    /// The action's resource template filled in for someone else's resource (bob's
+    /// account, a version bob registered, a job for alice's team).
+    fn facts(action: Action) -> Facts {
+        let name = action
+            .def()
+            .resource
+            .replace("{username}", "bob")
+            .replace("{version}", "3")
+            .replace("{group}", "fraud")
+            .replace(['{', '}'], "");
+        let mut f = Facts::new(name);
+        f.set("atelier:ResourceCreator", "bob").set("atelier:WorkTeam", "signs");
+        f
+    }
+
+    /// The table: what each built-in policy allows, written out by hand so that a change
+    /// to a built-in document shows up here as a decision that changed.
+    const MATRIX: &[(&str, &[&str])] = &[
+        (
+            "Labeler",
+            &[
+                "labeling:ListLabelingJobs",
+                "labeling:GetLabelingJob",
+                "labeling:ListTasks",
+                "labeling:SubmitAnnotation",
+            ],
+        ),
+        (
+            "Reviewer",
+            &[
+                "datasets:ListDatasets",
+                "datasets:GetDataset",
+                "labeling:ListLabelingJobs",
+                "labeling:GetLabelingJob",
+                "labeling:ListTasks",
+                "labeling:ReviewAnnotations",
+                "training:ListTrainingJobs",
+                "training:GetTrainingJob",
+                "models:ListModelGroups",
+                "models:GetModelGroup",
+                "models:ListModelVersions",
+                "models:GetModelVersion",
+                "models:ApproveModelVersion",
+                "models:RejectModelVersion",
+            ],
+        ),
+        (
+            "ReadOnly",
+            &[
+                "datasets:ListDatasets",
+                "datasets:GetDataset",
+                "labeling:ListLabelingJobs",
+                "labeling:GetLabelingJob",
+                "labeling:ListTasks",
+                "labeling:ListTeams",
+                "training:ListTrainingJobs",
+                "training:GetTrainingJob",
+                "models:ListModelGroups",
+                "models:GetModelGroup",
+                "models:ListModelVersions",
+                "models:GetModelVersion",
+                "endpoints:ListEndpoints",
+                "endpoints:GetEndpoint",
+                "notebooks:ListNotebooks",
+                "notebooks:GetNotebook",
+                "compute:ListNodes",
+                "compute:GetNode",
+            ],
+        ),
+        (
+            "DataScientist",
+            &[
+                "iam:ListUsers",
+                "iam:ListGroups",
+                "iam:GetCatalogue",
+                "datasets:ListDatasets",
+                "datasets:GetDataset",
+                "datasets:CreateDataset",
+                "datasets:UpdateDataset",
+                "datasets:DeleteDataset",
+                "labeling:ListLabelingJobs",
+                "labeling:GetLabelingJob",
+                "labeling:CreateLabelingJob",
+                "labeling:StopLabelingJob",
+                "labeling:ListTasks",
+                "labeling:SubmitAnnotation",
+                "labeling:ReviewAnnotations",
+                "labeling:ListTeams",
+                "labeling:ManageTeam",
+                "training:ListTrainingJobs",
+                "training:GetTrainingJob",
+                "training:CreateTrainingJob",
+                "training:StopTrainingJob",
+                "models:ListModelGroups",
+                "models:GetModelGroup",
+                "models:CreateModelGroup",
+                "models:ListModelVersions",
+                "models:GetModelVersion",
+                "models:RegisterModelVersion",
+                "endpoints:ListEndpoints",
+                "endpoints:GetEndpoint",
+                "endpoints:CreateEndpoint",
+                "endpoints:UpdateEndpoint",
+                "endpoints:DeleteEndpoint",
+                "endpoints:InvokeEndpoint",
+                "notebooks:ListNotebooks",
+                "notebooks:GetNotebook",
+                "notebooks:CreateNotebook",
+                "notebooks:UpdateNotebook",
+                "notebooks:DeleteNotebook",
+                "notebooks:RunCell",
+                "compute:ListNodes",
+                "compute:GetNode",
+            ],
+        ),
+    ];
+
+    #[test]
+    fn every_builtin_policy_against_every_action() {
+        for (policy, allowed) in MATRIX {
+            let c = compiled(policy);
+            for action in Action::ALL {
+                let expected = allowed.contains(&action.name());
+                let got = c.evaluate(*action, &facts(*action)).unwrap().allowed();
+                assert_eq!(got, expected, "{policy} / {}", action.name());
+            }
+        }
+        let admin = compiled("AdministratorAccess");
+        assert!(Action::ALL.iter().all(|a| admin.evaluate(*a, &facts(*a)).unwrap().allowed()));
+    }
+
+    #[test]
+    fn self_service_covers_only_ones_own_account() {
+        let c = compiled("Labeler");
+        let own = Facts::new("atelier:iam:user/alice");
+        for a in [Action::GetUser, Action::ChangePassword, Action::CreateAccessToken, Action::DeleteAccessToken] {
+            assert!(c.evaluate(a, &own).unwrap().allowed(), "{a}");
+        }
+        assert!(!c.evaluate(Action::UpdateUser, &own).unwrap().allowed(), "nobody reactivates or promotes themselves");
+        assert!(!c.evaluate(Action::ResetPassword, &own).unwrap().allowed());
+    }
+
+    #[test]
+    fn labelers_work_only_for_their_teams_and_reviewers_never_approve_their_own() {
+        let labeler = compiled("Labeler");
+        let mut other_team = Facts::new("atelier:labeling:job/street-signs");
+        other_team.set("atelier:WorkTeam", "birds");
+        assert!(!labeler.evaluate(Action::SubmitAnnotation, &other_team).unwrap().allowed());
+
+        let reviewer = compiled("Reviewer");
+        let mut own = Facts::new("atelier:models:group/fraud/version/3");
+        own.set("atelier:ResourceCreator", "alice");
+        let e = reviewer.evaluate(Action::ApproveModelVersion, &own).unwrap();
+        assert_eq!(e.outcome, crate::iam::Outcome::ExplicitDeny);
+        assert_eq!(e.decided_by[0].sid.as_deref(), Some("NotOwnVersions"));
+    }
 
     #[test]
     fn every_builtin_document_is_valid() {
