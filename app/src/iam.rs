@@ -533,6 +533,7 @@ pub fn PolicyPage() -> impl IntoView {
                         if info.builtin {
                             return view! { {header} <pre class="code" data-testid="policy-document">{document}</pre> }.into_any();
                         }
+                        let value = document.clone();
                         let version_rows = versions.into_iter().map(|v| {
                             view! {
                                 <tr data-version=v.version>
@@ -557,7 +558,10 @@ pub fn PolicyPage() -> impl IntoView {
                             <ActionForm action=save attr:class="card form">
                                 <input type="hidden" name="name" value=pname.get_value()/>
                                 <label for="policy-document">"Document (saving adds a version and makes it the default)"</label>
-                                <textarea id="policy-document" name="document" rows="18" class="code" spellcheck="false" data-testid="policy-document">{document}</textarea>
+                                // prop:value as well: after the user typed, the text content no longer
+                                // sets what the box shows, and a rollback must.
+                                <textarea id="policy-document" name="document" rows="18" class="code" spellcheck="false"
+                                    data-testid="policy-document" prop:value=value>{document}</textarea>
                                 <FieldError error=save_error field="document"/>
                                 <FormError error=save_error/>
                                 <button type="submit" class="primary">"Save new version"</button>
