@@ -89,6 +89,81 @@ pub struct SimulationResult {
     pub policies: Vec<String>,
 }
 
+/// The catalogue of actions, resource types and condition keys policies may use.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct Catalogue {
+    pub actions: Vec<CatalogueAction>,
+    pub resource_types: Vec<String>,
+    pub condition_keys: Vec<CatalogueKey>,
+    pub condition_operators: Vec<String>,
+    pub variables: Vec<String>,
+    pub policy_versions: Vec<String>,
+    pub max_document_bytes: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct CatalogueAction {
+    pub name: String,
+    /// `Read` or `Write` (writes are always audited).
+    pub access: String,
+    pub resource: String,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "ssr", derive(utoipa::ToSchema))]
+pub struct CatalogueKey {
+    pub name: String,
+    /// `String`, `Bool` or `Date`.
+    #[serde(rename = "type")]
+    pub key_type: String,
+    pub description: String,
+}
+
+#[cfg(feature = "ssr")]
+impl Catalogue {
+    /// The catalogue, from its one definition in `atelier_core::iam::catalogue`.
+    pub fn new() -> Self {
+        use atelier_core::iam::{catalogue, document, Action};
+        Catalogue {
+            actions: Action::ALL
+                .iter()
+                .map(|a| {
+                    let d = a.def();
+                    CatalogueAction {
+                        name: d.name.into(),
+                        access: format!("{:?}", d.access),
+                        resource: d.resource.into(),
+                        description: d.description.into(),
+                    }
+                })
+                .collect(),
+            resource_types: catalogue::resource_types().iter().map(|r| r.pattern.to_string()).collect(),
+            condition_keys: catalogue::CONDITION_KEYS
+                .iter()
+                .map(|k| CatalogueKey {
+                    name: if k.name.ends_with('/') { format!("{}<tag>", k.name) } else { k.name.into() },
+                    key_type: format!("{:?}", k.key_type),
+                    description: k.description.into(),
+                })
+                .collect(),
+            condition_operators: document::Operator::ALL.iter().map(|o| o.name().to_string()).collect(),
+            variables: catalogue::VARIABLES.iter().map(|(v, _)| v.to_string()).collect(),
+            policy_versions: document::VERSIONS.iter().map(|v| v.to_string()).collect(),
+            max_document_bytes: document::MAX_DOCUMENT_BYTES,
+        }
+    }
+}
+
+#[cfg(feature = "ssr")]
+impl Default for Catalogue {
+    fn default() -> Self {
+        Catalogue::new()
+    }
+}
+
 #[cfg(feature = "ssr")]
 mod convert {
     use super::*;
@@ -283,12 +358,45 @@ pub async fn simulate(
     Ok(atelier_core::iam::admin::simulate(&db, &p, &request).await?.into())
 }
 
-/// Action names of the catalogue, for pickers.
+/// The catalogue, for the policy editor's reference and the simulator's pickers.
 #[server]
-pub async fn action_names() -> Result<Vec<String>, AppError> {
+pub async fn get_catalogue() -> Result<Catalogue, AppError> {
     use atelier_core::authz::{Action, Resource};
     crate::context::authorize(Action::GetCatalogue, &Resource::new("atelier:iam:catalogue"))?;
-    Ok(atelier_core::iam::Action::ALL.iter().map(|a| a.name().to_string()).collect())
+    Ok(Catalogue::new())
+}
+
+/// The catalogue as a reference table under the policy editor.
+#[component]
+fn CatalogueReference() -> impl IntoView {
+    let catalogue = Resource::new(|| (), |_| get_catalogue());
+    view! {
+        <details class="card" data-testid="catalogue">
+            <summary>"Catalogue: actions, resources and condition keys"</summary>
+            <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+                {move || Suspend::new(async move {
+                    catalogue.await.ok().map(|c| view! {
+                        <table class="table">
+                            <thead><tr><th>"Action"</th><th>"Access"</th><th>"Resource"</th><th>"Description"</th></tr></thead>
+                            <tbody>
+                                {c.actions.into_iter().map(|a| view! {
+                                    <tr><td><code>{a.name}</code></td><td>{a.access}</td><td><code>{a.resource}</code></td><td>{a.description}</td></tr>
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                        <h3>"Condition keys"</h3>
+                        <ul>
+                            {c.condition_keys.into_iter().map(|k| view! {
+                                <li><code>{k.name}</code>" ("{k.key_type}"): "{k.description}</li>
+                            }).collect_view()}
+                        </ul>
+                        <p>"Operators: "{c.condition_operators.join(", ")}". Variables: "{c.variables.join(", ")}
+                           ". Version: "{c.policy_versions.join(", ")}". At most "{c.max_document_bytes}" bytes."</p>
+                    })
+                })}
+            </Transition>
+        </details>
+    }
 }
 
 /// Admin > Groups.
@@ -489,6 +597,7 @@ pub fn PoliciesPage() -> impl IntoView {
             <FormError error/>
             <button type="submit" class="primary">"Create policy"</button>
         </ActionForm>
+        <CatalogueReference/>
     }
 }
 
@@ -589,7 +698,7 @@ pub fn PolicyPage() -> impl IntoView {
 #[component]
 pub fn SimulatorPage() -> impl IntoView {
     let run = ServerAction::<Simulate>::new();
-    let actions = Resource::new(|| (), |_| action_names());
+    let catalogue = Resource::new(|| (), |_| get_catalogue());
     let error = Signal::derive(move || run.value().get().and_then(Result::err));
     view! {
         <h1>"Policy simulator"</h1>
@@ -601,10 +710,10 @@ pub fn SimulatorPage() -> impl IntoView {
             <label for="sim-action">"Action"</label>
             <Transition fallback=|| view! { <input id="sim-action" name="action" type="text" required/> }>
                 {move || Suspend::new(async move {
-                    let names = actions.await.unwrap_or_default();
+                    let actions = catalogue.await.map(|c| c.actions).unwrap_or_default();
                     view! {
                         <select id="sim-action" name="action">
-                            {names.into_iter().map(|n| view! { <option value=n.clone()>{n.clone()}</option> }).collect_view()}
+                            {actions.into_iter().map(|a| { let v = a.name.clone(); view! { <option value=v>{a.name}</option> } }).collect_view()}
                         </select>
                     }
                 })}

@@ -25,7 +25,7 @@ test('a Labeler cannot see or reach the model registry; denials are audited and 
   // Direct URL: the page renders the refusal, not the registry.
   await lena.goto('/models');
   await expect(lena.getByTestId('models-error')).toContainText('lena is not allowed to perform models:ListModelGroups');
-  await expect(lena.getByRole('button', { name: 'Create model group' })).toBeVisible();
+  await expect(lena.getByRole('button', { name: 'Create model group' })).toHaveCount(0);
   // API with the same session: refused.
   const api = await lena.request.get('/api/v1/model-groups');
   expect(api.status()).toBe(403);
@@ -119,5 +119,7 @@ test('a group grants its policies to its members', async ({ page, browser }) => 
   await hydrated(gary);
   await expect(gary.getByRole('heading', { name: 'Model registry' })).toBeVisible();
   await expect(gary.getByTestId('models-error')).toHaveCount(0);
+  // ReadOnly: the registry is visible, creating in it is not offered.
+  await expect(gary.getByRole('button', { name: 'Create model group' })).toHaveCount(0);
   await garyContext.close();
 });

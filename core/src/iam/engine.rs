@@ -2,9 +2,14 @@
 //! and evaluated by the `cedar-policy` engine (deny overrides allow, default deny, order
 //! never matters).
 //!
-//! Translation happens once per principal (see `store::effective_policies`), with the
-//! principal's policy variables substituted, so a check only builds a Cedar context
-//! and evaluates the statements that name the requested action.
+//! Translation happens once per principal (see `store::compile_for_user`), with the
+//! principal's policy variables substituted. Statements are indexed by action and by
+//! the literal prefix of their resource patterns (the text before the first `*`), so a
+//! check evaluates only the statements that could apply: Cedar's authorizer looks at
+//! every policy in a set, and with 1,000 statements in one set a decision took 230 µs
+//! (see the `authz` bench). Evaluating several sets and combining their answers keeps
+//! Cedar's semantics exactly: a `forbid` that holds in any set wins, else a `permit`
+//! that holds in any set allows.
 //!
 //! The translation of one statement:
 //! ```text
@@ -112,18 +117,60 @@ impl Evaluation {
     }
 }
 
-/// One principal's policies, translated and indexed by action.
+/// One principal's policies, translated and indexed by action and resource prefix.
 #[derive(Debug, Default)]
 pub struct CompiledPolicies {
     statements: Vec<StatementRef>,
-    by_action: HashMap<Action, PolicySet>,
+    by_action: HashMap<Action, Statements>,
+}
+
+/// The statements for one action, and the action's Cedar id (parsed once).
+#[derive(Debug)]
+struct Statements {
+    action: EntityUid,
+    buckets: Vec<Bucket>,
+}
+
+/// The statements for one action whose resource patterns start with `prefix`.
+#[derive(Debug)]
+struct Bucket {
+    prefix: String,
+    set: PolicySet,
+}
+
+/// The literal prefixes a request's resource must start with for `statement` to apply
+/// ("" when any resource may).
+fn prefixes(statement: &Statement, vars: &Vars) -> Vec<String> {
+    match &statement.resources {
+        ResourceMatch::In(patterns) => {
+            let mut out: Vec<String> = patterns
+                .iter()
+                .map(|p| {
+                    let p = substitute(p, vars);
+                    p.split('*').next().unwrap_or_default().to_string()
+                })
+                .collect();
+            out.sort();
+            out.dedup();
+            out
+        }
+        ResourceMatch::Any | ResourceMatch::NotIn(_) => vec![String::new()],
+    }
 }
 
 static AUTHORIZER: LazyLock<Authorizer> = LazyLock::new(Authorizer::new);
 static ENTITIES: LazyLock<Entities> = LazyLock::new(Entities::empty);
+/// Policies are compiled per principal and name resources in the context, so every
+/// request uses the same principal and resource entities.
+static PRINCIPAL: LazyLock<Option<EntityUid>> = LazyLock::new(|| uid(r#"Atelier::Principal::"p""#).ok());
+static RESOURCE: LazyLock<Option<EntityUid>> = LazyLock::new(|| uid(r#"Atelier::Resource::"r""#).ok());
 
 fn uid(text: &str) -> CoreResult<EntityUid> {
     EntityUid::from_str(text).map_err(CoreError::internal)
+}
+
+fn constant(id: &LazyLock<Option<EntityUid>>) -> CoreResult<EntityUid> {
+    id.as_ref().cloned().ok_or_else(|| CoreError::Internal("entity id did not parse".into()))
 }
 
 impl CompiledPolicies {
@@ -142,8 +189,25 @@ impl CompiledPolicies {
                         format!("policy {name} statement {index} did not translate: {e}\n{text}").into(),
                     )
                 })?;
+                let prefixes = prefixes(statement, vars);
                 for action in &statement.actions {
-                    compiled.by_action.entry(*action).or_default().add(policy.clone()).map_err(CoreError::internal)?;
+                    let buckets = match compiled.by_action.entry(*action) {
+                        std::collections::hash_map::Entry::Occupied(e) => &mut e.into_mut().buckets,
+                        std::collections::hash_map::Entry::Vacant(e) => {
+                            let action = uid(&format!("Action::{}", lit(action.name())))?;
+                            &mut e.insert(Statements { action, buckets: Vec::new() }).buckets
+                        }
+                    };
+                    for prefix in &prefixes {
+                        let at = match buckets.iter().position(|b| &b.prefix == prefix) {
+                            Some(at) => at,
+                            None => {
+                                buckets.push(Bucket { prefix: prefix.clone(), set: PolicySet::new() });
+                                buckets.len() - 1
+                            }
+                        };
+                        buckets[at].set.add(policy.clone()).map_err(CoreError::internal)?;
+                    }
                 }
                 compiled.statements.push(StatementRef {
                     policy: name.to_string(),
@@ -167,34 +231,49 @@ impl CompiledPolicies {
 
     /// Decides `action` on the facts' resource.
     pub fn evaluate(&self, action: Action, facts: &Facts) -> CoreResult<Evaluation> {
-        let Some(set) = self.by_action.get(&action) else {
-            return Ok(Evaluation { outcome: Outcome::ImplicitDeny, decided_by: Vec::new() });
+        let implicit = Evaluation { outcome: Outcome::ImplicitDeny, decided_by: Vec::new() };
+        let Some(statements) = self.by_action.get(&action) else {
+            return Ok(implicit);
         };
+        let mut applicable = statements.buckets.iter().filter(|b| facts.resource.starts_with(&b.prefix)).peekable();
+        if applicable.peek().is_none() {
+            return Ok(implicit);
+        }
         let request = Request::new(
-            uid(r#"Atelier::Principal::"p""#)?,
-            uid(&format!("Action::\"{}\"", action.name()))?,
-            uid(r#"Atelier::Resource::"r""#)?,
+            constant(&PRINCIPAL)?,
+            statements.action.clone(),
+            constant(&RESOURCE)?,
             facts.context()?,
             None,
         )
         .map_err(CoreError::internal)?;
-        let response = AUTHORIZER.is_authorized(&request, set, &ENTITIES);
-        for error in response.diagnostics().errors() {
-            // A condition that cannot be evaluated does not apply (as in IAM).
-            tracing::debug!(%error, "policy evaluation error");
+        let (mut allows, mut denies) = (Vec::new(), Vec::new());
+        for bucket in applicable {
+            let response = AUTHORIZER.is_authorized(&request, &bucket.set, &ENTITIES);
+            for error in response.diagnostics().errors() {
+                // A condition that cannot be evaluated does not apply (as in IAM).
+                tracing::debug!(%error, "policy evaluation error");
+            }
+            // Cedar reports the forbids that held when it denies, the permits when it allows.
+            let reasons = response.diagnostics().reason().filter_map(|id| id.to_string().parse::<usize>().ok());
+            match response.decision() {
+                Decision::Allow => allows.extend(reasons),
+                Decision::Deny => denies.extend(reasons),
+            }
         }
-        let decided_by: Vec<StatementRef> = response
-            .diagnostics()
-            .reason()
-            .filter_map(|id| id.to_string().parse::<usize>().ok())
-            .filter_map(|i| self.statements.get(i).cloned())
-            .collect();
-        let outcome = match response.decision() {
-            Decision::Allow => Outcome::Allow,
-            Decision::Deny if decided_by.is_empty() => Outcome::ImplicitDeny,
-            Decision::Deny => Outcome::ExplicitDeny,
+        let (outcome, mut ids) = if !denies.is_empty() {
+            (Outcome::ExplicitDeny, denies)
+        } else if !allows.is_empty() {
+            (Outcome::Allow, allows)
+        } else {
+            return Ok(implicit);
         };
-        Ok(Evaluation { outcome, decided_by })
+        ids.sort_unstable();
+        ids.dedup();
+        Ok(Evaluation {
+            outcome,
+            decided_by: ids.into_iter().filter_map(|i| self.statements.get(i).cloned()).collect(),
+        })
     }
 }
 

@@ -1,15 +1,14 @@
 //! `/api/v1/groups`, `/api/v1/policies` and `/api/v1/iam/*`: access administration,
 //! the catalogue and the policy simulator.
 
-use app::iam::{GroupDetail, GroupInfo, PolicyDetail, PolicyInfo, SimulationResult};
+use app::iam::{Catalogue, GroupDetail, GroupInfo, PolicyDetail, PolicyInfo, SimulationResult};
 use atelier_core::authz::{authorize, Action, Resource};
-use atelier_core::iam::catalogue::{self, Access, KeyType};
+use atelier_core::iam::admin;
 use atelier_core::iam::simulate::SimulationRequest;
-use atelier_core::iam::{admin, document};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
@@ -94,79 +93,11 @@ pub struct SimulateRequest {
     pub context: std::collections::BTreeMap<String, String>,
 }
 
-/// The catalogue of actions, resource types and condition keys.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct Catalogue {
-    pub actions: Vec<CatalogueAction>,
-    pub resource_types: Vec<String>,
-    pub condition_keys: Vec<CatalogueKey>,
-    pub condition_operators: Vec<String>,
-    pub variables: Vec<String>,
-    pub policy_versions: Vec<String>,
-    pub max_document_bytes: usize,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CatalogueAction {
-    pub name: String,
-    /// `Read` or `Write`.
-    pub access: String,
-    pub resource: String,
-    pub description: String,
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct CatalogueKey {
-    pub name: String,
-    /// `String`, `Bool` or `Date`.
-    #[serde(rename = "type")]
-    pub key_type: String,
-    pub description: String,
-}
-
 /// Every action, resource type and condition key that policies may use.
 #[utoipa::path(get, path = "/api/v1/iam/catalogue", tag = "iam", responses((status = 200, body = Catalogue)))]
 pub async fn get_catalogue(Auth(principal): Auth) -> ApiResult<Json<Catalogue>> {
     authorize(&principal, Action::GetCatalogue, &Resource::new("atelier:iam:catalogue"))?;
-    Ok(Json(catalogue_doc()))
-}
-
-/// The catalogue as data.
-pub fn catalogue_doc() -> Catalogue {
-    Catalogue {
-        actions: Action::ALL
-            .iter()
-            .map(|a| {
-                let d = a.def();
-                CatalogueAction {
-                    name: d.name.into(),
-                    access: match d.access {
-                        Access::Read => "Read".into(),
-                        Access::Write => "Write".into(),
-                    },
-                    resource: d.resource.into(),
-                    description: d.description.into(),
-                }
-            })
-            .collect(),
-        resource_types: catalogue::resource_types().iter().map(|r| r.pattern.to_string()).collect(),
-        condition_keys: catalogue::CONDITION_KEYS
-            .iter()
-            .map(|k| CatalogueKey {
-                name: if k.name.ends_with('/') { format!("{}<tag>", k.name) } else { k.name.into() },
-                key_type: match k.key_type {
-                    KeyType::String => "String".into(),
-                    KeyType::Bool => "Bool".into(),
-                    KeyType::Date => "Date".into(),
-                },
-                description: k.description.into(),
-            })
-            .collect(),
-        condition_operators: document::Operator::ALL.iter().map(|o| o.name().to_string()).collect(),
-        variables: catalogue::VARIABLES.iter().map(|(v, _)| v.to_string()).collect(),
-        policy_versions: document::VERSIONS.iter().map(|v| v.to_string()).collect(),
-        max_document_bytes: document::MAX_DOCUMENT_BYTES,
-    }
+    Ok(Json(Catalogue::new()))
 }
 
 /// Runs the policy simulator: the decision and the statement that made it.

@@ -53,7 +53,7 @@ pub struct ApiJson<T>(pub T);
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Atelier API", description = "The REST API of the Atelier ML studio. Authenticate with `Authorization: Bearer <API token>`. Every route is authorized by the caller's IAM policies; `GET /api/v1/iam/catalogue` lists the actions and resource names policies use."),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CatalogueDoc),
     security(("bearer" = [])),
     tags(
         (name = "accounts", description = "Users and passwords"),
@@ -74,6 +74,32 @@ impl Modify for BearerAuth {
             "bearer",
             SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
         );
+    }
+}
+
+/// Puts the catalogue into the document: an `Action` schema listing every action, and
+/// a table of actions and their resources in the `iam` tag's description.
+struct CatalogueDoc;
+
+impl Modify for CatalogueDoc {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use atelier_core::iam::Action;
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let names: Vec<&str> = Action::ALL.iter().map(|a| a.name()).collect();
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("An action of the catalogue, as written in policy documents (`service:Verb`)."))
+            .enum_values(Some(names))
+            .build();
+        openapi.components.get_or_insert_with(Default::default).schemas.insert("Action".into(), schema.into());
+        let mut table = String::from("\n\n| Action | Access | Resource | |\n|---|---|---|---|\n");
+        for a in Action::ALL {
+            let d = a.def();
+            table.push_str(&format!("| `{}` | {:?} | `{}` | {} |\n", d.name, d.access, d.resource, d.description));
+        }
+        if let Some(tag) = openapi.tags.iter_mut().flatten().find(|t| t.name == "iam") {
+            tag.description = Some(format!("{}{table}", tag.description.clone().unwrap_or_default()));
+        }
     }
 }
 
