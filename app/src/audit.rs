@@ -6,7 +6,7 @@ use leptos_router::hooks::use_query_map;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
-use crate::format::format_time;
+use crate::format::{format_time, parse_date};
 
 /// An audit event, as the page and the REST API (`/api/v1/audit-events`) show it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -116,9 +116,11 @@ pub fn AuditPage() -> impl IntoView {
             action: get("action"),
             resource: get("resource"),
             decision: get("decision"),
+            // Dates are whole UTC days: from the start of `from` to the end of `to`.
+            since: get("from").as_deref().and_then(parse_date),
+            until: get("to").as_deref().and_then(parse_date).map(|t| t + 86_400),
             before: get("before"),
             limit: Some(50),
-            ..Default::default()
         }
     };
     let events = Resource::new(filter, list_audit_events);
@@ -129,6 +131,8 @@ pub fn AuditPage() -> impl IntoView {
             <input name="principal" type="text" placeholder="principal" aria-label="Principal" value=move || value("principal")/>
             <input name="action" type="text" placeholder="action, e.g. iam:*" aria-label="Action" value=move || value("action")/>
             <input name="resource" type="text" placeholder="resource prefix" aria-label="Resource" value=move || value("resource")/>
+            <label>"From "<input name="from" type="date" value=move || value("from")/></label>
+            <label>"to "<input name="to" type="date" value=move || value("to")/></label>
             <select name="decision" aria-label="Decision">
                 <option value="">"any decision"</option>
                 <option value="Allow" selected=move || value("decision") == "Allow">"Allow"</option>
@@ -145,7 +149,7 @@ pub fn AuditPage() -> impl IntoView {
                     Ok(page) => {
                         let next = page.next.clone().map(|cursor| {
                             let q = query.read();
-                            let mut params: Vec<String> = ["principal", "action", "resource", "decision"]
+                            let mut params: Vec<String> = ["principal", "action", "resource", "decision", "from", "to"]
                                 .iter()
                                 .filter_map(|k| q.get(k).filter(|v| !v.is_empty()).map(|v| format!("{k}={}", encode(&v))))
                                 .collect();

@@ -18,9 +18,35 @@ pub fn format_time(unix: i64) -> String {
     format!("{year:04}-{month:02}-{day:02} {:02}:{:02} UTC", secs / 3600, secs % 3600 / 60)
 }
 
+/// Parses `YYYY-MM-DD` (what a date input submits) as unix seconds at 00:00 UTC.
+pub fn parse_date(text: &str) -> Option<i64> {
+    let mut parts = text.trim().splitn(3, '-').map(|p| p.parse::<i64>().ok());
+    let (year, month, day) = (parts.next()??, parts.next()??, parts.next()??);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+        return None;
+    }
+    // Days-from-civil (Howard Hinnant's algorithm), the inverse of the above.
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y.rem_euclid(400);
+    let mp = if month > 2 { month - 3 } else { month + 9 };
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    Some((era * 146_097 + doe - 719_468) * 86_400)
+}
+
 #[cfg(test)]
 mod tests {
-    use super::format_time;
+    use super::{format_time, parse_date};
+
+    #[test]
+    fn parses_dates_back_to_the_same_instant() {
+        assert_eq!(parse_date("1970-01-01"), Some(0));
+        assert_eq!(parse_date("2000-02-29").map(format_time).as_deref(), Some("2000-02-29 00:00 UTC"));
+        assert_eq!(parse_date("2026-11-30").map(format_time).as_deref(), Some("2026-11-30 00:00 UTC"));
+        assert_eq!(parse_date("2026-13-01"), None);
+        assert_eq!(parse_date("yesterday"), None);
+    }
 
     #[test]
     fn formats_known_instants() {

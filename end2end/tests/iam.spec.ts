@@ -37,6 +37,12 @@ test('a Labeler cannot see or reach the model registry; denials are audited and 
   await hydrated(page);
   const denied = page.locator('tr[data-decision="Deny"]', { hasText: 'models:ListModelGroups' });
   await expect(denied).toHaveCount(2);
+  // Filtered by time: today has them, a day long past has none.
+  const today = new Date().toISOString().slice(0, 10);
+  await page.goto(`/admin/audit?principal=lena&decision=Deny&from=${today}&to=${today}`);
+  await expect(denied).toHaveCount(2);
+  await page.goto('/admin/audit?principal=lena&from=2001-01-01&to=2001-01-02');
+  await expect(page.getByText('No matching events.')).toBeVisible();
 
   // The simulator explains the decision.
   await page.getByRole('link', { name: 'Simulator' }).click();

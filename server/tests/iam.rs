@@ -18,7 +18,7 @@ async fn deny_events(app: &TestApp, principal: &str) -> i64 {
         .bind(principal)
         .fetch_one(&app.state.db.pool)
         .await
-        .unwrap()
+        .expect("test setup")
 }
 
 /// A valid body for each REST write, so that a request reaches its authorization
@@ -50,14 +50,15 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
 async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public_lists() {
     let app = TestApp::new().await;
     let admin = app.create_user("admin", true).await;
-    let token_id = atelier_core::tokens::create(&app.state.db, &admin, "x", None, None).await.unwrap().token.id;
-    store::create_group(&app.state.db, "team", "").await.unwrap();
-    store::create_policy(&app.state.db, "admin", "Custom", "", DENY_ALL).await.unwrap();
-    store::create_policy(&app.state.db, "admin", "DenyAll", "", DENY_ALL).await.unwrap();
+    let token_id =
+        atelier_core::tokens::create(&app.state.db, &admin, "x", None, None).await.expect("test setup").token.id;
+    store::create_group(&app.state.db, "team", "").await.expect("test setup");
+    store::create_policy(&app.state.db, "admin", "Custom", "", DENY_ALL).await.expect("test setup");
+    store::create_policy(&app.state.db, "admin", "DenyAll", "", DENY_ALL).await.expect("test setup");
     sqlx::query("INSERT INTO model_groups (id, name, description, created_by, created_at) VALUES ('m', 'fraud', '', 'admin', 0)")
         .execute(&app.state.db.pool)
         .await
-        .unwrap();
+        .expect("test setup");
     // An administrator with an explicit Deny of everything: the Deny must win everywhere.
     let denied = app.create_user_with("mallory", &["AdministratorAccess".into(), "DenyAll".into()]).await;
     let token = app.token_for(&denied, None).await;
@@ -165,7 +166,9 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
 #[tokio::test]
 async fn builtin_policies_decide_real_requests_as_documented() {
     let app = TestApp::new().await;
-    let cases: &[(&str, Method, &str, Option<Value>, [u16; 5])] = &[
+    // (what, method, path, body, expected status for each policy below)
+    type Case = (&'static str, Method, &'static str, Option<Value>, [u16; 5]);
+    let cases: &[Case] = &[
         // AdministratorAccess, DataScientist, Labeler, Reviewer, ReadOnly
         ("list users", Method::GET, "/api/v1/users", None, [200, 200, 403, 403, 403]),
         ("list model groups", Method::GET, "/api/v1/model-groups", None, [200, 200, 403, 200, 200]),
@@ -467,8 +470,10 @@ async fn the_audit_log_records_changes_and_denials_and_exports_json_lines() {
             None => break,
         }
     }
-    let total: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM audit_events").fetch_one(&app.state.db.pool).await.unwrap();
+    let total: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM audit_events")
+        .fetch_one(&app.state.db.pool)
+        .await
+        .expect("test setup");
     let mut unique = seen.clone();
     unique.dedup();
     assert_eq!(unique.len(), seen.len());
@@ -508,6 +513,6 @@ async fn a_labeler_cannot_reach_the_model_registry_by_page_or_api() {
     )
     .fetch_one(&app.state.db.pool)
     .await
-    .unwrap();
+    .expect("test setup");
     assert_eq!(denials, 2, "the page's and the API's denials are both audited");
 }

@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: requests/s and latency of the signed-in home page (SSR) and of
-//! `/healthz` under 32 concurrent connections (wrk), and the bundle size. Figures are
-//! printed for the issue note; nothing here asserts a speed.
+//! `/healthz` under 32 concurrent connections (wrk), the bundle size, and the
+//! authorization bench (`server/benches/authz.rs`). Figures are printed for the issue
+//! note; nothing here asserts a speed.
 
 use std::io::Write;
 use std::process::Command;
@@ -29,7 +30,9 @@ pub fn run() -> Result<()> {
     println!("| GET /healthz | {} | {} | {} |", health.rps, health.p50, health.p99);
     println!();
     println!("WASM bundle: {:.1} KiB raw, {:.1} KiB gzip", raw as f64 / 1024.0, gzip as f64 / 1024.0);
-    Ok(())
+    drop(server);
+    println!();
+    crate::util::exec(crate::util::cargo().args(["bench", "-p", "atelier-server", "--bench", "authz"]))
 }
 
 /// Signs in through the login form's server function and returns the session cookie.

@@ -115,10 +115,10 @@ mod tests {
     fn compiled(policy: &str) -> CompiledPolicies {
         let docs: Vec<(&str, document::PolicyDocument)> = [SELF_SERVICE, policy]
             .iter()
-            .map(|n| (*n, document::parse(find(n).map(|b| b.document).unwrap_or_default()).unwrap()))
+            .map(|n| (*n, document::parse(find(n).map(|b| b.document).unwrap_or_default()).expect("test input")))
             .collect();
         let vars = Vars { username: "alice".into(), userid: "u-alice".into(), groups: vec!["signs".into()] };
-        CompiledPolicies::compile(docs.iter().map(|(n, d)| (*n, d)), &vars).unwrap()
+        CompiledPolicies::compile(docs.iter().map(|(n, d)| (*n, d)), &vars).expect("test input")
     }
 
     /// The action's resource template filled in for someone else's resource (bob's
@@ -244,12 +244,12 @@ mod tests {
             let c = compiled(policy);
             for action in Action::ALL {
                 let expected = allowed.contains(&action.name());
-                let got = c.evaluate(*action, &facts(*action)).unwrap().allowed();
+                let got = c.evaluate(*action, &facts(*action)).expect("test input").allowed();
                 assert_eq!(got, expected, "{policy} / {}", action.name());
             }
         }
         let admin = compiled("AdministratorAccess");
-        assert!(Action::ALL.iter().all(|a| admin.evaluate(*a, &facts(*a)).unwrap().allowed()));
+        assert!(Action::ALL.iter().all(|a| admin.evaluate(*a, &facts(*a)).expect("test input").allowed()));
     }
 
     #[test]
@@ -257,10 +257,13 @@ mod tests {
         let c = compiled("Labeler");
         let own = Facts::new("atelier:iam:user/alice");
         for a in [Action::GetUser, Action::ChangePassword, Action::CreateAccessToken, Action::DeleteAccessToken] {
-            assert!(c.evaluate(a, &own).unwrap().allowed(), "{a}");
+            assert!(c.evaluate(a, &own).expect("test input").allowed(), "{a}");
         }
-        assert!(!c.evaluate(Action::UpdateUser, &own).unwrap().allowed(), "nobody reactivates or promotes themselves");
-        assert!(!c.evaluate(Action::ResetPassword, &own).unwrap().allowed());
+        assert!(
+            !c.evaluate(Action::UpdateUser, &own).expect("test input").allowed(),
+            "nobody reactivates or promotes themselves"
+        );
+        assert!(!c.evaluate(Action::ResetPassword, &own).expect("test input").allowed());
     }
 
     #[test]
@@ -268,12 +271,12 @@ mod tests {
         let labeler = compiled("Labeler");
         let mut other_team = Facts::new("atelier:labeling:job/street-signs");
         other_team.set("atelier:WorkTeam", "birds");
-        assert!(!labeler.evaluate(Action::SubmitAnnotation, &other_team).unwrap().allowed());
+        assert!(!labeler.evaluate(Action::SubmitAnnotation, &other_team).expect("test input").allowed());
 
         let reviewer = compiled("Reviewer");
         let mut own = Facts::new("atelier:models:group/fraud/version/3");
         own.set("atelier:ResourceCreator", "alice");
-        let e = reviewer.evaluate(Action::ApproveModelVersion, &own).unwrap();
+        let e = reviewer.evaluate(Action::ApproveModelVersion, &own).expect("test input");
         assert_eq!(e.outcome, crate::iam::Outcome::ExplicitDeny);
         assert_eq!(e.decided_by[0].sid.as_deref(), Some("NotOwnVersions"));
     }

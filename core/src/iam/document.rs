@@ -499,9 +499,10 @@ mod tests {
 
     #[test]
     fn actions_expand_against_the_catalogue() {
-        let d = parse(&doc(r#"{"Effect":"Allow","Action":["models:Get*","iam:?etUser"],"Resource":"*"}"#)).unwrap();
+        let d = parse(&doc(r#"{"Effect":"Allow","Action":["models:Get*","iam:?etUser"],"Resource":"*"}"#))
+            .expect("test input");
         assert_eq!(d.statements[0].actions, vec![Action::GetUser, Action::GetModelGroup, Action::GetModelVersion]);
-        let d = parse(&doc(r#"[{"Effect":"Allow","NotAction":"iam:*","Resource":"*"}]"#)).unwrap();
+        let d = parse(&doc(r#"[{"Effect":"Allow","NotAction":"iam:*","Resource":"*"}]"#)).expect("test input");
         assert!(!d.statements[0].actions.contains(&Action::CreateUser));
         assert!(d.statements[0].actions.contains(&Action::CreateTrainingJob));
     }

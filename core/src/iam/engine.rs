@@ -371,12 +371,12 @@ mod tests {
 
     fn compile(policies: &[(&str, &str)]) -> CompiledPolicies {
         let docs: Vec<(String, PolicyDocument)> =
-            policies.iter().map(|(n, t)| (n.to_string(), parse(t).unwrap())).collect();
-        CompiledPolicies::compile(docs.iter().map(|(n, d)| (n.as_str(), d)), &vars()).unwrap()
+            policies.iter().map(|(n, t)| (n.to_string(), parse(t).expect("test input"))).collect();
+        CompiledPolicies::compile(docs.iter().map(|(n, d)| (n.as_str(), d)), &vars()).expect("test input")
     }
 
     fn decide(c: &CompiledPolicies, action: Action, facts: &Facts) -> Outcome {
-        c.evaluate(action, facts).unwrap().outcome
+        c.evaluate(action, facts).expect("test input").outcome
     }
 
     const V: &str = r#""Version":"2012-10-17""#;
@@ -391,7 +391,7 @@ mod tests {
             let c = compile(&order);
             let fraud = Facts::new("atelier:models:group/fraud");
             assert_eq!(decide(&c, Action::GetModelGroup, &fraud), Outcome::ExplicitDeny);
-            let e = c.evaluate(Action::GetModelGroup, &fraud).unwrap();
+            let e = c.evaluate(Action::GetModelGroup, &fraud).expect("test input");
             assert_eq!(e.decided_by[0].sid.as_deref(), Some("NoFraud"));
             assert_eq!(e.decided_by[0].policy, "D");
             assert_eq!(decide(&c, Action::GetModelGroup, &Facts::new("atelier:models:group/churn")), Outcome::Allow);

@@ -529,8 +529,11 @@ pub async fn compile_token_policy(db: &Db, user: &User, token_id: &str, text: &s
 /// Compiled policies per user (and per token), valid for one IAM generation.
 #[derive(Debug, Default, Clone)]
 pub struct PolicyCache {
-    entries: Arc<Mutex<HashMap<String, (i64, Arc<CompiledPolicies>)>>>,
+    entries: Arc<Mutex<HashMap<String, Cached>>>,
 }
+
+/// A compilation and the IAM generation it was built at.
+type Cached = (i64, Arc<CompiledPolicies>);
 
 /// Entries kept before the cache starts over (a bound, not a tuning knob).
 const CACHE_LIMIT: usize = 10_000;
@@ -562,7 +565,7 @@ impl PolicyCache {
         Ok(compiled)
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, (i64, Arc<CompiledPolicies>)>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Cached>> {
         // A panic while holding the lock leaves a map that is still consistent.
         self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
