@@ -13,24 +13,42 @@ pub struct Me {
     pub id: String,
     pub username: String,
     pub display_name: String,
-    /// The areas of the studio this user may open, for the navigation (the server
-    /// still checks every request).
-    pub areas: Vec<Area>,
+    /// What the UI offers this user: links and forms for anything else stay hidden
+    /// (the server still checks every request).
+    pub can: Vec<Can>,
 }
 
-/// An area of the studio that appears in the navigation when its list may be read.
+/// Things the UI shows only to users whose policies allow them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Area {
-    Models,
-    Users,
-    Groups,
-    Policies,
-    Simulator,
-    Audit,
+pub enum Can {
+    ListModelGroups,
+    CreateModelGroup,
+    ListUsers,
+    CreateUser,
+    ListGroups,
+    CreateGroup,
+    ListPolicies,
+    Simulate,
+    ReadAuditLog,
 }
 
-impl Area {
-    pub const ALL: [Area; 6] = [Area::Models, Area::Users, Area::Groups, Area::Policies, Area::Simulator, Area::Audit];
+impl Can {
+    pub const ALL: [Can; 9] = [
+        Can::ListModelGroups,
+        Can::CreateModelGroup,
+        Can::ListUsers,
+        Can::CreateUser,
+        Can::ListGroups,
+        Can::CreateGroup,
+        Can::ListPolicies,
+        Can::Simulate,
+        Can::ReadAuditLog,
+    ];
+}
+
+/// Whether the signed-in user may do `what` (false until known).
+pub fn can(me: crate::CurrentUser, what: Can) -> bool {
+    me.0.get().and_then(Result::ok).is_some_and(|m| m.can.contains(&what))
 }
 
 /// Only same-site paths are accepted as a place to go after sign-in, so a crafted
@@ -56,22 +74,25 @@ pub fn safe_next(next: Option<&str>) -> String {
 pub async fn get_me() -> Result<Me, AppError> {
     use atelier_core::authz::{Action, Resource};
     let principal = crate::context::principal()?;
-    let areas = Area::ALL
+    let can = Can::ALL
         .into_iter()
-        .filter(|area| {
-            let (action, resource) = match area {
-                Area::Models => (Action::ListModelGroups, "atelier:models:group/*"),
-                Area::Users => (Action::ListUsers, "atelier:iam:user/*"),
-                Area::Groups => (Action::ListGroups, "atelier:iam:group/*"),
-                Area::Policies => (Action::ListPolicies, "atelier:iam:policy/*"),
-                Area::Simulator => (Action::SimulatePolicy, "atelier:iam:user/*"),
-                Area::Audit => (Action::ListAuditEvents, "atelier:audit:log"),
+        .filter(|what| {
+            let (action, resource) = match what {
+                Can::ListModelGroups => (Action::ListModelGroups, "atelier:models:group/*"),
+                Can::CreateModelGroup => (Action::CreateModelGroup, "atelier:models:group/*"),
+                Can::ListUsers => (Action::ListUsers, "atelier:iam:user/*"),
+                Can::CreateUser => (Action::CreateUser, "atelier:iam:user/*"),
+                Can::ListGroups => (Action::ListGroups, "atelier:iam:group/*"),
+                Can::CreateGroup => (Action::CreateGroup, "atelier:iam:group/*"),
+                Can::ListPolicies => (Action::ListPolicies, "atelier:iam:policy/*"),
+                Can::Simulate => (Action::SimulatePolicy, "atelier:iam:user/*"),
+                Can::ReadAuditLog => (Action::ListAuditEvents, "atelier:audit:log"),
             };
             principal.can(action, &Resource::new(resource))
         })
         .collect();
     let user = principal.user;
-    Ok(Me { areas, id: user.id, username: user.username, display_name: user.display_name })
+    Ok(Me { can, id: user.id, username: user.username, display_name: user.display_name })
 }
 
 /// Signs in with a username and password, then goes to `next`.
@@ -105,6 +126,18 @@ pub async fn sign_in(username: String, password: String, next: Option<String>) -
 #[server]
 pub async fn sign_out() -> Result<(), AppError> {
     let session = crate::context::session()?;
+    if let Ok((db, p)) = crate::context::db_and_principal() {
+        let event = atelier_core::audit::NewEvent {
+            principal: p.user.username.clone(),
+            action: "iam:SignOut".into(),
+            resource: atelier_core::authz::Resource::user(&p.user.username).name,
+            allowed: true,
+            source_ip: p.source_ip.clone(),
+            summary: "signed out".into(),
+            ..Default::default()
+        };
+        atelier_core::audit::record(&db, event).await?;
+    }
     atelier_core::sessions::sign_out(&session).await?;
     leptos_axum::redirect("/login");
     Ok(())

@@ -238,17 +238,24 @@ mod convert {
     }
 }
 
-/// Policy and group names for the "attach" and "add to group" pickers; empty lists
-/// when the user may not list them.
+/// Policy and group names for the "attach" and "add to group" pickers. Needs
+/// `iam:ListPolicies`; the groups are left out when the viewer may not list them.
 #[server]
 pub async fn attach_choices() -> Result<(Vec<String>, Vec<String>), AppError> {
+    use atelier_core::authz::{Action, Resource};
     use atelier_core::iam::{admin, builtin};
     let (db, p) = crate::context::db_and_principal()?;
     let policies = admin::list_policies(&db, &p)
-        .await
-        .map(|l| l.into_iter().map(|p| p.name).filter(|n| n != builtin::SELF_SERVICE).collect())
-        .unwrap_or_default();
-    let groups = admin::list_groups(&db, &p).await.map(|l| l.into_iter().map(|g| g.name).collect()).unwrap_or_default();
+        .await?
+        .into_iter()
+        .map(|p| p.name)
+        .filter(|n| n != builtin::SELF_SERVICE)
+        .collect();
+    let groups = if p.can(Action::ListGroups, &Resource::group("*")) {
+        admin::list_groups(&db, &p).await?.into_iter().map(|g| g.name).collect()
+    } else {
+        Vec::new()
+    };
     Ok((policies, groups))
 }
 
@@ -405,6 +412,8 @@ pub fn GroupsPage() -> impl IntoView {
     let create = ServerAction::<CreateGroup>::new();
     let groups = Resource::new(move || create.version().get(), |_| list_groups());
     let error = Signal::derive(move || create.value().get().and_then(Result::err));
+    let me = expect_context::<crate::CurrentUser>();
+    let can_create = move || crate::auth::can(me, crate::auth::Can::CreateGroup);
     view! {
         <h1>"Groups"</h1>
         <p class="muted">"Members of a group get its policies. Labeling work teams are groups too."</p>
@@ -433,6 +442,8 @@ pub fn GroupsPage() -> impl IntoView {
                 }
             })}
         </Transition>
+        <Transition fallback=|| ()>
+        <Show when=can_create>
         <ActionForm action=create attr:class="card form">
             <h2>"New group"</h2>
             <label for="group-name">"Name"</label>
@@ -444,6 +455,8 @@ pub fn GroupsPage() -> impl IntoView {
             <FormError error/>
             <button type="submit" class="primary">"Create group"</button>
         </ActionForm>
+        </Show>
+        </Transition>
     }
 }
 

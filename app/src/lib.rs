@@ -21,7 +21,7 @@ use leptos_router::components::{Outlet, ParentRoute, Route, Router, Routes, A};
 use leptos_router::{path, SsrMode};
 
 use crate::audit::AuditPage;
-use crate::auth::{get_me, Area, LoginPage, PasswordPage, SignOutButton};
+use crate::auth::{can, get_me, Can, LoginPage, PasswordPage, SignOutButton};
 use crate::iam::{GroupPage, GroupsPage, PoliciesPage, PolicyPage, SimulatorPage};
 use crate::models::ModelsPage;
 use crate::tokens::TokensPage;
@@ -100,9 +100,10 @@ fn AppShell() -> impl IntoView {
     let me = Resource::new(|| (), |_| get_me());
     provide_context(CurrentUser(me));
     // The navigation shows what the user may open; the server checks every request.
-    let may = move |area: Area| me.get().and_then(Result::ok).is_some_and(|m| m.areas.contains(&area));
-    let any_admin =
-        move || [Area::Users, Area::Groups, Area::Policies, Area::Simulator, Area::Audit].into_iter().any(may);
+    let may = move |what: Can| can(CurrentUser(me), what);
+    let any_admin = move || {
+        [Can::ListUsers, Can::ListGroups, Can::ListPolicies, Can::Simulate, Can::ReadAuditLog].into_iter().any(may)
+    };
 
     view! {
         <header class="topbar">
@@ -121,7 +122,7 @@ fn AppShell() -> impl IntoView {
             <nav class="sidebar" aria-label="Main">
                 <A href="/" exact=true>"Home"</A>
                 <Transition fallback=|| ()>
-                    <Show when=move || may(Area::Models)>
+                    <Show when=move || may(Can::ListModelGroups)>
                         <A href="/models">"Models"</A>
                     </Show>
                 </Transition>
@@ -132,11 +133,11 @@ fn AppShell() -> impl IntoView {
                     <Show when=any_admin>
                         <p class="nav-heading">"Admin"</p>
                     </Show>
-                    <Show when=move || may(Area::Users)><A href="/admin/users">"Users"</A></Show>
-                    <Show when=move || may(Area::Groups)><A href="/admin/groups">"Groups"</A></Show>
-                    <Show when=move || may(Area::Policies)><A href="/admin/policies">"Policies"</A></Show>
-                    <Show when=move || may(Area::Simulator)><A href="/admin/simulator">"Simulator"</A></Show>
-                    <Show when=move || may(Area::Audit)><A href="/admin/audit">"Audit log"</A></Show>
+                    <Show when=move || may(Can::ListUsers)><A href="/admin/users">"Users"</A></Show>
+                    <Show when=move || may(Can::ListGroups)><A href="/admin/groups">"Groups"</A></Show>
+                    <Show when=move || may(Can::ListPolicies)><A href="/admin/policies">"Policies"</A></Show>
+                    <Show when=move || may(Can::Simulate)><A href="/admin/simulator">"Simulator"</A></Show>
+                    <Show when=move || may(Can::ReadAuditLog)><A href="/admin/audit">"Audit log"</A></Show>
                 </Transition>
             </nav>
             <main class="content">

@@ -24,21 +24,10 @@ impl From<atelier_core::models::ModelGroup> for ModelGroupInfo {
     }
 }
 
-/// The registry page's data: the groups, and whether the user may create one (the
-/// form is hidden otherwise; the server checks again on submit).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ModelGroupsView {
-    pub groups: Vec<ModelGroupInfo>,
-    pub can_create: bool,
-}
-
 #[server]
-pub async fn list_model_groups() -> Result<ModelGroupsView, AppError> {
-    use atelier_core::authz::{Action, Resource};
+pub async fn list_model_groups() -> Result<Vec<ModelGroupInfo>, AppError> {
     let (db, p) = crate::context::db_and_principal()?;
-    let groups = atelier_core::models::list_groups(&db, &p).await?.into_iter().map(ModelGroupInfo::from).collect();
-    let can_create = p.can(Action::CreateModelGroup, &Resource::new("atelier:models:group/*"));
-    Ok(ModelGroupsView { groups, can_create })
+    Ok(atelier_core::models::list_groups(&db, &p).await?.into_iter().map(ModelGroupInfo::from).collect())
 }
 
 #[server]
@@ -53,18 +42,16 @@ pub async fn create_model_group(name: String, description: String) -> Result<(),
 pub fn ModelsPage() -> impl IntoView {
     let create = ServerAction::<CreateModelGroup>::new();
     let groups = Resource::new(move || create.version().get(), |_| list_model_groups());
+    let me = expect_context::<crate::CurrentUser>();
+    let can_create = move || crate::auth::can(me, crate::auth::Can::CreateModelGroup);
     view! {
         <h1>"Model registry"</h1>
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match groups.await {
                     Err(e) => view! { <p class="error" data-testid="models-error">{e.message}</p> }.into_any(),
-                    Ok(view) => {
-                        let form = view.can_create.then(|| view! { <NewModelGroupForm create/> });
-                        let list = view.groups;
-                        if list.is_empty() {
-                            return view! { <p class="muted">"No model groups yet."</p> {form} }.into_any();
-                        }
+                    Ok(list) if list.is_empty() => view! { <p class="muted">"No model groups yet."</p> }.into_any(),
+                    Ok(list) => {
                         view! {
                         <table class="table">
                             <thead><tr><th>"Model group"</th><th>"Description"</th><th>"Created by"</th><th>"Created"</th></tr></thead>
@@ -79,11 +66,15 @@ pub fn ModelsPage() -> impl IntoView {
                                 }}).collect_view()}
                             </tbody>
                         </table>
-                        {form}
                         }.into_any()
                     }
                 }
             })}
+        </Transition>
+        <Transition fallback=|| ()>
+            <Show when=can_create>
+                <NewModelGroupForm create/>
+            </Show>
         </Transition>
     }
 }

@@ -97,21 +97,13 @@ pub async fn set_user_policy(username: String, policy: String, attach: bool) -> 
     Ok(())
 }
 
-/// Adds a user to (or removes them from) a group.
-#[server]
-pub async fn set_user_group(username: String, group: String, member: bool) -> Result<(), AppError> {
-    let (db, p) = crate::context::db_and_principal()?;
-    atelier_core::iam::admin::set_member(&db, &p, &group, &username, member).await?;
-    Ok(())
-}
-
 /// Admin > Users.
 #[component]
 pub fn UsersPage() -> impl IntoView {
     let create = ServerAction::<CreateUser>::new();
     let users = Resource::new(move || create.version().get(), |_| list_users());
-    let choices = Resource::new(|| (), |_| crate::iam::attach_choices());
-    let create_error = Signal::derive(move || create.value().get().and_then(Result::err));
+    let me = expect_context::<CurrentUser>();
+    let can_create = move || crate::auth::can(me, crate::auth::Can::CreateUser);
 
     view! {
         <h1>"Users"</h1>
@@ -119,7 +111,8 @@ pub fn UsersPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 match users.await {
                     Err(e) => view! { <p class="error">{e.message}</p> }.into_any(),
-                    Ok(list) => view! {
+                    Ok(list) => {
+                        view! {
                         <table class="table">
                             <thead><tr><th>"Username"</th><th>"Name"</th><th>"Policies"</th><th>"Groups"</th><th>"Status"</th><th>"Created"</th></tr></thead>
                             <tbody>
@@ -137,10 +130,26 @@ pub fn UsersPage() -> impl IntoView {
                                 }}).collect_view()}
                             </tbody>
                         </table>
-                    }.into_any(),
+                        }.into_any()
+                    }
                 }
             })}
         </Transition>
+        <Transition fallback=|| ()>
+            <Show when=can_create>
+                <NewUserForm create/>
+            </Show>
+        </Transition>
+    }
+}
+
+/// The "New user" form, shown to those who may create users.
+#[component]
+fn NewUserForm(create: ServerAction<CreateUser>) -> impl IntoView {
+    // Fetched only here, so viewers who cannot create users cause no denied lookups.
+    let choices = Resource::new(|| (), |_| crate::iam::attach_choices());
+    let create_error = Signal::derive(move || create.value().get().and_then(Result::err));
+    view! {
         <ActionForm action=create attr:class="card form">
             <h2>"New user"</h2>
             <label for="new-username">"Username"</label>
@@ -185,7 +194,7 @@ pub fn UserPage() -> impl IntoView {
     let toggle = ServerAction::<SetUserActive>::new();
     let reset = ServerAction::<ResetPassword>::new();
     let policy = ServerAction::<SetUserPolicy>::new();
-    let group = ServerAction::<SetUserGroup>::new();
+    let group = ServerAction::<crate::iam::SetGroupMember>::new();
     let user = Resource::new(
         move || (username(), toggle.version().get(), policy.version().get(), group.version().get()),
         |(name, ..)| get_user(name),

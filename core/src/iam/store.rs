@@ -321,24 +321,29 @@ pub async fn set_attachment(db: &Db, holder: Holder<'_>, policy_name: &str, atta
     Ok(())
 }
 
+/// The one-column result of `sql` with `$1` bound to `id`.
+async fn names(db: &Db, sql: &str, id: &str) -> CoreResult<Vec<String>> {
+    Ok(sqlx::query_scalar(sql).bind(id).fetch_all(&db.pool).await?)
+}
+
 /// Names of the policies attached to a user directly.
 pub async fn user_policies(db: &Db, user_id: &str) -> CoreResult<Vec<String>> {
-    Ok(sqlx::query_scalar(
+    names(
+        db,
         "SELECT p.name FROM user_policies up JOIN policies p ON p.id = up.policy_id WHERE up.user_id = $1 ORDER BY p.name",
+        user_id,
     )
-    .bind(user_id)
-    .fetch_all(&db.pool)
-    .await?)
+    .await
 }
 
 /// Names of the groups a user belongs to.
 pub async fn user_groups(db: &Db, user_id: &str) -> CoreResult<Vec<String>> {
-    Ok(sqlx::query_scalar(
+    names(
+        db,
         "SELECT g.name FROM group_members m JOIN groups g ON g.id = m.group_id WHERE m.user_id = $1 ORDER BY g.name",
+        user_id,
     )
-    .bind(user_id)
-    .fetch_all(&db.pool)
-    .await?)
+    .await
 }
 
 const GROUP_INFO: &str = "SELECT g.id, g.name, g.description, g.created_at, \
@@ -360,22 +365,22 @@ pub async fn get_group(db: &Db, name: &str) -> CoreResult<GroupInfo> {
 
 /// Usernames of a group's members.
 pub async fn group_members(db: &Db, group_id: &str) -> CoreResult<Vec<String>> {
-    Ok(sqlx::query_scalar(
+    names(
+        db,
         "SELECT u.username FROM group_members m JOIN users u ON u.id = m.user_id WHERE m.group_id = $1 ORDER BY u.username",
+        group_id,
     )
-    .bind(group_id)
-    .fetch_all(&db.pool)
-    .await?)
+    .await
 }
 
 /// Names of the policies attached to a group.
 pub async fn group_policies(db: &Db, group_id: &str) -> CoreResult<Vec<String>> {
-    Ok(sqlx::query_scalar(
+    names(
+        db,
         "SELECT p.name FROM group_policies gp JOIN policies p ON p.id = gp.policy_id WHERE gp.group_id = $1 ORDER BY p.name",
+        group_id,
     )
-    .bind(group_id)
-    .fetch_all(&db.pool)
-    .await?)
+    .await
 }
 
 /// Creates a group.
@@ -573,17 +578,17 @@ impl PolicyCache {
 
 /// Usernames and group names a policy is attached to.
 pub async fn policy_holders(db: &Db, policy_id: &str) -> CoreResult<(Vec<String>, Vec<String>)> {
-    let users = sqlx::query_scalar(
+    let users = names(
+        db,
         "SELECT u.username FROM user_policies up JOIN users u ON u.id = up.user_id WHERE up.policy_id = $1 ORDER BY u.username",
+        policy_id,
     )
-    .bind(policy_id)
-    .fetch_all(&db.pool)
     .await?;
-    let groups = sqlx::query_scalar(
+    let groups = names(
+        db,
         "SELECT g.name FROM group_policies gp JOIN groups g ON g.id = gp.group_id WHERE gp.policy_id = $1 ORDER BY g.name",
+        policy_id,
     )
-    .bind(policy_id)
-    .fetch_all(&db.pool)
     .await?;
     Ok((users, groups))
 }
