@@ -54,11 +54,17 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok()).map(str::to_string);
     let bearer = bearer_token(request.headers());
     let session = request.extensions().get::<Session>().cloned();
+    let path = request.uri().path().to_string();
     let principal = match resolve_principal(&state, bearer, session, ip.clone()).await {
         Ok(principal) => principal,
-        Err(err) => return ApiError::from(err).into_response(),
+        Err(err) => {
+            if matches!(err, CoreError::Unauthenticated(_)) {
+                let summary = format!("refused credentials: {} {path}", request.method());
+                audit_anonymous(&state, &path, summary, ip, request_id).await;
+            }
+            return ApiError::from(err).into_response();
+        }
     };
-    let path = request.uri().path().to_string();
     let Some(principal) = principal else {
         return anonymous(&state, request, next, ip, request_id).await;
     };
@@ -103,19 +109,8 @@ async fn anonymous(
         let target = request.uri().path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
         return Redirect::to(&format!("/login?next={}", percent_encode(target))).into_response();
     }
-    let event = NewEvent {
-        principal: "anonymous".into(),
-        action: "-".into(),
-        resource: path.clone(),
-        allowed: false,
-        status: Some(401),
-        source_ip: ip,
-        request_id,
-        summary: format!("not signed in: {} {path}", request.method()),
-    };
-    if let Err(err) = audit::record(&state.db, event).await {
-        tracing::error!(error = %err, "audit event could not be written");
-    }
+    let summary = format!("not signed in: {} {path}", request.method());
+    audit_anonymous(state, &path, summary, ip, request_id).await;
     if path.starts_with("/api/v1/") {
         return ApiError::from(CoreError::Unauthenticated(
             "Sign in, or send an API token as 'Authorization: Bearer <token>'.".into(),
@@ -126,6 +121,29 @@ async fn anonymous(
     // expired session reads as such in the UI.
     let error = AppError::new(ErrorKind::Unauthenticated, "Your session has ended. Sign in again.");
     (StatusCode::UNAUTHORIZED, axum::Json(error)).into_response()
+}
+
+/// Records a request refused for want of a principal.
+async fn audit_anonymous(
+    state: &AppState,
+    path: &str,
+    summary: String,
+    source_ip: Option<String>,
+    request_id: Option<String>,
+) {
+    let event = NewEvent {
+        principal: "anonymous".into(),
+        action: "-".into(),
+        resource: path.to_string(),
+        allowed: false,
+        status: Some(401),
+        source_ip,
+        request_id,
+        summary,
+    };
+    if let Err(err) = audit::record(&state.db, event).await {
+        tracing::error!(error = %err, "audit event could not be written");
+    }
 }
 
 /// The token of an `Authorization: Bearer ...` header. Other schemes (say, Basic auth

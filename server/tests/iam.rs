@@ -425,6 +425,10 @@ async fn the_audit_log_records_changes_and_denials_and_exports_json_lines() {
     assert_eq!(denied.status, StatusCode::FORBIDDEN);
     // Allowed reads are not recorded.
     app.call(Method::GET, "/api/v1/groups", Auth::Bearer(&token), None).await;
+    // Refused credentials and anonymous calls are.
+    let forged = app.call(Method::GET, "/api/v1/users", Auth::Bearer("atl_forged"), None).await;
+    assert_eq!(forged.status, StatusCode::UNAUTHORIZED);
+    app.call(Method::GET, "/api/v1/users", Auth::None, None).await;
 
     let page = app.call(Method::GET, "/api/v1/audit-events?limit=10", Auth::Bearer(&token), None).await.json();
     let events = page["events"].as_array().cloned().unwrap_or_default();
@@ -440,6 +444,12 @@ async fn the_audit_log_records_changes_and_denials_and_exports_json_lines() {
     assert_eq!(denial["decision"], "Deny");
     assert_eq!(denial["status"], 403);
     assert!(!events.iter().any(|e| e["action"] == "iam:ListGroups"), "allowed reads are not audited");
+    let anonymous: Vec<&Value> = events.iter().filter(|e| e["principal"] == "anonymous").collect();
+    assert_eq!(anonymous.len(), 2, "{anonymous:?}");
+    assert!(anonymous
+        .iter()
+        .all(|e| e["status"] == 401 && e["resource"] == "/api/v1/users" && e["decision"] == "Deny"));
+    assert!(anonymous.iter().any(|e| e["summary"].as_str().is_some_and(|s| s.starts_with("refused credentials"))));
 
     // Filters.
     let only = app
