@@ -219,6 +219,8 @@ pub fn UserPage() -> impl IntoView {
                         // StoredValue is Copy: each form's children closure can take it.
                         let name = StoredValue::new(u.username.clone());
                         let is_me = u.id == my_id;
+                        let policy_options_empty = all_policies.iter().all(|p| u.policies.contains(p));
+                        let group_options_empty = all_groups.iter().all(|g| u.groups.contains(g));
                         let policy_options = all_policies.into_iter().filter(|p| !u.policies.contains(p))
                             .map(|p| { let v = p.clone(); view! { <option value=v>{p}</option> } }).collect_view();
                         let group_options = all_groups.into_iter().filter(|g| !u.groups.contains(g))
@@ -267,7 +269,7 @@ pub fn UserPage() -> impl IntoView {
                                 <h2>"Policies"</h2>
                                 <p class="muted">"SelfService applies to every user. Policies of the user's groups apply too."</p>
                                 <ul data-testid="user-policies">{policy_rows}</ul>
-                                <ActionForm action=policy attr:class="inline">
+                                <ActionForm action=policy attr:class="inline" attr:hidden=policy_options_empty>
                                     <input type="hidden" name="username" value=name.get_value()/>
                                     <input type="hidden" name="attach" value="true"/>
                                     <select name="policy" aria-label="Policy to attach">{policy_options}</select>
@@ -277,7 +279,7 @@ pub fn UserPage() -> impl IntoView {
                             <section class="card">
                                 <h2>"Groups"</h2>
                                 <ul data-testid="user-groups">{group_rows}</ul>
-                                <ActionForm action=group attr:class="inline">
+                                <ActionForm action=group attr:class="inline" attr:hidden=group_options_empty>
                                     <input type="hidden" name="username" value=name.get_value()/>
                                     <input type="hidden" name="member" value="true"/>
                                     <select name="group" aria-label="Group to join">{group_options}</select>

@@ -151,12 +151,13 @@ impl Principal {
         self.decide(action, resource).is_ok_and(|d| d.allowed)
     }
 
-    /// Adds a short description of the change to the last write this request was
-    /// allowed, for the audit log (for example "attached DataScientist to alice").
+    /// Describes the change this request made, for the audit log (for example
+    /// "attached DataScientist to user alice"); it goes with the first write the
+    /// request was allowed, which is the event the log records for the change.
     pub fn note_change(&self, summary: impl Into<String>) {
         let mut trail = self.lock();
-        if let Some(last) = trail.iter_mut().rev().find(|n| n.allowed && n.action.is_write()) {
-            last.summary = summary.into();
+        if let Some(first) = trail.iter_mut().find(|n| n.allowed && n.action.is_write()) {
+            first.summary = summary.into();
         }
     }
 

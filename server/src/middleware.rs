@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use atelier_core::accounts::User;
 use atelier_core::audit::{self, NewEvent};
-use atelier_core::authz::{Credential, Principal};
+use atelier_core::authz::{Credential, Noted, Principal};
 use atelier_core::iam::store;
 use atelier_core::sessions::{self, ClientIp};
 use atelier_core::{tokens, CoreError};
@@ -73,7 +73,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     }
     request.extensions_mut().insert(principal.clone());
     let response = next.run(request).await;
-    for noted in principal.take_noted() {
+    for noted in audit_events(principal.take_noted()) {
         let event = NewEvent {
             principal: principal.user.username.clone(),
             action: noted.action.name().to_string(),
@@ -90,6 +90,24 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         }
     }
     response
+}
+
+/// The events a request leaves: each denial, and one event for the change it made —
+/// the first write it was allowed, with the summary the route gave and the further
+/// permissions the change needed (creating a user with a policy also needs
+/// `iam:AttachPolicy`).
+fn audit_events(noted: Vec<Noted>) -> Vec<Noted> {
+    let (allowed, mut events): (Vec<Noted>, Vec<Noted>) = noted.into_iter().partition(|n| n.allowed);
+    let mut allowed = allowed.into_iter();
+    if let Some(mut change) = allowed.next() {
+        let also: Vec<String> = allowed.map(|n| format!("{} on {}", n.action, n.resource)).collect();
+        if !also.is_empty() {
+            let separator = if change.summary.is_empty() { "" } else { "; " };
+            change.summary = format!("{}{separator}also allowed {}", change.summary, also.join(", "));
+        }
+        events.insert(0, change);
+    }
+    events
 }
 
 /// Requests without a principal: public routes pass, pages redirect to sign-in, API

@@ -451,6 +451,34 @@ async fn the_audit_log_records_changes_and_denials_and_exports_json_lines() {
         .all(|e| e["status"] == 401 && e["resource"] == "/api/v1/users" && e["decision"] == "Deny"));
     assert!(anonymous.iter().any(|e| e["summary"].as_str().is_some_and(|s| s.starts_with("refused credentials"))));
 
+    // A change that needed several permissions is one event.
+    let created = app
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            Auth::Bearer(&token),
+            Some(json!({"username": "otto", "password": PASSWORD, "policies": ["ReadOnly"], "groups": ["signs"]})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let id = created.header("x-request-id").expect("request id");
+    let same: Vec<Value> =
+        app.call(Method::GET, "/api/v1/audit-events?principal=admin&limit=20", Auth::Bearer(&token), None).await.json()
+            ["events"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|e| e["request_id"] == id.as_str())
+            .collect();
+    assert_eq!(same.len(), 1, "{same:?}");
+    assert_eq!(same[0]["action"], "iam:CreateUser");
+    assert_eq!(
+        same[0]["summary"],
+        "created user otto (policies: [\"ReadOnly\"], groups: [\"signs\"]); also allowed \
+         iam:AttachPolicy on atelier:iam:policy/ReadOnly, iam:UpdateGroup on atelier:iam:group/signs"
+    );
+
     // Filters.
     let only = app
         .call(Method::GET, "/api/v1/audit-events?principal=lena&decision=Deny", Auth::Bearer(&token), None)
