@@ -22,7 +22,7 @@ pub fn format_time(unix: i64) -> String {
 pub fn parse_date(text: &str) -> Option<i64> {
     let mut parts = text.trim().splitn(3, '-').map(|p| p.parse::<i64>().ok());
     let (year, month, day) = (parts.next()??, parts.next()??, parts.next()??);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) {
+    if !(1..=9999).contains(&year) || !(1..=12).contains(&month) || !(1..=31).contains(&day) {
         return None;
     }
     // Days-from-civil (Howard Hinnant's algorithm), the inverse of the above.
@@ -46,6 +46,7 @@ mod tests {
         assert_eq!(parse_date("2026-11-30").map(format_time).as_deref(), Some("2026-11-30 00:00 UTC"));
         assert_eq!(parse_date("2026-13-01"), None);
         assert_eq!(parse_date("yesterday"), None);
+        assert_eq!(parse_date("99999999999999999-01-01"), None);
     }
 
     #[test]

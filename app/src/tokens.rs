@@ -56,6 +56,7 @@ pub async fn create_token(name: String, expires_in_days: String, policy: Option<
     use atelier_core::authz::Action;
     use atelier_core::CoreError;
     let principal = crate::context::authorize_own_account(Action::CreateAccessToken)?;
+    principal.refuse_if_narrowed("create tokens")?;
     let me = principal.user.clone();
     let days = match expires_in_days.trim() {
         "" => None,

@@ -319,10 +319,16 @@ pub enum AdminBootstrap {
 /// Creates the `admin` account on first start, when no administrator exists yet.
 /// The password is `preset` (from `ATELIER_ADMIN_PASSWORD`) or a new random one.
 pub async fn ensure_admin(db: &Db, preset: Option<String>) -> CoreResult<AdminBootstrap> {
-    let admins: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM user_policies WHERE policy_id = $1")
-        .bind(crate::iam::builtin::id(ADMIN_POLICY))
-        .fetch_one(&db.pool)
-        .await?;
+    // Administrators hold AdministratorAccess directly or through a group.
+    let admins: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM users u WHERE \
+         EXISTS (SELECT 1 FROM user_policies up WHERE up.user_id = u.id AND up.policy_id = $1) \
+         OR EXISTS (SELECT 1 FROM group_members m JOIN group_policies gp ON gp.group_id = m.group_id \
+                    WHERE m.user_id = u.id AND gp.policy_id = $1)",
+    )
+    .bind(crate::iam::builtin::id(ADMIN_POLICY))
+    .fetch_one(&db.pool)
+    .await?;
     if admins > 0 {
         return Ok(AdminBootstrap::Existing);
     }

@@ -145,6 +145,15 @@ impl Principal {
         Ok(Decision { allowed, user, token })
     }
 
+    /// Refuses when the request came with an API token narrowed by an inline policy:
+    /// such a token may not mint tokens, which would escape its narrowing.
+    pub fn refuse_if_narrowed(&self, what: &str) -> CoreResult<()> {
+        match self.token_policies {
+            Some(_) => Err(CoreError::Forbidden(format!("an API token narrowed by an inline policy cannot {what}"))),
+            None => Ok(()),
+        }
+    }
+
     /// Whether the action would be allowed; for hiding what a user cannot do. Never
     /// a substitute for [`authorize`].
     pub fn can(&self, action: Action, resource: &Resource) -> bool {

@@ -49,8 +49,8 @@ pub async fn get_group(db: &Db, p: &Principal, name: &str) -> CoreResult<ModelGr
 
 /// Creates a model group.
 pub async fn create_group(db: &Db, p: &Principal, name: &str, description: &str) -> CoreResult<ModelGroup> {
-    authorize(p, Action::CreateModelGroup, &Resource::new("atelier:models:group/*"))?;
     let name = validate_name("name", name)?;
+    authorize(p, Action::CreateModelGroup, &Resource::new(format!("atelier:models:group/{name}")))?;
     let description = description.trim();
     if description.chars().count() > 1000 {
         return Err(CoreError::invalid("description", "description must be at most 1000 characters"));

@@ -20,6 +20,7 @@ use axum::response::{IntoResponse, Redirect, Response};
 use leptos::server_fn::ServerFn;
 use tower_http::request_id::RequestId;
 use tower_sessions::Session;
+use tracing::Instrument;
 
 use app::error::{AppError, ErrorKind};
 
@@ -72,24 +73,40 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
         return Redirect::to("/").into_response();
     }
     request.extensions_mut().insert(principal.clone());
-    let response = next.run(request).await;
-    for noted in audit_events(principal.take_noted()) {
-        let event = NewEvent {
-            principal: principal.user.username.clone(),
-            action: noted.action.name().to_string(),
-            resource: noted.resource,
-            allowed: noted.allowed,
-            status: Some(response.status().as_u16()),
-            source_ip: ip.clone(),
-            request_id: request_id.clone(),
-            summary: noted.summary,
-        };
-        if let Err(err) = audit::record(&state.db, event).await {
-            // The change is made; failing the response now would invite a retry of it.
-            tracing::error!(error = %err, "audit event could not be written");
+    // The handler and the audit writes run in their own task: a client that hangs up
+    // (or a timeout) drops this future, and must not cancel a change halfway or leave
+    // it unaudited.
+    let task = tokio::spawn(
+        async move {
+            let response = next.run(request).await;
+            for noted in audit_events(principal.take_noted()) {
+                let event = NewEvent {
+                    principal: principal.user.username.clone(),
+                    action: noted.action.name().to_string(),
+                    resource: noted.resource,
+                    allowed: noted.allowed,
+                    status: Some(response.status().as_u16()),
+                    source_ip: ip.clone(),
+                    request_id: request_id.clone(),
+                    summary: noted.summary,
+                };
+                if let Err(err) = audit::record(&state.db, event).await {
+                    // The change is made; failing the response now would invite a retry of it.
+                    tracing::error!(error = %err, "audit event could not be written");
+                }
+            }
+            response
+        }
+        // Keep the request's span (and its id) on the handler's log lines.
+        .instrument(tracing::Span::current()),
+    );
+    match task.await {
+        Ok(response) => response,
+        Err(err) => {
+            tracing::error!(error = %err, "request task failed");
+            ApiError::from(CoreError::internal(err)).into_response()
         }
     }
-    response
 }
 
 /// The events a request leaves: each denial, and one event for the change it made —

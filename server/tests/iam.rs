@@ -436,7 +436,7 @@ async fn the_audit_log_records_changes_and_denials_and_exports_json_lines() {
     assert_eq!(change["principal"], "admin");
     assert_eq!(change["decision"], "Allow");
     assert_eq!(change["status"], 201);
-    assert_eq!(change["resource"], "atelier:iam:group/*");
+    assert_eq!(change["resource"], "atelier:iam:group/signs");
     assert_eq!(change["request_id"], request_id.as_str());
     assert_eq!(change["summary"], "created group signs");
     let denial = events.iter().find(|e| e["principal"] == "lena").expect("denial recorded");
@@ -553,4 +553,120 @@ async fn a_labeler_cannot_reach_the_model_registry_by_page_or_api() {
     .await
     .expect("test setup");
     assert_eq!(denials, 2, "the page's and the API's denials are both audited");
+}
+
+#[tokio::test]
+async fn delegated_administrators_cannot_escalate() {
+    let app = TestApp::new().await;
+    let admin = app.create_user("admin", true).await;
+    let root = app.token_for(&admin, None).await;
+    app.call(Method::POST, "/api/v1/groups", Auth::Bearer(&root), Some(json!({"name": "admins"}))).await;
+    app.call(Method::PUT, "/api/v1/groups/admins/policies/AdministratorAccess", Auth::Bearer(&root), None).await;
+    app.call(Method::POST, "/api/v1/groups", Auth::Bearer(&root), Some(json!({"name": "team-a"}))).await;
+    // A team lead may manage groups and create users and team policies, nothing more.
+    let delegated = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["iam:UpdateGroup", "iam:CreateUser", "iam:GetUser"], "Resource": "*"},
+        {"Effect": "Allow", "Action": ["iam:CreatePolicy", "iam:AttachPolicy"], "Resource": "atelier:iam:policy/team-*"}]});
+    let created = app
+        .call(
+            Method::POST,
+            "/api/v1/policies",
+            Auth::Bearer(&root),
+            Some(json!({"name": "TeamLead", "document": delegated})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED);
+    let lead = app.create_user_with("lead", &["TeamLead".into()]).await;
+    let token = app.token_for(&lead, None).await;
+
+    // Joining a group means getting its policies: refused for the admins group.
+    let join = app.call(Method::PUT, "/api/v1/groups/admins/members/lead", Auth::Bearer(&token), None).await;
+    assert_eq!(join.status, StatusCode::FORBIDDEN, "{}", join.text());
+    assert!(join.text().contains("iam:AttachPolicy on atelier:iam:policy/AdministratorAccess"), "{}", join.text());
+    let sneaky = app
+        .call(
+            Method::POST,
+            "/api/v1/users",
+            Auth::Bearer(&token),
+            Some(json!({"username": "sock", "password": PASSWORD, "groups": ["admins"]})),
+        )
+        .await;
+    assert_eq!(sneaky.status, StatusCode::FORBIDDEN);
+    assert!(
+        app.call(Method::GET, "/api/v1/users/sock", Auth::Bearer(&root), None).await.status == StatusCode::NOT_FOUND
+    );
+    // A group without powerful policies is fine.
+    let ok = app.call(Method::PUT, "/api/v1/groups/team-a/members/lead", Auth::Bearer(&token), None).await;
+    assert_eq!(ok.status, StatusCode::OK, "{}", ok.text());
+
+    // Create* is checked against the new name.
+    let doc = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]});
+    let outside = app
+        .call(
+            Method::POST,
+            "/api/v1/policies",
+            Auth::Bearer(&token),
+            Some(json!({"name": "Everything", "document": doc})),
+        )
+        .await;
+    assert_eq!(outside.status, StatusCode::FORBIDDEN);
+    let inside = app
+        .call(Method::POST, "/api/v1/policies", Auth::Bearer(&token), Some(json!({"name": "team-x", "document": doc})))
+        .await;
+    assert_eq!(inside.status, StatusCode::CREATED, "{}", inside.text());
+    // ...and attaching it to oneself still needs iam:UpdateUser on oneself.
+    let attach = app.call(Method::PUT, "/api/v1/users/lead/policies/team-x", Auth::Bearer(&token), None).await;
+    assert_eq!(attach.status, StatusCode::FORBIDDEN);
+
+    // Refusals do not reveal whether a user exists.
+    let bob = app.create_user("bob", false).await;
+    let bob_token = app.token_for(&bob, None).await;
+    for who in ["lead", "nobody-at-all"] {
+        let r = app.call(Method::GET, &format!("/api/v1/users/{who}"), Auth::Bearer(&bob_token), None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{who}");
+    }
+
+    // A narrowed token cannot mint an unrestricted one.
+    let narrow = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "iam:*AccessToken*", "Resource": "*"}]}"#;
+    let narrowed = app.token_for(&admin, Some(narrow)).await;
+    let mint = app.call(Method::POST, "/api/v1/tokens", Auth::Bearer(&narrowed), Some(json!({"name": "escape"}))).await;
+    assert_eq!(mint.status, StatusCode::FORBIDDEN, "{}", mint.text());
+}
+
+#[tokio::test]
+async fn the_simulator_authorizes_the_user_it_simulates_and_accepts_any_condition_key() {
+    let app = TestApp::new().await;
+    let admin = app.create_user("admin", true).await;
+    let root = app.token_for(&admin, None).await;
+    let not_admin = json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": "iam:SimulatePolicy", "Resource": "*"},
+        {"Effect": "Deny", "Action": "iam:SimulatePolicy", "Resource": "atelier:iam:user/admin"}]});
+    app.call(
+        Method::POST,
+        "/api/v1/policies",
+        Auth::Bearer(&root),
+        Some(json!({"name": "Sim", "document": not_admin})),
+    )
+    .await;
+    let sim = app.create_user_with("sim", &["Sim".into()]).await;
+    let token = app.token_for(&sim, None).await;
+    for name in ["admin", "ADMIN", " Admin "] {
+        let r = app
+            .call(
+                Method::POST,
+                "/api/v1/iam/simulate",
+                Auth::Bearer(&token),
+                Some(json!({"username": name, "action": "iam:GetUser", "resource": "*"})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{name}");
+    }
+    // Keys a real request already has can be overridden.
+    let r = app
+        .call(Method::POST, "/api/v1/iam/simulate", Auth::Bearer(&root),
+            Some(json!({"username": "sim", "action": "iam:GetUser", "resource": "atelier:iam:user/sim",
+                "context": {"atelier:CurrentTime": "2030-01-01T00:00:00Z", "atelier:username": "someone", "atelier:ViaApiToken": "true"}})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["allowed"], true, "{}", r.text());
 }

@@ -44,6 +44,33 @@ pub async fn find_user(db: &Db, key: &str) -> CoreResult<User> {
     }
 }
 
+/// The user `key` names, once `p` may do `action` on them. A caller who may not gets
+/// 403 whether or not the user exists, so refusals reveal no usernames.
+async fn target_user(db: &Db, p: &Principal, key: &str, action: Action) -> CoreResult<User> {
+    match find_user(db, key).await {
+        Ok(user) => {
+            authorize(p, action, &Resource::user(&user.username))?;
+            Ok(user)
+        }
+        Err(CoreError::NotFound(what)) => {
+            authorize(p, action, &Resource::user(&key.trim().to_ascii_lowercase()))?;
+            Err(CoreError::NotFound(what))
+        }
+        Err(other) => Err(other),
+    }
+}
+
+/// Joining a group grants its policies, so it needs what attaching them would:
+/// `iam:AttachPolicy` on each.
+async fn authorize_joining(db: &Db, p: &Principal, group: &str) -> CoreResult<()> {
+    authorize(p, Action::UpdateGroup, &Resource::group(group))?;
+    let info = store::get_group(db, group).await?;
+    for policy in store::group_policies(db, &info.id).await? {
+        authorize(p, Action::AttachPolicy, &Resource::policy(&policy))?;
+    }
+    Ok(())
+}
+
 async fn record(db: &Db, user: User) -> CoreResult<UserRecord> {
     let policies = store::user_policies(db, &user.id).await?;
     let groups = store::user_groups(db, &user.id).await?;
@@ -64,19 +91,22 @@ pub async fn list_users(db: &Db, p: &Principal) -> CoreResult<Vec<UserRecord>> {
 }
 
 pub async fn get_user(db: &Db, p: &Principal, key: &str) -> CoreResult<UserRecord> {
-    let user = find_user(db, key).await?;
-    authorize(p, Action::GetUser, &Resource::user(&user.username))?;
+    let user = target_user(db, p, key, Action::GetUser).await?;
     record(db, user).await
 }
 
 /// Creates a user; attaching policies and joining groups need their own permissions.
 pub async fn create_user(db: &Db, p: &Principal, new: NewUser) -> CoreResult<UserRecord> {
-    authorize(p, Action::CreateUser, &Resource::all_users())?;
+    let username = accounts::normalize_username(&new.username)?;
+    authorize(p, Action::CreateUser, &Resource::user(&username))?;
     for name in &new.policies {
         authorize(p, Action::AttachPolicy, &Resource::policy(name))?;
     }
     for name in &new.groups {
-        authorize(p, Action::UpdateGroup, &Resource::group(name))?;
+        authorize_joining(db, p, name).await.map_err(|e| match e {
+            CoreError::NotFound(_) => CoreError::invalid("groups", format!("there is no group named {name}")),
+            other => other,
+        })?;
     }
     let (policies, groups) = (new.policies.clone(), new.groups.clone());
     let user = accounts::create_user(db, new).await?;
@@ -85,16 +115,14 @@ pub async fn create_user(db: &Db, p: &Principal, new: NewUser) -> CoreResult<Use
 }
 
 pub async fn set_active(db: &Db, p: &Principal, key: &str, active: bool) -> CoreResult<UserRecord> {
-    let target = find_user(db, key).await?;
-    authorize(p, Action::UpdateUser, &Resource::user(&target.username))?;
+    let target = target_user(db, p, key, Action::UpdateUser).await?;
     let user = accounts::set_active(db, &p.user, &target.id, active).await?;
     p.note_change(format!("{} {}", if active { "reactivated" } else { "deactivated" }, user.username));
     record(db, user).await
 }
 
 pub async fn reset_password(db: &Db, p: &Principal, key: &str, password: &str) -> CoreResult<()> {
-    let target = find_user(db, key).await?;
-    authorize(p, Action::ResetPassword, &Resource::user(&target.username))?;
+    let target = target_user(db, p, key, Action::ResetPassword).await?;
     accounts::reset_password(db, &target.id, password).await?;
     p.note_change(format!("reset the password of {}", target.username));
     Ok(())
@@ -102,10 +130,9 @@ pub async fn reset_password(db: &Db, p: &Principal, key: &str, password: &str) -
 
 /// Attaching needs `iam:AttachPolicy` on the policy and `iam:UpdateUser` on the user.
 pub async fn set_user_policy(db: &Db, p: &Principal, key: &str, policy: &str, attach: bool) -> CoreResult<UserRecord> {
-    let target = find_user(db, key).await?;
+    let target = target_user(db, p, key, Action::UpdateUser).await?;
     let action = if attach { Action::AttachPolicy } else { Action::DetachPolicy };
     authorize(p, action, &Resource::policy(policy))?;
-    authorize(p, Action::UpdateUser, &Resource::user(&target.username))?;
     store::set_attachment(db, Holder::User(&target.id), policy, attach).await?;
     p.note_change(format!("{} {policy} {} user {}", verb(attach), prep(attach), target.username));
     record(db, target).await
@@ -145,7 +172,7 @@ async fn group_detail(db: &Db, name: &str) -> CoreResult<GroupDetail> {
 }
 
 pub async fn create_group(db: &Db, p: &Principal, name: &str, description: &str) -> CoreResult<GroupDetail> {
-    authorize(p, Action::CreateGroup, &Resource::group("*"))?;
+    authorize(p, Action::CreateGroup, &Resource::group(&store::validate_name("name", name)?))?;
     let group = store::create_group(db, name, description).await?;
     p.note_change(format!("created group {}", group.name));
     group_detail(db, &group.name).await
@@ -166,7 +193,11 @@ pub async fn delete_group(db: &Db, p: &Principal, name: &str) -> CoreResult<()> 
 }
 
 pub async fn set_member(db: &Db, p: &Principal, group: &str, user_key: &str, member: bool) -> CoreResult<GroupDetail> {
-    authorize(p, Action::UpdateGroup, &Resource::group(group))?;
+    if member {
+        authorize_joining(db, p, group).await?;
+    } else {
+        authorize(p, Action::UpdateGroup, &Resource::group(group))?;
+    }
     let info = store::get_group(db, group).await?;
     let user = find_user(db, user_key)
         .await
@@ -227,7 +258,7 @@ pub async fn create_policy(
     description: &str,
     document: &str,
 ) -> CoreResult<PolicyDetail> {
-    authorize(p, Action::CreatePolicy, &Resource::policy("*"))?;
+    authorize(p, Action::CreatePolicy, &Resource::policy(&store::validate_name("name", name)?))?;
     let policy = store::create_policy(db, &p.user.username, name, description, document).await?;
     p.note_change(format!("created policy {}", policy.name));
     policy_detail(db, &policy.name).await
@@ -270,7 +301,8 @@ pub async fn simulate(
     p: &Principal,
     request: &super::simulate::SimulationRequest,
 ) -> CoreResult<super::simulate::Simulation> {
-    authorize(p, Action::SimulatePolicy, &Resource::user(request.username.trim()))?;
+    let username = accounts::normalize_username(&request.username)?;
+    authorize(p, Action::SimulatePolicy, &Resource::user(&username))?;
     super::simulate::simulate(db, request).await
 }
 

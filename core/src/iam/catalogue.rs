@@ -54,7 +54,7 @@ catalogue! {
     "iam" {
         GetUser, Read, "atelier:iam:user/{username}", "View a user account, its groups and policies";
         ListUsers, Read, "atelier:iam:user/*", "List user accounts";
-        CreateUser, Write, "atelier:iam:user/*", "Create a user account";
+        CreateUser, Write, "atelier:iam:user/{username}", "Create a user account (checked against the new name)";
         UpdateUser, Write, "atelier:iam:user/{username}", "Deactivate or reactivate a user";
         ResetPassword, Write, "atelier:iam:user/{username}", "Set another user's password";
         ChangePassword, Write, "atelier:iam:user/{username}", "Change one's own password (the current one is required)";
@@ -63,12 +63,12 @@ catalogue! {
         DeleteAccessToken, Write, "atelier:iam:user/{username}", "Revoke a user's API token";
         ListGroups, Read, "atelier:iam:group/*", "List groups";
         GetGroup, Read, "atelier:iam:group/{group}", "View a group, its members and policies";
-        CreateGroup, Write, "atelier:iam:group/*", "Create a group";
-        UpdateGroup, Write, "atelier:iam:group/{group}", "Change a group's description or members";
+        CreateGroup, Write, "atelier:iam:group/{group}", "Create a group (checked against the new name)";
+        UpdateGroup, Write, "atelier:iam:group/{group}", "Change a group's description or members (adding a member also needs iam:AttachPolicy on each of the group's policies)";
         DeleteGroup, Write, "atelier:iam:group/{group}", "Delete a group";
         ListPolicies, Read, "atelier:iam:policy/*", "List policies";
         GetPolicy, Read, "atelier:iam:policy/{policy}", "View a policy and its versions";
-        CreatePolicy, Write, "atelier:iam:policy/*", "Create a customer-managed policy";
+        CreatePolicy, Write, "atelier:iam:policy/{policy}", "Create a customer-managed policy (checked against the new name)";
         UpdatePolicy, Write, "atelier:iam:policy/{policy}", "Add a policy version or roll back to an earlier one";
         DeletePolicy, Write, "atelier:iam:policy/{policy}", "Delete an unattached policy";
         AttachPolicy, Write, "atelier:iam:policy/{policy}", "Attach a policy to a user or group";
@@ -106,7 +106,7 @@ catalogue! {
     "models" {
         ListModelGroups, Read, "atelier:models:group/*", "List model groups";
         GetModelGroup, Read, "atelier:models:group/{group}", "View a model group";
-        CreateModelGroup, Write, "atelier:models:group/*", "Create a model group";
+        CreateModelGroup, Write, "atelier:models:group/{group}", "Create a model group (checked against the new name)";
         DeleteModelGroup, Write, "atelier:models:group/{group}", "Delete a model group";
         ListModelVersions, Read, "atelier:models:group/{group}", "List a group's model versions";
         GetModelVersion, Read, "atelier:models:group/{group}/version/{version}", "View a model version";

@@ -68,15 +68,20 @@ impl Facts {
         Facts { resource: resource.into(), values: Vec::new() }
     }
 
-    /// Sets a string (or boolean, as `"true"`/`"false"`) condition key.
+    /// Sets (or replaces) a string condition key; booleans are `"true"`/`"false"`.
     pub fn set(&mut self, key: impl Into<String>, value: impl Into<String>) -> &mut Self {
-        self.values.push((key.into(), Fact::Text(value.into())));
-        self
+        self.put(key.into(), Fact::Text(value.into()))
     }
 
-    /// Sets a date condition key, in Unix seconds.
+    /// Sets (or replaces) a date condition key, in Unix seconds.
     pub fn set_time(&mut self, key: impl Into<String>, unix_seconds: i64) -> &mut Self {
-        self.values.push((key.into(), Fact::Time(unix_seconds)));
+        self.put(key.into(), Fact::Time(unix_seconds))
+    }
+
+    fn put(&mut self, key: String, value: Fact) -> &mut Self {
+        // Cedar refuses a context with a key twice; the later value wins.
+        self.values.retain(|(k, _)| *k != key);
+        self.values.push((key, value));
         self
     }
 

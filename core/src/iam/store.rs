@@ -219,16 +219,24 @@ pub async fn update_policy(
     let description = description.map(validate_description).transpose()?;
     let mut tx = db.pool.begin().await?;
     if let Some(d) = document {
-        let latest: i64 = sqlx::query_scalar("SELECT MAX(version) FROM policy_versions WHERE policy_id = $1")
-            .bind(&policy.id)
-            .fetch_one(&mut *tx)
-            .await?;
-        insert_version(&mut tx, &policy.id, latest + 1, d, actor).await?;
-        sqlx::query("UPDATE policies SET default_version = $1 WHERE id = $2")
-            .bind(latest + 1)
-            .bind(&policy.id)
-            .execute(&mut *tx)
-            .await?;
+        // Numbered in the insert itself, so concurrent saves cannot pick the same number.
+        sqlx::query(
+            "INSERT INTO policy_versions (policy_id, version, document, created_at, created_by) \
+             SELECT $1, COALESCE(MAX(version), 0) + 1, $2, $3, $4 FROM policy_versions WHERE policy_id = $1",
+        )
+        .bind(&policy.id)
+        .bind(d)
+        .bind(now())
+        .bind(actor)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE policies SET default_version = (SELECT MAX(version) FROM policy_versions WHERE policy_id = $1) \
+             WHERE id = $1",
+        )
+        .bind(&policy.id)
+        .execute(&mut *tx)
+        .await?;
     }
     if let Some(d) = description {
         sqlx::query("UPDATE policies SET description = $1 WHERE id = $2")
@@ -508,8 +516,14 @@ pub async fn applicable_policies(db: &Db, user_id: &str) -> CoreResult<Vec<(Stri
                 None => continue,
             },
         };
-        if name != SELF_SERVICE {
-            out.push((name, document::parse(&text)?));
+        if name == SELF_SERVICE {
+            continue;
+        }
+        // A stored document that no longer validates (say, an action a later release
+        // removed) must not lock its holders out of everything: it grants nothing.
+        match document::parse(&text) {
+            Ok(d) => out.push((name, d)),
+            Err(e) => tracing::error!(policy = %name, error = %e, "stored policy no longer valid; ignored"),
         }
     }
     Ok(out)

@@ -52,6 +52,7 @@ pub async fn create_token(
     ApiJson(body): ApiJson<CreateTokenRequest>,
 ) -> Result<(StatusCode, Json<CreatedToken>), ApiError> {
     authorize(&principal, Action::CreateAccessToken, &Resource::user(&principal.user.username))?;
+    principal.refuse_if_narrowed("create tokens")?;
     let created =
         tokens::create(&state.db, &principal.user, &body.name, body.expires_in_days, body.policy.as_deref()).await?;
     principal.note_change(format!("created API token {} ({})", created.token.name, created.token.id));
