@@ -479,6 +479,29 @@ async fn the_audit_log_records_changes_and_denials_and_exports_json_lines() {
          iam:AttachPolicy on atelier:iam:policy/ReadOnly, iam:UpdateGroup on atelier:iam:group/signs"
     );
 
+    // Attaching is recorded on the user or group that changed.
+    app.call(Method::PUT, "/api/v1/users/otto/policies/DataScientist", Auth::Bearer(&token), None).await;
+    app.call(Method::PUT, "/api/v1/groups/signs/policies/Labeler", Auth::Bearer(&token), None).await;
+    let otto = app
+        .call(Method::GET, "/api/v1/audit-events?resource=atelier:iam:user/otto", Auth::Bearer(&token), None)
+        .await
+        .json();
+    let otto = otto["events"].as_array().cloned().unwrap_or_default();
+    assert!(
+        otto.iter().any(|e| e["action"] == "iam:UpdateUser"
+            && e["summary"].as_str().is_some_and(|s| s.starts_with("attached DataScientist to user otto"))),
+        "{otto:?}"
+    );
+    let signs = app
+        .call(Method::GET, "/api/v1/audit-events?resource=atelier:iam:group/signs", Auth::Bearer(&token), None)
+        .await
+        .json();
+    assert!(
+        signs["events"].as_array().is_some_and(|l| l.iter().any(|e| e["action"] == "iam:UpdateGroup"
+            && e["summary"].as_str().is_some_and(|s| s.starts_with("attached Labeler to group signs")))),
+        "{signs}"
+    );
+
     // Filters.
     let only = app
         .call(Method::GET, "/api/v1/audit-events?principal=lena&decision=Deny", Auth::Bearer(&token), None)

@@ -220,9 +220,10 @@ pub async fn set_group_policy(
     policy: &str,
     attach: bool,
 ) -> CoreResult<GroupDetail> {
+    // The group is what changes, so it is checked first: the audit event names it.
+    authorize(p, Action::UpdateGroup, &Resource::group(group))?;
     let action = if attach { Action::AttachPolicy } else { Action::DetachPolicy };
     authorize(p, action, &Resource::policy(policy))?;
-    authorize(p, Action::UpdateGroup, &Resource::group(group))?;
     let info = store::get_group(db, group).await?;
     store::set_attachment(db, Holder::Group(&info.id), policy, attach).await?;
     p.note_change(format!("{} {policy} {} group {group}", verb(attach), prep(attach)));
