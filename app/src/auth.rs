@@ -30,10 +30,14 @@ pub enum Can {
     ListPolicies,
     Simulate,
     ReadAuditLog,
+    ListNodes,
+    AddNode,
+    ListTrainingJobs,
+    CreateTrainingJob,
 }
 
 impl Can {
-    pub const ALL: [Can; 9] = [
+    pub const ALL: [Can; 13] = [
         Can::ListModelGroups,
         Can::CreateModelGroup,
         Can::ListUsers,
@@ -43,6 +47,10 @@ impl Can {
         Can::ListPolicies,
         Can::Simulate,
         Can::ReadAuditLog,
+        Can::ListNodes,
+        Can::AddNode,
+        Can::ListTrainingJobs,
+        Can::CreateTrainingJob,
     ];
 }
 
@@ -87,6 +95,10 @@ pub async fn get_me() -> Result<Me, AppError> {
                 Can::ListPolicies => (Action::ListPolicies, "atelier:iam:policy/*"),
                 Can::Simulate => (Action::SimulatePolicy, "atelier:iam:user/*"),
                 Can::ReadAuditLog => (Action::ListAuditEvents, "atelier:audit:log"),
+                Can::ListNodes => (Action::ListNodes, "atelier:compute:node/*"),
+                Can::AddNode => (Action::CreateNodeToken, "atelier:compute:node/*"),
+                Can::ListTrainingJobs => (Action::ListTrainingJobs, "atelier:training:job/*"),
+                Can::CreateTrainingJob => (Action::CreateTrainingJob, "atelier:training:job/*"),
             };
             principal.can(action, &Resource::new(resource))
         })

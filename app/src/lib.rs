@@ -6,6 +6,9 @@
 pub mod audit;
 pub mod auth;
 #[cfg(feature = "ssr")]
+pub mod charts;
+pub mod compute;
+#[cfg(feature = "ssr")]
 pub mod context;
 pub mod error;
 pub mod format;
@@ -13,6 +16,7 @@ pub mod forms;
 pub mod iam;
 pub mod models;
 pub mod tokens;
+pub mod training;
 pub mod users;
 
 use leptos::prelude::*;
@@ -23,7 +27,9 @@ use leptos_router::{path, SsrMode};
 use crate::audit::AuditPage;
 use crate::auth::{can, get_me, Can, LoginPage, PasswordPage, SignOutButton};
 use crate::iam::{GroupPage, GroupsPage, PoliciesPage, PolicyPage, SimulatorPage};
+use crate::compute::NodesPage;
 use crate::models::ModelsPage;
+use crate::training::{CompareTrainingJobsPage, NewTrainingJobPage, TrainingJobPage, TrainingJobsPage};
 use crate::tokens::TokensPage;
 use crate::users::{UserPage, UsersPage};
 
@@ -76,6 +82,11 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("account/password") view=PasswordPage/>
                     <Route path=path!("account/tokens") view=TokensPage/>
                     <Route path=path!("models") view=ModelsPage/>
+                    <Route path=path!("training") view=TrainingJobsPage/>
+                    <Route path=path!("training/new") view=NewTrainingJobPage/>
+                    <Route path=path!("training/compare") view=CompareTrainingJobsPage/>
+                    <Route path=path!("training/:name") view=TrainingJobPage/>
+                    <Route path=path!("compute") view=NodesPage/>
                     <Route path=path!("admin/users") view=UsersPage/>
                     <Route path=path!("admin/users/:username") view=UserPage/>
                     <Route path=path!("admin/groups") view=GroupsPage/>
@@ -122,8 +133,14 @@ fn AppShell() -> impl IntoView {
             <nav class="sidebar" aria-label="Main">
                 <A href="/" exact=true>"Home"</A>
                 <Transition fallback=|| ()>
+                    <Show when=move || may(Can::ListTrainingJobs)>
+                        <A href="/training">"Training"</A>
+                    </Show>
                     <Show when=move || may(Can::ListModelGroups)>
                         <A href="/models">"Models"</A>
+                    </Show>
+                    <Show when=move || may(Can::ListNodes)>
+                        <A href="/compute">"Compute"</A>
                     </Show>
                 </Transition>
                 <p class="nav-heading">"Account"</p>

@@ -5,8 +5,10 @@
 //! create a token for whom" is written once.
 
 pub mod accounts;
+pub mod artifacts;
 pub mod audit;
 pub mod authz;
+pub mod compute;
 pub mod db;
 pub mod error;
 pub mod iam;

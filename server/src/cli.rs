@@ -33,6 +33,21 @@ pub enum Command {
         #[command(subcommand)]
         command: TokenCommand,
     },
+    /// Manage compute node tokens.
+    NodeToken {
+        #[command(subcommand)]
+        command: NodeTokenCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeTokenCommand {
+    /// Add a compute node and print its agent token (shown only once).
+    Create {
+        /// The node's name.
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,6 +82,9 @@ pub fn main() -> ExitCode {
             Command::Serve => serve(cli.config).await,
             Command::Token { command: TokenCommand::Create { user, name, expires_in_days } } => {
                 create_token(cli.config, &user, &name, expires_in_days).await
+            }
+            Command::NodeToken { command: NodeTokenCommand::Create { name } } => {
+                create_node_token(cli.config, &name).await
             }
         }
     });
@@ -104,8 +122,16 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
         tracing::warn!("the browser bundle is missing: pages will not be interactive (build with `cargo xtask build`)");
     }
     spawn_cleanup(state.db.clone());
+    crate::compute::spawn_sweeper(state.clone());
     let listener =
         tokio::net::TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
+    let local_addr = listener.local_addr().unwrap_or(config.addr);
+    // Dropped (and so killed) when the server stops.
+    let _local_agent = if config.no_local_agent {
+        None
+    } else {
+        Some(crate::compute::start_local_agent(&state, local_addr).await.context("starting the local agent")?)
+    };
     let url =
         config.public_url.clone().unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(config.addr)));
     println!("Atelier is running at {url}");
@@ -159,6 +185,16 @@ async fn shutdown_signal() {
         _ = terminate => {},
     }
     tracing::info!("shutting down");
+}
+
+async fn create_node_token(config: Config, name: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let db = Db::connect(&config.database_url()).await.context("opening the database")?;
+    let created = atelier_core::compute::nodes::create_unchecked(&db, name, "cli").await?;
+    let url = config.public_url.clone().unwrap_or_else(|| format!("http://{}", config.addr));
+    println!("{}", created.token);
+    eprintln!("Start the agent on the node with:\n  {}", app::compute::agent_command(&url, name, &created.token));
+    Ok(())
 }
 
 async fn create_token(config: Config, username: &str, name: &str, expires_in_days: Option<i64>) -> anyhow::Result<()> {

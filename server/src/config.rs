@@ -48,6 +48,39 @@ pub struct Config {
     #[arg(long, env = "ATELIER_REQUEST_TIMEOUT_SECS", default_value_t = 60, global = true)]
     pub request_timeout_secs: u64,
 
+    /// Directory of the local artifact store (default: DATA_DIR/artifacts).
+    #[arg(long, env = "ATELIER_ARTIFACT_DIR", global = true)]
+    pub artifact_dir: Option<PathBuf>,
+
+    /// Largest file upload (artifacts, checkpoints, models), in bytes.
+    #[arg(long, env = "ATELIER_MAX_UPLOAD_BYTES", default_value_t = 10 * 1024 * 1024 * 1024, global = true)]
+    pub max_upload_bytes: u64,
+
+    /// Do not start the local compute agent beside the server.
+    #[arg(long, env = "ATELIER_NO_LOCAL_AGENT", default_value_t = false, global = true)]
+    pub no_local_agent: bool,
+
+    /// The `atelier-agent` binary for the local agent (default: next to this binary).
+    #[arg(long, env = "ATELIER_AGENT_BIN", global = true)]
+    pub agent_bin: Option<PathBuf>,
+
+    /// Agents send a heartbeat this often (seconds).
+    #[arg(long, env = "ATELIER_HEARTBEAT_SECS", default_value_t = 5, global = true)]
+    pub heartbeat_secs: u64,
+
+    /// A job's lease lapses this many seconds after the last heartbeat that renewed it,
+    /// and the job is requeued.
+    #[arg(long, env = "ATELIER_LEASE_SECS", default_value_t = 30, global = true)]
+    pub lease_secs: u64,
+
+    /// A node without heartbeats for this many seconds is Lost; its work is requeued.
+    #[arg(long, env = "ATELIER_NODE_LOST_AFTER_SECS", default_value_t = 30, global = true)]
+    pub node_lost_after_secs: u64,
+
+    /// Seconds between SIGTERM and SIGKILL when a job is stopped.
+    #[arg(long, env = "ATELIER_STOP_GRACE_SECS", default_value_t = 10, global = true)]
+    pub stop_grace_secs: u64,
+
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "ATELIER_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
@@ -59,6 +92,22 @@ impl Config {
         match &self.database_url {
             Some(url) if !url.is_empty() => url.clone(),
             _ => format!("sqlite://{}?mode=rwc", self.data_dir.join("atelier.db").display()),
+        }
+    }
+
+    /// Where local artifacts are kept.
+    pub fn artifact_dir(&self) -> PathBuf {
+        self.artifact_dir.clone().unwrap_or_else(|| self.data_dir.join("artifacts"))
+    }
+
+    /// The agent protocol's timing.
+    pub fn compute(&self) -> atelier_core::compute::Settings {
+        atelier_core::compute::Settings {
+            heartbeat_secs: self.heartbeat_secs.max(1),
+            lease_secs: self.lease_secs.max(2),
+            lost_after_secs: self.node_lost_after_secs.max(2),
+            poll_wait_secs: 20,
+            stop_grace_secs: self.stop_grace_secs,
         }
     }
 
@@ -81,6 +130,14 @@ impl Config {
             max_body_bytes: 16 * 1024 * 1024,
             request_timeout_secs: 60,
             log_format: "text".into(),
+            artifact_dir: None,
+            max_upload_bytes: 10 * 1024 * 1024 * 1024,
+            no_local_agent: true,
+            agent_bin: None,
+            heartbeat_secs: 5,
+            lease_secs: 30,
+            node_lost_after_secs: 30,
+            stop_grace_secs: 10,
         }
     }
 }

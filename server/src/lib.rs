@@ -1,9 +1,11 @@
 //! The Atelier server: configuration, startup, HTTP routing, middleware and the REST API.
 //! Domain rules live in `atelier-core`; pages and server functions in `app`.
 
+pub mod agent;
 pub mod api;
 pub mod assets;
 pub mod cli;
+pub mod compute;
 pub mod config;
 pub mod health;
 pub mod metrics;

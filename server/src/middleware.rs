@@ -56,6 +56,9 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     let bearer = bearer_token(request.headers());
     let session = request.extensions().get::<Session>().cloned();
     let path = request.uri().path().to_string();
+    if path.starts_with(crate::agent::PREFIX) {
+        return authenticate_node(&state, request, next, bearer, ip, request_id).await;
+    }
     let principal = match resolve_principal(&state, bearer, session, ip.clone()).await {
         Ok(principal) => principal,
         Err(err) => {
@@ -107,6 +110,34 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
             ApiError::from(CoreError::internal(err)).into_response()
         }
     }
+}
+
+/// Agent routes: the caller must present a node token (user tokens and sessions do
+/// not reach them); what a node may do is then decided per job by its lease.
+async fn authenticate_node(
+    state: &AppState,
+    mut request: Request,
+    next: Next,
+    bearer: Option<String>,
+    ip: Option<String>,
+    request_id: Option<String>,
+) -> Response {
+    let path = request.uri().path().to_string();
+    let refused = match bearer {
+        None => CoreError::Unauthenticated("agent routes need a node token: 'Authorization: Bearer atn_...'".into()),
+        Some(secret) => match atelier_core::compute::nodes::authenticate(&state.db, &secret).await {
+            Ok(node) => {
+                request.extensions_mut().insert(node);
+                return next.run(request).await;
+            }
+            Err(err) => err,
+        },
+    };
+    if matches!(refused, CoreError::Unauthenticated(_)) {
+        let summary = format!("refused node credentials: {} {path}", request.method());
+        audit_anonymous(state, &path, summary, ip, request_id).await;
+    }
+    ApiError::from(refused).into_response()
 }
 
 /// The events a request leaves: each denial, and one event for the change it made —
@@ -249,6 +280,43 @@ fn client_ip(state: &AppState, request: &Request) -> Option<String> {
         }
     }
     request.extensions().get::<ConnectInfo<SocketAddr>>().map(|ConnectInfo(addr)| addr.ip().to_string())
+}
+
+/// Whether a request carries a large upload: these get the upload size limit and no
+/// request timeout (they take as long as the bytes take).
+fn is_upload(method: &Method, path: &str) -> bool {
+    (*method == Method::POST && (path == "/api/v1/artifacts" || path == <app::training::CreateTrainingJob as ServerFn>::PATH))
+        || (*method == Method::PUT && path.starts_with(crate::agent::PREFIX))
+}
+
+/// Body size limits and the request timeout: the normal limit and timeout for most
+/// requests, the upload limit for uploads, and agents' long-polls wait as long as
+/// they asked (bounded by the server).
+pub async fn limits(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let upload = is_upload(request.method(), path);
+    let long_poll = path == "/agent/v1/work";
+    let limit = if upload { state.config.max_upload_bytes } else { state.config.max_body_bytes as u64 };
+    let declared = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return ApiError(CoreError::TooLarge(format!("the request body is larger than the limit of {limit} bytes")))
+            .into_response();
+    }
+    let (parts, body) = request.into_parts();
+    let limited = http_body_util::Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX));
+    let request = Request::from_parts(parts, axum::body::Body::new(limited));
+    if upload || long_poll {
+        return next.run(request).await;
+    }
+    let timeout = std::time::Duration::from_secs(state.config.request_timeout_secs);
+    match tokio::time::timeout(timeout, next.run(request)).await {
+        Ok(response) => response,
+        Err(_) => (StatusCode::REQUEST_TIMEOUT, "request timed out").into_response(),
+    }
 }
 
 /// Rejects state-changing requests that a browser sent from another site.

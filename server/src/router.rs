@@ -1,7 +1,5 @@
 //! The HTTP surface in one place: routes, then the middleware stack around them.
 
-use std::time::Duration;
-
 use app::{shell, App};
 use atelier_core::sessions::SqlSessionStore;
 use axum::extract::Request;
@@ -13,10 +11,8 @@ use axum::Router;
 use leptos::prelude::provide_context;
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use tower_http::compression::CompressionLayer;
-use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
-use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 use tower_sessions::cookie::{time, SameSite};
 use tower_sessions::{Expiry, SessionManagerLayer};
@@ -28,7 +24,16 @@ use crate::{api, assets, health, metrics, middleware};
 /// Builds the complete application router.
 pub fn app(state: AppState) -> Router {
     let db = state.db.clone();
-    let leptos_context = move || provide_context(db.clone());
+    let (store, work, upload_limit) = (state.artifacts.clone(), state.work.clone(), state.config.max_upload_bytes);
+    let public_url = state.config.public_url.clone();
+    let leptos_context = move || {
+        provide_context(db.clone());
+        provide_context(store.clone());
+        provide_context(app::training::UploadLimit(upload_limit));
+        provide_context(app::compute::PublicUrl(public_url.clone()));
+        let work = work.clone();
+        provide_context(app::training::WorkSignal(std::sync::Arc::new(move || work.notify_waiters())));
+    };
     let options = state.leptos_options.clone();
     let render_page = leptos_axum::render_app_to_stream_with_context(leptos_context.clone(), {
         let options = options.clone();
@@ -52,10 +57,9 @@ pub fn app(state: AppState) -> Router {
         .with_expiry(Expiry::OnInactivity(time::Duration::seconds(state.config.session_idle_timeout_secs)));
 
     let sensitive = std::sync::Arc::from([header::AUTHORIZATION, header::COOKIE]);
-    let timeout = Duration::from_secs(state.config.request_timeout_secs);
 
     // Layers run outermost-last: metrics see every request, then request ids and
-    // tracing, limits, compression, the session, CSRF and finally authentication.
+    // tracing, body limits and timeouts, compression, the session, CSRF and finally authentication.
     // Each layer is added on its own so that every one receives axum's body type.
     Router::new()
         .route("/healthz", get(health::healthz))
@@ -63,14 +67,14 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::serve))
         .route("/pkg/{*path}", get(assets::serve))
         .merge(api::router())
+        .merge(crate::agent::router())
         .leptos_routes_with_context(&state, generate_route_list(App), leptos_context, move || shell(options.clone()))
         .fallback(fallback)
         .layer(from_fn_with_state(state.clone(), middleware::authenticate))
         .layer(from_fn(middleware::csrf_protect))
         .layer(sessions)
         .layer(CompressionLayer::new())
-        .layer(RequestBodyLimitLayer::new(state.config.max_body_bytes))
-        .layer(TimeoutLayer::with_status_code(StatusCode::REQUEST_TIMEOUT, timeout))
+        .layer(from_fn_with_state(state.clone(), middleware::limits))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok());

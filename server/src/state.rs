@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use atelier_core::artifacts::ArtifactStore;
 use atelier_core::db::Db;
 use atelier_core::iam::store::PolicyCache;
 use axum::extract::FromRef;
@@ -21,6 +22,10 @@ pub struct AppState {
     /// Compiled policies per principal; checked against the database's IAM
     /// generation on every request, so it never serves stale permissions.
     pub policy_cache: PolicyCache,
+    pub artifacts: ArtifactStore,
+    /// Woken when work may be placeable (a job submitted, requeued or finished), so
+    /// waiting agent polls look at the queue at once instead of at their next tick.
+    pub work: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -30,12 +35,15 @@ impl AppState {
         let db = Db::connect(&config.database_url()).await?;
         let leptos_options =
             LeptosOptions::builder().output_name(app::BUNDLE_NAME).site_pkg_dir("pkg").site_addr(config.addr).build();
+        let artifacts = ArtifactStore::local(&config.artifact_dir())?;
         Ok(AppState {
             db,
+            artifacts,
             config: Arc::new(config),
             leptos_options,
             metrics: Arc::new(Metrics::default()),
             policy_cache: PolicyCache::default(),
+            work: Arc::new(tokio::sync::Notify::new()),
         })
     }
 }

@@ -7,10 +7,12 @@
 
 pub mod accounts;
 pub mod audit;
+pub mod compute;
 pub mod error;
 pub mod iam;
 pub mod models;
 pub mod tokens;
+pub mod training;
 
 use atelier_core::authz::Principal;
 use atelier_core::CoreError;
@@ -61,6 +63,8 @@ pub struct ApiJson<T>(pub T);
         (name = "iam", description = "Groups, policies, the catalogue and the policy simulator"),
         (name = "audit", description = "The audit log"),
         (name = "models", description = "The model registry"),
+        (name = "training", description = "Training jobs, their logs, metrics and artifacts, and file uploads"),
+        (name = "compute", description = "Compute nodes and their agents"),
     )
 )]
 pub struct ApiDoc;
@@ -110,6 +114,9 @@ fn split() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(iam::routes())
         .merge(audit::routes())
         .merge(models::routes())
+        .merge(training::routes())
+        .merge(training::upload_routes())
+        .merge(compute::routes())
         .split_for_parts()
 }
 

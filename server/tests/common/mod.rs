@@ -88,6 +88,19 @@ impl TestApp {
         TestApp { state, router, data_dir }
     }
 
+    /// Serves the app on a loopback port, with the compute sweeper running, for real
+    /// agent processes to talk to. Returns the base URL.
+    pub async fn listen(&self) -> String {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address");
+        let app = self.router.clone().into_make_service_with_connect_info::<std::net::SocketAddr>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        atelier_server::compute::spawn_sweeper(self.state.clone());
+        format!("http://{addr}")
+    }
+
     /// The database URL this app uses (for running the CLI against it).
     pub fn database_url(&self) -> String {
         self.state.config.database_url()

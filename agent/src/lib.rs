@@ -1,0 +1,257 @@
+//! The Atelier compute agent. One runs on each compute node:
+//!
+//! ```text
+//! atelier-agent --server URL --token NODE_TOKEN --work-dir DIR [--name N] [--label k=v ...]
+//! ```
+//!
+//! It registers the node (CPUs, memory, disk, NVIDIA GPUs through NVML), then keeps two
+//! loops going, both connecting out to the server so a node behind NAT works: a
+//! heartbeat (utilization and the jobs it runs; the answer says which to stop) and a
+//! long-poll for work. Each leased job runs as a child process (see [`runner`]).
+//! Network failures are retried with backoff, so the agent rides out server restarts.
+
+pub mod builtin;
+pub mod client;
+pub mod inventory;
+pub mod runner;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use atelier_protocol::{Held, HeartbeatRequest, RegisterRequest, StopOrder};
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use crate::client::{CallError, Client};
+use crate::inventory::Inventory;
+use crate::runner::Context;
+
+/// Command line of `atelier-agent`.
+#[derive(Debug, Parser)]
+#[command(name = "atelier-agent", version, about = "The Atelier compute agent: runs training jobs on this node.")]
+pub struct Args {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// The studio's URL, e.g. https://atelier.example.com.
+    #[arg(long, env = "ATELIER_SERVER")]
+    pub server: Option<String>,
+    /// The node token from Compute > Add node (or `atelier node-token create`).
+    #[arg(long, env = "ATELIER_NODE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Where jobs are laid out and Python environments cached.
+    #[arg(long, env = "ATELIER_WORK_DIR")]
+    pub work_dir: Option<PathBuf>,
+    /// The node's name; must match the name the token was issued for (default: that name).
+    #[arg(long)]
+    pub name: Option<String>,
+    /// A node label, `key=value`; jobs can ask for nodes with given labels. Repeatable.
+    #[arg(long = "label", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// The Python interpreter for script-mode jobs.
+    #[arg(long, env = "ATELIER_PYTHON", default_value = "python3")]
+    pub python: String,
+    /// How often a running job's `checkpoints/` is synced to the server.
+    #[arg(long, env = "ATELIER_CHECKPOINT_SECS", default_value_t = 10)]
+    pub checkpoint_secs: u64,
+}
+
+/// Sub-commands besides running the agent.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Runs a built-in algorithm in the current job directory (the agent starts this
+    /// itself; it reads the SageMaker-style environment).
+    #[command(hide = true)]
+    Builtin { name: String },
+}
+
+fn parse_label(raw: &str) -> Result<(String, String), String> {
+    raw.split_once('=')
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .filter(|(k, v)| !k.is_empty() && !v.is_empty())
+        .ok_or_else(|| format!("label must be key=value, got {raw}"))
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Some(Command::Builtin { name }) = &args.command {
+        return match builtin::run(name) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("{err:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("atelier-agent: cannot start the runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("atelier-agent: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The jobs this agent runs: their attempt, and the channel that tells each to stop.
+type Running = Arc<Mutex<HashMap<String, (i64, watch::Sender<Option<StopOrder>>)>>>;
+
+/// Registers and serves until the token is refused.
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let (Some(server), Some(token), Some(work_dir)) = (args.server, args.token, args.work_dir) else {
+        bail!("--server, --token and --work-dir are required (see --help)");
+    };
+    client::check_server_url(&server)?;
+    std::fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
+    let work_dir = work_dir.canonicalize()?;
+    runner::kill_leftovers(&work_dir);
+    let client = Client::new(&server, &token)?;
+    let mut inventory = Inventory::new();
+    let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
+    let info = inventory.node_info(args.name.as_deref().unwrap_or(""), &work_dir, labels);
+    tracing::info!(cpus = info.cpus, memory_mb = info.memory_mb, gpus = info.gpus.len(), "registering with {server}");
+    let request = RegisterRequest { node: info };
+    let registered = retry("registration", || client.register(&request)).await?;
+    tracing::info!(node = %registered.node_name, "registered");
+
+    let ctx = Arc::new(Context {
+        client: client.clone(),
+        work_dir,
+        node_name: registered.node_name.clone(),
+        python: args.python,
+        checkpoint_interval: Duration::from_secs(args.checkpoint_secs.max(1)),
+        venv_lock: tokio::sync::Mutex::new(()),
+    });
+    let running: Running = Arc::default();
+    let heartbeat = tokio::spawn(heartbeats(
+        client.clone(),
+        inventory,
+        running.clone(),
+        Duration::from_secs(registered.heartbeat_secs.max(1)),
+    ));
+    let poll_wait = Duration::from_secs(registered.poll_wait_secs.max(1));
+    let mut backoff = Backoff::default();
+    loop {
+        if heartbeat.is_finished() {
+            bail!("the server refused this node's token; stopping");
+        }
+        match client.poll_work(poll_wait).await {
+            Ok(Some(assignment)) => {
+                backoff.reset();
+                tracing::info!(job = %assignment.job_name, attempt = assignment.attempt, "leased a job");
+                let (tx, rx) = watch::channel(None);
+                if let Ok(mut map) = running.lock() {
+                    map.insert(assignment.job_id.clone(), (assignment.attempt, tx));
+                }
+                let (ctx, running) = (ctx.clone(), running.clone());
+                tokio::spawn(async move {
+                    let id = assignment.job_id.clone();
+                    runner::run(ctx, assignment, rx).await;
+                    if let Ok(mut map) = running.lock() {
+                        map.remove(&id);
+                    }
+                });
+            }
+            Ok(None) => backoff.reset(),
+            Err(CallError::Refused(message)) => bail!("the server refused this node's token: {message}"),
+            Err(err) => {
+                tracing::warn!(%err, "polling for work failed; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+async fn heartbeats(client: Client, mut inventory: Inventory, running: Running, every: Duration) {
+    let mut backoff = Backoff::default();
+    loop {
+        let held: Vec<Held> = running
+            .lock()
+            .map(|m| m.iter().map(|(id, (attempt, _))| Held { job_id: id.clone(), attempt: *attempt }).collect())
+            .unwrap_or_default();
+        let request = HeartbeatRequest { usage: inventory.usage(), running: held };
+        match client.heartbeat(&request).await {
+            Ok(response) => {
+                backoff.reset();
+                for order in response.stop {
+                    if let Ok(map) = running.lock() {
+                        if let Some((_, tx)) = map.get(&order.job_id) {
+                            tracing::info!(job = %order.job_id, reason = %order.reason, "stop ordered");
+                            let _ = tx.send(Some(order));
+                        }
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+            Err(CallError::Refused(message)) => {
+                tracing::error!(%message, "heartbeat refused: node token revoked");
+                if let Ok(map) = running.lock() {
+                    for (_, tx) in map.values() {
+                        let _ = tx.send(Some(StopOrder {
+                            job_id: String::new(),
+                            reason: "the node was deregistered".into(),
+                            grace_secs: 5,
+                        }));
+                    }
+                }
+                return;
+            }
+            Err(err) => {
+                tracing::warn!(%err, "heartbeat failed; retrying");
+                backoff.wait().await;
+            }
+        }
+    }
+}
+
+/// Exponential backoff from 0.5 s to 30 s.
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+}
+
+impl Backoff {
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+    async fn wait(&mut self) {
+        let delay = Duration::from_millis(500u64.saturating_mul(1 << self.failures.min(6))).min(Duration::from_secs(30));
+        self.failures += 1;
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Calls `f` until it succeeds or the server refuses for good.
+async fn retry<T, F, Fut>(what: &str, mut f: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, CallError>>,
+{
+    let mut backoff = Backoff::default();
+    loop {
+        match f().await {
+            Ok(v) => return Ok(v),
+            Err(CallError::Transient(err)) => {
+                tracing::warn!(%err, "{what} failed; retrying");
+                backoff.wait().await;
+            }
+            Err(err) => bail!("{what} failed: {err}"),
+        }
+    }
+}

@@ -1,0 +1,556 @@
+//! Runs one leased training job, SageMaker script-mode style:
+//!
+//! ```text
+//! <work-dir>/jobs/<job id>/
+//!   code/                         the entry point and other code files (working directory)
+//!   input/config/hyperparameters.json, resourceconfig.json, inputdataconfig.json
+//!   input/data/<channel>/         each channel's files
+//!   model/   output/   checkpoints/
+//! ```
+//!
+//! The process gets the `SM_*` variables, `TRAINING_JOB_NAME` and `CUDA_VISIBLE_DEVICES`
+//! (its GPUs only), runs in its own process group (so a stop reaches its children
+//! too), and its output is shipped to the server line by line. `checkpoints/` is
+//! synced to the server while it runs and restored on a later attempt; `model/` and
+//! `output/` are packed and uploaded when it exits 0. Built-in algorithms run the same
+//! way, as `atelier-agent builtin <name>`.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{anyhow, Context as _};
+use atelier_protocol::{Algorithm, Assignment, JobState, LogBatch, LogLine, StatusReport, StopOrder};
+use nix::sys::signal::{killpg, Signal};
+use nix::unistd::Pid;
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Command;
+use tokio::sync::{mpsc, watch};
+
+use crate::client::{CallError, Client};
+
+/// What every job of this agent shares.
+pub struct Context {
+    pub client: Client,
+    pub work_dir: PathBuf,
+    pub node_name: String,
+    pub python: String,
+    pub checkpoint_interval: Duration,
+    /// Serializes creating the cached Python environments.
+    pub venv_lock: tokio::sync::Mutex<()>,
+}
+
+/// How a job ended.
+enum Outcome {
+    Completed,
+    Stopped(String),
+    Failed(String),
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// Lines to the server, batched: a background task sends what has accumulated every
+/// few hundred milliseconds, so a chatty job costs a few requests a second.
+#[derive(Clone)]
+struct Logs {
+    tx: mpsc::UnboundedSender<LogLine>,
+}
+
+impl Logs {
+    fn line(&self, stream: &str, line: impl Into<String>) {
+        let _ = self.tx.send(LogLine { ts_ms: now_ms(), stream: stream.to_string(), line: line.into() });
+    }
+    fn agent(&self, line: impl Into<String>) {
+        self.line("agent", line);
+    }
+}
+
+fn start_log_shipper(client: Client, job_id: String, attempt: i64) -> (Logs, tokio::task::JoinHandle<()>) {
+    let (tx, mut rx) = mpsc::unbounded_channel::<LogLine>();
+    let task = tokio::spawn(async move {
+        let mut open = true;
+        while open {
+            let mut lines = Vec::new();
+            match rx.recv().await {
+                Some(line) => lines.push(line),
+                None => break,
+            }
+            // Gather what else arrives within a short window.
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(250);
+            while lines.len() < 2000 {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some(line)) => lines.push(line),
+                    Ok(None) => {
+                        open = false;
+                        break;
+                    }
+                    Err(_) => break,
+                }
+            }
+            let batch = LogBatch { attempt, lines };
+            for delay in [0u64, 500, 2000, 5000] {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+                match client.send_logs(&job_id, &batch).await {
+                    Ok(()) => break,
+                    Err(CallError::Transient(err)) => tracing::warn!(job = %job_id, %err, "sending logs failed; retrying"),
+                    Err(err) => {
+                        tracing::warn!(job = %job_id, %err, "logs refused");
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    (Logs { tx }, task)
+}
+
+/// Runs the assignment to its end and reports the outcome.
+pub async fn run(ctx: Arc<Context>, a: Assignment, mut stop: watch::Receiver<Option<StopOrder>>) {
+    let (logs, shipper) = start_log_shipper(ctx.client.clone(), a.job_id.clone(), a.attempt);
+    let dir = ctx.work_dir.join("jobs").join(&a.job_id);
+    let outcome = match execute(&ctx, &a, &dir, &logs, &mut stop).await {
+        Ok(outcome) => outcome,
+        Err(err) => {
+            logs.agent(format!("error: {err:#}"));
+            Outcome::Failed(format!("{err:#}"))
+        }
+    };
+    let (state, message) = match outcome {
+        Outcome::Completed => (JobState::Completed, String::new()),
+        Outcome::Stopped(reason) => (JobState::Stopped, reason),
+        Outcome::Failed(reason) => (JobState::Failed, reason),
+    };
+    logs.agent(format!("job {}: {}", state.as_str(), message));
+    // Every line reaches the server before the final status, which ends the lease.
+    drop(logs);
+    let _ = shipper.await;
+    report(&ctx, &a, state, &message).await;
+    let _ = std::fs::remove_file(dir.join("pid"));
+}
+
+/// Reports a transition, retrying through network trouble.
+async fn report(ctx: &Context, a: &Assignment, state: JobState, message: &str) {
+    let report = StatusReport { attempt: a.attempt, state, message: message.to_string() };
+    let mut delay = Duration::from_millis(500);
+    for _ in 0..10 {
+        match ctx.client.report(&a.job_id, &report).await {
+            Ok(()) => return,
+            Err(CallError::Transient(err)) => {
+                tracing::warn!(job = %a.job_name, %err, "status report failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            Err(err) => {
+                tracing::warn!(job = %a.job_name, %err, "status report refused");
+                return;
+            }
+        }
+    }
+}
+
+/// Reports a transition that must succeed for the job to go on (a refusal means the
+/// lease is gone: stop working on it).
+async fn advance(ctx: &Context, a: &Assignment, state: JobState, message: &str) -> anyhow::Result<()> {
+    let report = StatusReport { attempt: a.attempt, state, message: message.to_string() };
+    ctx.client.report(&a.job_id, &report).await.map_err(|e| anyhow!("reporting {}: {e}", state.as_str()))
+}
+
+async fn execute(
+    ctx: &Context,
+    a: &Assignment,
+    dir: &Path,
+    logs: &Logs,
+    stop: &mut watch::Receiver<Option<StopOrder>>,
+) -> anyhow::Result<Outcome> {
+    advance(ctx, a, JobState::Downloading, "").await?;
+    lay_out(dir, a).await?;
+    let total = a.inputs.len();
+    for (i, input) in a.inputs.iter().enumerate() {
+        if let Some(order) = stop.borrow().clone() {
+            return Ok(Outcome::Stopped(order.reason));
+        }
+        let dest_dir = match input.place.as_str() {
+            "code" => dir.join("code"),
+            other => dir.join("input").join(other),
+        };
+        tokio::fs::create_dir_all(&dest_dir).await?;
+        logs.agent(format!("downloading {} of {total}: {}/{} ({} bytes)", i + 1, input.place, input.name, input.size));
+        ctx.client
+            .download(&a.job_id, a.attempt, &input.artifact_id, &dest_dir.join(&input.name))
+            .await
+            .with_context(|| format!("downloading {}", input.name))?;
+    }
+    if let Some(checkpoint) = &a.checkpoint {
+        logs.agent("restoring the checkpoint of an earlier attempt into checkpoints/");
+        let archive = dir.join(".restore.tar.gz");
+        ctx.client.download(&a.job_id, a.attempt, checkpoint, &archive).await.context("downloading the checkpoint")?;
+        let target = dir.join("checkpoints");
+        tokio::task::spawn_blocking(move || unpack(&archive, &target)).await??;
+    }
+    let mut command = command_for(ctx, a, dir, logs).await?;
+    advance(ctx, a, JobState::Training, "").await?;
+    let mut child = command.spawn().context("starting the training process")?;
+    let pid = child.id().map(|p| p as i32);
+    if let Some(pid) = pid {
+        std::fs::write(dir.join("pid"), pid.to_string())?;
+    }
+    let stderr_tail = Arc::new(Mutex::new(VecDeque::<String>::new()));
+    let mut readers = Vec::new();
+    if let Some(out) = child.stdout.take() {
+        readers.push(tokio::spawn(forward(out, "stdout", logs.clone(), None)));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.push(tokio::spawn(forward(err, "stderr", logs.clone(), Some(stderr_tail.clone()))));
+    }
+    let (sync_stop_tx, sync_stop_rx) = watch::channel(false);
+    let sync = tokio::spawn(sync_checkpoints(
+        ctx.client.clone(),
+        a.job_id.clone(),
+        a.attempt,
+        dir.to_path_buf(),
+        ctx.checkpoint_interval,
+        logs.clone(),
+        sync_stop_rx,
+    ));
+    let mut stopped: Option<String> = None;
+    let status = loop {
+        tokio::select! {
+            status = child.wait() => break status?,
+            changed = stop.changed() => {
+                let order = if changed.is_ok() { stop.borrow().clone() } else { None };
+                if let (Some(order), Some(pid)) = (order, pid) {
+                    if stopped.is_none() {
+                        logs.agent(format!("stopping: {} (SIGTERM, SIGKILL after {} s)", order.reason, order.grace_secs));
+                        stopped = Some(order.reason.clone());
+                        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+                        let grace = Duration::from_secs(order.grace_secs);
+                        tokio::spawn(async move {
+                            tokio::time::sleep(grace).await;
+                            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+                        });
+                    }
+                } else if changed.is_err() {
+                    // The agent is shutting down this job's supervision.
+                    if let Some(pid) = pid { let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL); }
+                }
+            }
+        }
+    };
+    // Children that inherited the pipes could hold them open; the process group goes.
+    if let Some(pid) = pid {
+        let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+    }
+    for reader in readers {
+        let _ = tokio::time::timeout(Duration::from_secs(5), reader).await;
+    }
+    let _ = sync_stop_tx.send(true);
+    let _ = sync.await;
+    if let Some(reason) = stopped {
+        return Ok(Outcome::Stopped(reason));
+    }
+    if !status.success() {
+        let failure_file = dir.join("output").join("failure");
+        let reason = match std::fs::read_to_string(&failure_file) {
+            Ok(text) if !text.trim().is_empty() => text.trim().chars().take(2000).collect(),
+            _ => {
+                let tail: Vec<String> = stderr_tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
+                let code = status.code().map(|c| format!("exit code {c}")).unwrap_or_else(|| "killed by a signal".into());
+                if tail.is_empty() { code } else { format!("{code}: {}", tail.join("\n")) }
+            }
+        };
+        return Ok(Outcome::Failed(reason));
+    }
+    advance(ctx, a, JobState::Uploading, "").await?;
+    for (what, sub) in [("outputs/model", "model"), ("outputs/output", "output")] {
+        let source = dir.join(sub);
+        if sub == "output" && dir_is_empty(&source) {
+            continue;
+        }
+        let archive = dir.join(format!(".{sub}.tar.gz"));
+        let (s, t) = (source.clone(), archive.clone());
+        tokio::task::spawn_blocking(move || pack(&s, &t)).await??;
+        logs.agent(format!("uploading {sub}/ ({} bytes packed)", std::fs::metadata(&archive)?.len()));
+        ctx.client.upload(&a.job_id, a.attempt, what, &archive).await.with_context(|| format!("uploading {sub}/"))?;
+    }
+    Ok(Outcome::Completed)
+}
+
+fn dir_is_empty(dir: &Path) -> bool {
+    std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(true)
+}
+
+/// Creates the job directory afresh, with the configuration files.
+async fn lay_out(dir: &Path, a: &Assignment) -> anyhow::Result<()> {
+    if dir.exists() {
+        tokio::fs::remove_dir_all(dir).await.with_context(|| format!("clearing {}", dir.display()))?;
+    }
+    for sub in ["code", "input/config", "input/data", "model", "output", "checkpoints"] {
+        tokio::fs::create_dir_all(dir.join(sub)).await?;
+    }
+    for channel in &a.spec.channels {
+        tokio::fs::create_dir_all(dir.join("input/data").join(&channel.name)).await?;
+    }
+    let config = dir.join("input/config");
+    tokio::fs::write(config.join("hyperparameters.json"), serde_json::to_vec_pretty(&a.spec.hyperparameters)?).await?;
+    let channels: BTreeMap<&str, serde_json::Value> = a
+        .spec
+        .channels
+        .iter()
+        .map(|c| (c.name.as_str(), serde_json::json!({"TrainingInputMode": "File"})))
+        .collect();
+    tokio::fs::write(config.join("inputdataconfig.json"), serde_json::to_vec_pretty(&channels)?).await?;
+    Ok(())
+}
+
+/// Hyperparameter values as SageMaker hands them to `SM_HPS`: JSON where they parse as
+/// JSON (numbers, booleans, lists), strings otherwise.
+fn typed_hyperparameters(hps: &BTreeMap<String, String>) -> serde_json::Value {
+    let map = hps
+        .iter()
+        .map(|(k, v)| {
+            let value = serde_json::from_str::<serde_json::Value>(v)
+                .ok()
+                .filter(|j| !j.is_string())
+                .unwrap_or_else(|| serde_json::Value::String(v.clone()));
+            (k.clone(), value)
+        })
+        .collect();
+    serde_json::Value::Object(map)
+}
+
+async fn command_for(ctx: &Context, a: &Assignment, dir: &Path, logs: &Logs) -> anyhow::Result<Command> {
+    let code = dir.join("code");
+    let mut command = match &a.spec.algorithm {
+        Algorithm::Script { entry_point, requirements, .. } => {
+            let python = match requirements {
+                Some(req) => python_env(ctx, &code.join(req), logs).await?,
+                None => PathBuf::from(&ctx.python),
+            };
+            let script = code.join(entry_point);
+            let mut c = if entry_point.ends_with(".py") {
+                let mut c = Command::new(python);
+                c.arg(&script);
+                c
+            } else if entry_point.ends_with(".sh") {
+                let mut c = Command::new("bash");
+                c.arg(&script);
+                c
+            } else {
+                Command::new(&script)
+            };
+            for (k, v) in &a.spec.hyperparameters {
+                c.arg(format!("--{k}")).arg(v);
+            }
+            c
+        }
+        Algorithm::Builtin { name } => {
+            let mut c = Command::new(std::env::current_exe().context("locating the agent binary")?);
+            c.arg("builtin").arg(name);
+            c
+        }
+    };
+    let channel_names: Vec<&str> = a.spec.channels.iter().map(|c| c.name.as_str()).collect();
+    let gpus: Vec<String> = a.gpus.iter().map(|g| g.to_string()).collect();
+    let hosts = serde_json::to_string(&[&ctx.node_name])?;
+    let input = dir.join("input");
+    command
+        .current_dir(&code)
+        .env("TRAINING_JOB_NAME", &a.job_name)
+        .env("SM_MODEL_DIR", dir.join("model"))
+        .env("SM_OUTPUT_DATA_DIR", dir.join("output"))
+        .env("SM_OUTPUT_DIR", dir.join("output"))
+        .env("SM_INPUT_DIR", &input)
+        .env("SM_INPUT_CONFIG_DIR", input.join("config"))
+        .env("SM_CHECKPOINT_DIR", dir.join("checkpoints"))
+        .env("SM_CHANNELS", serde_json::to_string(&channel_names)?)
+        .env("SM_HPS", typed_hyperparameters(&a.spec.hyperparameters).to_string())
+        .env("SM_NUM_GPUS", a.gpus.len().to_string())
+        .env("SM_NUM_CPUS", a.spec.resources.cpus.to_string())
+        .env("SM_CURRENT_HOST", &ctx.node_name)
+        .env("SM_HOSTS", hosts)
+        .env("SM_MODULE_DIR", &code)
+        .env("CUDA_VISIBLE_DEVICES", gpus.join(","))
+        .env("NVIDIA_VISIBLE_DEVICES", if gpus.is_empty() { "void".to_string() } else { gpus.join(",") })
+        // Output reaches the log as it is printed, not when a buffer fills.
+        .env("PYTHONUNBUFFERED", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    for channel in &channel_names {
+        command.env(format!("SM_CHANNEL_{}", channel.to_uppercase()), input.join("data").join(channel));
+    }
+    for (k, v) in &a.spec.hyperparameters {
+        command.env(format!("SM_HP_{}", k.to_uppercase()), v);
+    }
+    Ok(command)
+}
+
+/// The Python of a cached virtual environment with the requirements installed, keyed
+/// by the requirements' hash.
+async fn python_env(ctx: &Context, requirements: &Path, logs: &Logs) -> anyhow::Result<PathBuf> {
+    let content = tokio::fs::read(requirements).await.context("reading the requirements file")?;
+    let key: String = Sha256::digest(&content).iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let env = ctx.work_dir.join("venvs").join(&key);
+    let python = env.join("bin").join("python");
+    let _guard = ctx.venv_lock.lock().await;
+    if env.join(".ready").exists() {
+        logs.agent(format!("using the cached Python environment {key}"));
+        return Ok(python);
+    }
+    if env.exists() {
+        tokio::fs::remove_dir_all(&env).await?;
+    }
+    logs.agent(format!("creating the Python environment {key} for {}", requirements.display()));
+    run_logged(Command::new(&ctx.python).arg("-m").arg("venv").arg(&env), logs).await?;
+    run_logged(
+        Command::new(&python).args(["-m", "pip", "install", "--disable-pip-version-check", "-r"]).arg(requirements),
+        logs,
+    )
+    .await?;
+    tokio::fs::write(env.join(".ready"), b"").await?;
+    Ok(python)
+}
+
+async fn run_logged(command: &mut Command, logs: &Logs) -> anyhow::Result<()> {
+    let output = command.stdin(Stdio::null()).output().await.context("running a setup command")?;
+    for line in String::from_utf8_lossy(&output.stdout).lines().chain(String::from_utf8_lossy(&output.stderr).lines()) {
+        logs.agent(line.to_string());
+    }
+    if !output.status.success() {
+        let tail: Vec<&str> = std::str::from_utf8(&output.stderr).unwrap_or("").lines().rev().take(5).collect();
+        let tail: Vec<&str> = tail.into_iter().rev().collect();
+        anyhow::bail!("installing the requirements failed: {}", tail.join("\n"));
+    }
+    Ok(())
+}
+
+async fn forward(
+    stream: impl tokio::io::AsyncRead + Unpin,
+    name: &'static str,
+    logs: Logs,
+    tail: Option<Arc<Mutex<VecDeque<String>>>>,
+) {
+    let mut lines = BufReader::new(stream).lines();
+    loop {
+        match lines.next_line().await {
+            Ok(Some(line)) => {
+                if let Some(tail) = &tail {
+                    if let Ok(mut t) = tail.lock() {
+                        if t.len() == 10 {
+                            t.pop_front();
+                        }
+                        t.push_back(line.clone());
+                    }
+                }
+                logs.line(name, line);
+            }
+            Ok(None) => break,
+            // Not UTF-8: keep going with what can be read.
+            Err(err) if err.kind() == std::io::ErrorKind::InvalidData => continue,
+            Err(_) => break,
+        }
+    }
+}
+
+/// A cheap fingerprint of a directory's files: names, sizes and modification times.
+fn fingerprint(dir: &Path) -> Vec<(PathBuf, u64, u128)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else { continue };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                let mtime = meta.modified().ok().and_then(|m| m.duration_since(UNIX_EPOCH).ok()).map(|d| d.as_nanos());
+                out.push((entry.path(), meta.len(), mtime.unwrap_or(0)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Uploads `checkpoints/` whenever it changed, every `interval`, until told to stop.
+async fn sync_checkpoints(
+    client: Client,
+    job_id: String,
+    attempt: i64,
+    dir: PathBuf,
+    interval: Duration,
+    logs: Logs,
+    mut done: watch::Receiver<bool>,
+) {
+    let source = dir.join("checkpoints");
+    // What was restored counts as synced already.
+    let mut last = fingerprint(&source);
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(interval) => {}
+            _ = done.changed() => return,
+        }
+        let current = fingerprint(&source);
+        if current == last || current.is_empty() {
+            continue;
+        }
+        let archive = dir.join(".checkpoint.tar.gz");
+        let (s, t) = (source.clone(), archive.clone());
+        let packed = tokio::task::spawn_blocking(move || pack(&s, &t)).await;
+        if !matches!(packed, Ok(Ok(()))) {
+            logs.agent("checkpoint could not be packed; will retry");
+            continue;
+        }
+        match client.upload(&job_id, attempt, "checkpoint", &archive).await {
+            Ok(()) => {
+                logs.agent(format!("checkpoint saved ({} files)", current.len()));
+                last = current;
+            }
+            Err(err) => logs.agent(format!("checkpoint upload failed, will retry: {err:#}")),
+        }
+    }
+}
+
+/// Packs a directory into a gzip-compressed tarball.
+pub fn pack(dir: &Path, out: &Path) -> anyhow::Result<()> {
+    let file = std::fs::File::create(out)?;
+    let encoder = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut builder = tar::Builder::new(encoder);
+    builder.append_dir_all(".", dir)?;
+    builder.into_inner()?.finish()?;
+    Ok(())
+}
+
+/// Unpacks a tarball into `dir` (entries that would escape it are refused by `tar`).
+pub fn unpack(archive: &Path, dir: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let file = std::fs::File::open(archive)?;
+    tar::Archive::new(flate2::read::GzDecoder::new(file)).unpack(dir)?;
+    Ok(())
+}
+
+/// Kills processes an earlier run of this agent left behind (it was killed and could
+/// not stop them), so a requeued job never runs twice at once.
+pub fn kill_leftovers(work_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(work_dir.join("jobs")) else { return };
+    for entry in entries.flatten() {
+        let pid_file = entry.path().join("pid");
+        let Ok(text) = std::fs::read_to_string(&pid_file) else { continue };
+        let Ok(pid) = text.trim().parse::<i32>() else { continue };
+        // Only if that process still works in this job's directory: the pid may have
+        // been reused by something unrelated.
+        let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+        if cwd.is_some_and(|c| c.starts_with(entry.path())) {
+            tracing::warn!(pid, job = %entry.file_name().to_string_lossy(), "killing a job process left by an earlier agent");
+            let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
+        }
+        let _ = std::fs::remove_file(pid_file);
+    }
+}

@@ -1,0 +1,623 @@
+//! The compute plane end to end: a real server on a loopback port, real
+//! `atelier-agent` processes, real Python training scripts and the built-in tabular
+//! algorithm, driven through the REST API a user would call.
+
+#[path = "../../server/tests/common/mod.rs"]
+mod common;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use common::{Auth, TestApp};
+use serde_json::{json, Value};
+
+/// A studio with short heartbeats and leases, so lost nodes are noticed in seconds.
+async fn studio() -> (TestApp, String, String) {
+    let app = TestApp::with_config(|c| {
+        c.heartbeat_secs = 1;
+        c.lease_secs = 4;
+        c.node_lost_after_secs = 4;
+        c.stop_grace_secs = 2;
+    })
+    .await;
+    let admin = app.create_user("admin", true).await;
+    let token = app.token_for(&admin, None).await;
+    let url = app.listen().await;
+    (app, url, token)
+}
+
+struct Agent {
+    child: Child,
+    work_dir: PathBuf,
+}
+
+impl Agent {
+    fn start(url: &str, node_token: &str, work_dir: &Path, labels: &[&str]) -> Agent {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_atelier-agent"));
+        command
+            .args(["--server", url, "--work-dir"])
+            .arg(work_dir)
+            .env("ATELIER_NODE_TOKEN", node_token)
+            .env("ATELIER_CHECKPOINT_SECS", "1")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit());
+        for label in labels {
+            command.args(["--label", label]);
+        }
+        Agent { child: command.spawn().expect("start atelier-agent"), work_dir: work_dir.to_path_buf() }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("atelier-{tag}-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
+
+async fn add_node(app: &TestApp, token: &str, name: &str) -> String {
+    let r = app.call(Method::POST, "/api/v1/compute/nodes", Auth::Bearer(token), Some(json!({"name": name}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let body = r.json();
+    assert!(body["command"].as_str().is_some_and(|c| c.contains("atelier-agent --server")), "{body}");
+    body["token"].as_str().expect("node token").to_string()
+}
+
+async fn upload(app: &TestApp, token: &str, name: &str, bytes: impl Into<Vec<u8>>) -> String {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/api/v1/artifacts?name={name}"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from(bytes.into()))
+        .expect("request");
+    let r = app.send(request).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    r.json()["id"].as_str().expect("artifact id").to_string()
+}
+
+async fn submit(app: &TestApp, token: &str, name: &str, spec: Value) -> common::TestResponse {
+    app.call(Method::POST, "/api/v1/training-jobs", Auth::Bearer(token), Some(json!({"name": name, "spec": spec}))).await
+}
+
+async fn job(app: &TestApp, token: &str, name: &str) -> Value {
+    let r = app.call(Method::GET, &format!("/api/v1/training-jobs/{name}"), Auth::Bearer(token), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()
+}
+
+async fn logs(app: &TestApp, token: &str, name: &str) -> String {
+    let r = app.call(Method::GET, &format!("/api/v1/training-jobs/{name}/logs?limit=5000"), Auth::Bearer(token), None).await;
+    r.json().as_array().map(|a| a.iter().filter_map(|l| l["line"].as_str()).collect::<Vec<_>>().join("\n")).unwrap_or_default()
+}
+
+async fn metrics(app: &TestApp, token: &str, name: &str) -> Value {
+    app.call(Method::GET, &format!("/api/v1/training-jobs/{name}/metrics"), Auth::Bearer(token), None).await.json()
+}
+
+/// Polls the job until `done` holds for it, or fails with its log after `secs`.
+async fn wait_job(app: &TestApp, token: &str, name: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let detail = job(app, token, name).await;
+        if done(&detail) {
+            return detail;
+        }
+        if Instant::now() > deadline {
+            panic!("job {name} did not get there in {secs} s: {detail:#}\nlog:\n{}", logs(app, token, name).await);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn state_is(state: &'static str) -> impl Fn(&Value) -> bool {
+    move |d| d["job"]["state"] == state
+}
+
+fn terminal(d: &Value) -> bool {
+    matches!(d["job"]["state"].as_str(), Some("Completed" | "Failed" | "Stopped"))
+}
+
+async fn wait_node(app: &TestApp, token: &str, name: &str, status: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = app.call(Method::GET, &format!("/api/v1/compute/nodes/{name}"), Auth::Bearer(token), None).await;
+        if r.json()["status"] == status {
+            return r.json();
+        }
+        assert!(Instant::now() < deadline, "node {name} never became {status}: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn download(app: &TestApp, token: &str, id: &str) -> Vec<u8> {
+    let r = app.call(Method::GET, &format!("/api/v1/artifacts/{id}/content"), Auth::Bearer(token), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.body
+}
+
+/// The files of a `.tar.gz`, by path.
+fn untar(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(bytes));
+    let mut out = std::collections::BTreeMap::new();
+    for entry in archive.entries().expect("tar entries") {
+        let mut entry = entry.expect("tar entry");
+        if entry.header().entry_type().is_file() {
+            let path = entry.path().expect("path").to_string_lossy().trim_start_matches("./").to_string();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).expect("read entry");
+            out.insert(path, data);
+        }
+    }
+    out
+}
+
+const CONTRACT_SCRIPT: &str = r#"
+import argparse, json, os, sys
+parser = argparse.ArgumentParser()
+parser.add_argument("--epochs", type=int)
+parser.add_argument("--lr", type=float)
+args = parser.parse_args()
+hps = json.load(open(os.path.join(os.environ["SM_INPUT_CONFIG_DIR"], "hyperparameters.json")))
+assert hps == {"epochs": "3", "lr": "0.5"}, hps
+assert json.loads(os.environ["SM_HPS"]) == {"epochs": 3, "lr": 0.5}, os.environ["SM_HPS"]
+assert os.environ["SM_HP_EPOCHS"] == "3"
+assert json.loads(os.environ["SM_CHANNELS"]) == ["train"]
+assert os.environ["CUDA_VISIBLE_DEVICES"] == "", "a CPU job sees no GPU"
+assert os.environ["SM_NUM_GPUS"] == "0"
+assert os.environ["TRAINING_JOB_NAME"] == "contract"
+assert json.loads(os.environ["SM_HOSTS"]) == [os.environ["SM_CURRENT_HOST"]]
+rows = open(os.path.join(os.environ["SM_CHANNEL_TRAIN"], "data.csv")).read().strip().splitlines()
+print(f"rows={len(rows)} host={os.environ['SM_CURRENT_HOST']}")
+loss = 1.0
+for epoch in range(args.epochs):
+    loss *= args.lr
+    print(f"epoch={epoch + 1} loss={loss}")
+print("warning: just testing stderr", file=sys.stderr)
+with open(os.path.join(os.environ["SM_MODEL_DIR"], "model.txt"), "w") as f:
+    f.write(f"trained on {len(rows)} rows")
+with open(os.path.join(os.environ["SM_OUTPUT_DATA_DIR"], "report.txt"), "w") as f:
+    f.write("ok")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn script_job_runs_with_the_sagemaker_contract() {
+    let (app, url, token) = studio().await;
+    let node_token = add_node(&app, &token, "cpu-1").await;
+    let work = temp_dir("agent");
+    let _agent = Agent::start(&url, &node_token, &work, &["zone=a"]);
+    let node = wait_node(&app, &token, "cpu-1", "Ready").await;
+    assert!(node["cpus"].as_i64().is_some_and(|c| c >= 1), "{node}");
+    assert!(node["memory_mb"].as_i64().is_some_and(|m| m > 0), "{node}");
+    assert_eq!(node["labels"]["zone"], "a");
+    // This machine has no NVIDIA driver: a CPU node, registered without error.
+    assert_eq!(node["gpus"], json!([]));
+
+    let script = upload(&app, &token, "train.py", CONTRACT_SCRIPT).await;
+    let data = upload(&app, &token, "data.csv", "a,b\n1,2\n3,4\n5,6\n").await;
+    let spec = json!({
+        "algorithm": {"type": "script", "entry_point": "train.py", "code": [script]},
+        "hyperparameters": {"epochs": "3", "lr": "0.5"},
+        "channels": [{"name": "train", "artifacts": [data]}],
+        "metric_definitions": [{"Name": "loss", "Regex": "loss=([0-9.]+)"}],
+        "resources": {"cpus": 1, "memory_mb": 256, "labels": {"zone": "a"}}
+    });
+    let r = submit(&app, &token, "contract", spec.clone()).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let done = wait_job(&app, &token, "contract", 60, terminal).await;
+    assert_eq!(done["job"]["state"], "Completed", "{done:#}\n{}", logs(&app, &token, "contract").await);
+    assert_eq!(done["job"]["node"], "cpu-1");
+
+    let states: Vec<&str> = done["events"].as_array().expect("events").iter().filter_map(|e| e["state"].as_str()).collect();
+    assert_eq!(states, ["Pending", "Starting", "Downloading", "Training", "Uploading", "Completed"]);
+    let log = logs(&app, &token, "contract").await;
+    assert!(log.contains("rows=4 host=cpu-1"), "{log}");
+    assert!(log.contains("warning: just testing stderr"), "{log}");
+    let m = metrics(&app, &token, "contract").await;
+    let losses: Vec<f64> = m["loss"].as_array().expect("loss series").iter().filter_map(|p| p["value"].as_f64()).collect();
+    assert_eq!(losses, [0.5, 0.25, 0.125]);
+    assert_eq!(done["job"]["final_metrics"]["loss"], 0.125);
+
+    let artifacts = done["artifacts"].as_array().expect("artifacts");
+    let model = artifacts.iter().find(|a| a["kind"] == "model").expect("a model artifact");
+    let files = untar(&download(&app, &token, model["id"].as_str().expect("id")).await);
+    assert_eq!(files.get("model.txt").map(Vec::as_slice), Some(&b"trained on 4 rows"[..]), "{files:?}");
+    assert!(artifacts.iter().any(|a| a["kind"] == "output" && a["name"] == "output.tar.gz"));
+    assert_eq!(done["inputs"]["train"][0]["name"], "data.csv");
+
+    // Every transition was audited, by the node.
+    let audit = app.call(Method::GET, "/api/v1/audit-events?action=agent:ReportJobStatus", Auth::Bearer(&token), None).await;
+    let summaries: Vec<String> = audit.json()["events"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["summary"].as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    assert!(summaries.iter().any(|s| s.contains("Uploading -> Completed")), "{summaries:?}");
+
+    // A failing script: Failed, with the reason from the end of its stderr.
+    let failing = upload(&app, &token, "fail.py", "import sys\nprint('about to fail')\nsys.exit('boom: column x is missing')\n").await;
+    let spec = json!({"algorithm": {"type": "script", "entry_point": "fail.py", "code": [failing]}, "resources": {"memory_mb": 128}});
+    assert_eq!(submit(&app, &token, "failing", spec).await.status, StatusCode::CREATED);
+    let failed = wait_job(&app, &token, "failing", 60, terminal).await;
+    assert_eq!(failed["job"]["state"], "Failed");
+    let message = failed["job"]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("exit code 1") && message.contains("boom: column x is missing"), "{message}");
+    let _ = std::fs::remove_dir_all(work);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_tabular_job_learns_and_saves_a_model() {
+    let (app, url, token) = studio().await;
+    let node_token = add_node(&app, &token, "cpu-1").await;
+    let work = temp_dir("agent");
+    let _agent = Agent::start(&url, &node_token, &work, &[]);
+    wait_node(&app, &token, "cpu-1", "Ready").await;
+
+    // Two clusters that a linear boundary separates, plus a categorical column.
+    let mut csv = String::from("x1,x2,colour,label\n");
+    let mut seed = 7u64;
+    let mut next = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
+    };
+    for i in 0..400 {
+        let (x1, x2) = (next(), next());
+        let label = if x1 + x2 > 0.0 { "yes" } else { "no" };
+        let colour = ["red", "green", "blue"][i % 3];
+        csv.push_str(&format!("{x1:.4},{x2:.4},{colour},{label}\n"));
+    }
+    let data = upload(&app, &token, "train.csv", csv).await;
+    let spec = json!({
+        "algorithm": {"type": "builtin", "name": "tabular"},
+        "hyperparameters": {"epochs": "25", "batch_size": "32", "learning_rate": "0.02"},
+        "channels": [{"name": "train", "artifacts": [data]}],
+        "resources": {"memory_mb": 512}
+    });
+    let r = submit(&app, &token, "tabular", spec).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    // Defaults were filled in and are shown.
+    assert_eq!(r.json()["spec"]["hyperparameters"]["hidden_units"], "64");
+    let done = wait_job(&app, &token, "tabular", 120, terminal).await;
+    assert_eq!(done["job"]["state"], "Completed", "{done:#}\n{}", logs(&app, &token, "tabular").await);
+    let m = metrics(&app, &token, "tabular").await;
+    let losses: Vec<f64> = m["train_loss"].as_array().expect("train_loss").iter().filter_map(|p| p["value"].as_f64()).collect();
+    assert_eq!(losses.len(), 25);
+    assert!(losses[24] < losses[0] * 0.5, "loss should fall: {losses:?}");
+    let accuracy = done["job"]["final_metrics"]["validation_accuracy"].as_f64().expect("validation accuracy");
+    assert!(accuracy > 0.85, "validation accuracy {accuracy}");
+    let model = done["artifacts"].as_array().and_then(|a| a.iter().find(|a| a["kind"] == "model").cloned()).expect("model");
+    let files = untar(&download(&app, &token, model["id"].as_str().expect("id")).await);
+    assert!(files.contains_key("model.safetensors"), "{:?}", files.keys());
+    let spec: Value = serde_json::from_slice(&files["model.json"]).expect("model.json");
+    assert_eq!(spec["task"], "classification");
+    assert_eq!(spec["classes"], json!(["no", "yes"]));
+    let _ = std::fs::remove_dir_all(work);
+}
+
+const LOOP_SCRIPT: &str = r#"
+import os, sys, time
+pid_file = sys.argv[sys.argv.index("--pid_file") + 1]
+open(pid_file, "w").write(str(os.getpid()))
+while True:
+    print("still training", flush=True)
+    time.sleep(0.2)
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stopping_a_job_terminates_its_process() {
+    let (app, url, token) = studio().await;
+    let node_token = add_node(&app, &token, "cpu-1").await;
+    let work = temp_dir("agent");
+    let _agent = Agent::start(&url, &node_token, &work, &[]);
+    wait_node(&app, &token, "cpu-1", "Ready").await;
+    let pid_file = work.join("loop.pid");
+    let script = upload(&app, &token, "loop.py", LOOP_SCRIPT).await;
+    let spec = json!({
+        "algorithm": {"type": "script", "entry_point": "loop.py", "code": [script]},
+        "hyperparameters": {"pid_file": pid_file.to_string_lossy()},
+        "resources": {"memory_mb": 128}
+    });
+    assert_eq!(submit(&app, &token, "looping", spec).await.status, StatusCode::CREATED);
+    wait_job(&app, &token, "looping", 60, state_is("Training")).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pid_file.exists() {
+        assert!(Instant::now() < deadline, "the script never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pid = std::fs::read_to_string(&pid_file).expect("pid").trim().to_string();
+    assert!(Path::new(&format!("/proc/{pid}")).exists());
+
+    let r = app.call(Method::POST, "/api/v1/training-jobs/looping/stop", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let stopped = wait_job(&app, &token, "looping", 30, terminal).await;
+    assert_eq!(stopped["job"]["state"], "Stopped");
+    assert_eq!(stopped["job"]["message"], "stopped by admin");
+    let gone = |pid: &str| {
+        // A zombie still has a /proc entry until reaped; check its state too.
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true)
+    };
+    assert!(gone(&pid), "the training process {pid} is still running");
+    // Stopping again is a conflict, not a second stop.
+    let again = app.call(Method::POST, "/api/v1/training-jobs/looping/stop", Auth::Bearer(&token), None).await;
+    assert_eq!(again.status, StatusCode::CONFLICT);
+    let _ = std::fs::remove_dir_all(work);
+}
+
+/// Counts to 12, one step every 0.3 s, keeping its progress in `checkpoints/` and
+/// appending each start and finish to a journal outside the job directory.
+const RESUMABLE_SCRIPT: &str = r#"
+import os, sys, time
+journal = sys.argv[sys.argv.index("--journal") + 1]
+ckpt = os.path.join(os.environ["SM_CHECKPOINT_DIR"], "step.txt")
+start = int(open(ckpt).read()) if os.path.exists(ckpt) else 0
+with open(journal, "a") as j:
+    j.write(f"start {start} {os.environ['SM_CURRENT_HOST']}\n")
+for step in range(start + 1, 13):
+    time.sleep(0.3)
+    with open(ckpt + ".tmp", "w") as f:
+        f.write(str(step))
+    os.replace(ckpt + ".tmp", ckpt)
+    print(f"step={step}", flush=True)
+with open(journal, "a") as j:
+    j.write("done\n")
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_agents_job_is_requeued_and_resumes_from_its_checkpoint() {
+    let (app, url, token) = studio().await;
+    let first_token = add_node(&app, &token, "node-a").await;
+    let work_a = temp_dir("agent-a");
+    let mut first = Agent::start(&url, &first_token, &work_a, &[]);
+    wait_node(&app, &token, "node-a", "Ready").await;
+
+    let journal = work_a.with_extension("journal");
+    let script = upload(&app, &token, "count.py", RESUMABLE_SCRIPT).await;
+    let spec = json!({
+        "algorithm": {"type": "script", "entry_point": "count.py", "code": [script]},
+        "hyperparameters": {"journal": journal.to_string_lossy()},
+        "metric_definitions": [{"name": "step", "regex": "step=(\\d+)"}],
+        "resources": {"memory_mb": 128}
+    });
+    assert_eq!(submit(&app, &token, "resumable", spec).await.status, StatusCode::CREATED);
+    // Wait for progress and a synced checkpoint, then kill the agent outright.
+    wait_job(&app, &token, "resumable", 60, state_is("Training")).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = logs(&app, &token, "resumable").await;
+        if log.contains("step=4") && log.contains("checkpoint saved") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    first.kill();
+
+    // A second node takes over once the first is found lost.
+    let second_token = add_node(&app, &token, "node-b").await;
+    let work_b = temp_dir("agent-b");
+    let _second = Agent::start(&url, &second_token, &work_b, &[]);
+    wait_node(&app, &token, "node-a", "Lost").await;
+    let done = wait_job(&app, &token, "resumable", 90, terminal).await;
+    assert_eq!(done["job"]["state"], "Completed", "{done:#}\n{}", logs(&app, &token, "resumable").await);
+    assert_eq!(done["job"]["node"], "node-b");
+    assert_eq!(done["job"]["attempt"], 2);
+
+    let journal = std::fs::read_to_string(&journal).expect("journal");
+    let lines: Vec<&str> = journal.lines().collect();
+    assert_eq!(lines.first(), Some(&"start 0 node-a"), "{journal}");
+    let resumed = lines.iter().find(|l| l.ends_with("node-b")).expect("a start on node-b");
+    let from: i64 = resumed.split(' ').nth(1).and_then(|n| n.parse().ok()).expect("start step");
+    // A checkpoint is synced every second, so it may trail the last printed step.
+    assert!(from >= 1, "resumed from step {from}, not from the checkpoint: {journal}");
+    // It finished exactly once: the first attempt's process died with its agent.
+    assert_eq!(lines.iter().filter(|l| **l == "done").count(), 1, "{journal}");
+    let states: Vec<&str> = done["events"].as_array().expect("events").iter().filter_map(|e| e["state"].as_str()).collect();
+    assert_eq!(states.iter().filter(|s| **s == "Completed").count(), 1, "{states:?}");
+    assert!(done["events"].as_array().expect("events").iter().any(|e| e["state"] == "Pending"
+        && e["message"].as_str().is_some_and(|m| m.starts_with("requeued"))));
+    let _ = std::fs::remove_dir_all(work_a);
+    let _ = std::fs::remove_dir_all(work_b);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_agent_requeues_its_job_and_resumes_it() {
+    let (app, url, token) = studio().await;
+    let node_token = add_node(&app, &token, "node-a").await;
+    let work = temp_dir("agent");
+    let mut agent = Agent::start(&url, &node_token, &work, &[]);
+    wait_node(&app, &token, "node-a", "Ready").await;
+    let journal = work.with_extension("journal");
+    let script = upload(&app, &token, "count.py", RESUMABLE_SCRIPT).await;
+    let spec = json!({
+        "algorithm": {"type": "script", "entry_point": "count.py", "code": [script]},
+        "hyperparameters": {"journal": journal.to_string_lossy()},
+        "resources": {"memory_mb": 128}
+    });
+    assert_eq!(submit(&app, &token, "restarted", spec).await.status, StatusCode::CREATED);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let log = logs(&app, &token, "restarted").await;
+        if log.contains("step=3") && log.contains("checkpoint saved") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress: {log}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    agent.kill();
+    let work_dir = agent.work_dir.clone();
+    drop(agent);
+    let _agent = Agent::start(&url, &node_token, &work_dir, &[]);
+    let done = wait_job(&app, &token, "restarted", 90, terminal).await;
+    assert_eq!(done["job"]["state"], "Completed", "{done:#}");
+    assert_eq!(done["job"]["attempt"], 2);
+    let journal = std::fs::read_to_string(&journal).expect("journal");
+    assert_eq!(journal.lines().filter(|l| *l == "done").count(), 1, "{journal}");
+    assert!(journal.lines().nth(1).is_some_and(|l| !l.starts_with("start 0")), "{journal}");
+    let _ = std::fs::remove_dir_all(work);
+}
+
+/// Registers a node straight through the agent protocol (no agent process), so the
+/// scheduler and the refusals can be checked deterministically.
+async fn fake_node(app: &TestApp, token: &str, name: &str, cpus: u32, gpus: u32) -> String {
+    let node_token = add_node(app, token, name).await;
+    let gpu_list: Vec<Value> = (0..gpus)
+        .map(|i| json!({"index": i, "uuid": format!("GPU-{name}-{i}"), "model": "Test GPU", "memory_mb": 16000}))
+        .collect();
+    let info = json!({"node": {"name": name, "hostname": "h", "os": "linux", "cpus": cpus, "memory_mb": 8000,
+        "disk_free_mb": 1000, "gpus": gpu_list, "labels": {}, "agent_version": "test"}});
+    let r = app.call(Method::POST, "/agent/v1/register", Auth::Bearer(&node_token), Some(info)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    node_token
+}
+
+#[tokio::test]
+async fn bad_input_and_impossible_requests_are_refused_clearly() {
+    let app = TestApp::new().await;
+    let admin = app.create_user("admin", true).await;
+    let token = app.token_for(&admin, None).await;
+    let node_token = fake_node(&app, &token, "small", 4, 1).await;
+    let script = upload(&app, &token, "train.py", "print('hi')").await;
+    let data = upload(&app, &token, "d.csv", "a,b\n1,2\n").await;
+    let script_spec = |extra: Value| {
+        let mut spec = json!({"algorithm": {"type": "script", "entry_point": "train.py", "code": [script]}});
+        if let (Some(spec), Some(extra)) = (spec.as_object_mut(), extra.as_object()) {
+            spec.extend(extra.clone());
+        }
+        spec
+    };
+    let cases: Vec<(Value, &str)> = vec![
+        (json!({"algorithm": {"type": "builtin", "name": "xgboost"}}), "unknown built-in algorithm \"xgboost\""),
+        (
+            json!({"algorithm": {"type": "builtin", "name": "tabular"}, "hyperparameters": {"epoch": "3"},
+                   "channels": [{"name": "train", "artifacts": [data]}]}),
+            "unknown hyperparameter \"epoch\"",
+        ),
+        (
+            json!({"algorithm": {"type": "builtin", "name": "tabular"}, "hyperparameters": {"epochs": "many"},
+                   "channels": [{"name": "train", "artifacts": [data]}]}),
+            "hyperparameter epochs: \"many\" is not an integer",
+        ),
+        (json!({"algorithm": {"type": "builtin", "name": "tabular"}}), "needs a \"train\" channel"),
+        (json!({"algorithm": {"type": "script", "entry_point": "", "code": [script]}}), "entry point is missing"),
+        (json!({"algorithm": {"type": "script", "entry_point": "main.py", "code": [script]}}), "not among the code files"),
+        (script_spec(json!({"channels": [{"name": "train", "artifacts": []}]})), "channel \"train\" is empty"),
+        (script_spec(json!({"channels": [{"name": "train", "artifacts": ["nope"]}]})), "no artifact with id nope"),
+        (script_spec(json!({"metric_definitions": [{"name": "loss", "regex": "loss=(["}]})), "metric loss: bad regex"),
+        (script_spec(json!({"resources": {"gpus": 2}})), "no compute node can ever run this job"),
+        (script_spec(json!({"resources": {"cpus": 8}})), "the largest node has 4 CPUs"),
+    ];
+    for (spec, expected) in cases {
+        let r = submit(&app, &token, "bad", spec.clone()).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{spec}: {}", r.text());
+        let message = r.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+        assert!(message.contains(expected), "{spec}: expected {expected:?} in {message:?}");
+    }
+    // Unknown fields and bad JSON in the spec are named.
+    let r = submit(&app, &token, "bad", json!({"algorithm": {"type": "builtin", "name": "tabular"}, "hyperparamters": {}})).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.text().contains("hyperparamters"), "{}", r.text());
+    // Nothing was created by the refusals.
+    let list = app.call(Method::GET, "/api/v1/training-jobs", Auth::Bearer(&token), None).await;
+    assert_eq!(list.json(), json!([]));
+    // Path traversal in an upload's name.
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/artifacts?name=..%2Fescape.py")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::from("x"))
+        .expect("request");
+    assert_eq!(app.send(request).await.status, StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Two jobs that each need the whole node: the second waits, and says why.
+    let whole = script_spec(json!({"resources": {"cpus": 4, "gpus": 1}}));
+    assert_eq!(submit(&app, &token, "first", whole.clone()).await.status, StatusCode::CREATED);
+    assert_eq!(submit(&app, &token, "second", whole).await.status, StatusCode::CREATED);
+    assert_eq!(submit(&app, &token, "second", script_spec(json!({}))).await.status, StatusCode::CONFLICT);
+    let lease = app.call(Method::GET, "/agent/v1/work?wait=0", Auth::Bearer(&node_token), None).await;
+    assert_eq!(lease.status, StatusCode::OK, "{}", lease.text());
+    let leased = lease.json();
+    assert_eq!(leased["job_name"], "first");
+    assert_eq!(leased["gpus"], json!([0]));
+    let nothing = app.call(Method::GET, "/agent/v1/work?wait=0", Auth::Bearer(&node_token), None).await;
+    assert_eq!(nothing.status, StatusCode::NO_CONTENT);
+    let second = job(&app, &token, "second").await;
+    assert_eq!(second["job"]["state"], "Pending");
+    assert_eq!(second["job"]["wait_reason"], "needs 1 GPU; largest free on any node is 0");
+
+    // An agent reporting on a job it does not hold is refused, and nothing changes.
+    let other = fake_node(&app, &token, "other", 4, 0).await;
+    let job_id = leased["job_id"].as_str().expect("job id");
+    let report = json!({"attempt": 1, "state": "Completed", "message": ""});
+    let r = app.call(Method::POST, &format!("/agent/v1/jobs/{job_id}/status"), Auth::Bearer(&other), Some(report.clone())).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("not leased to node other"), "{}", r.text());
+    assert_eq!(job(&app, &token, "first").await["job"]["state"], "Starting");
+    // Nor may it read the job's inputs.
+    let r = app.call(Method::GET, &format!("/agent/v1/jobs/{job_id}/inputs/{script}?attempt=1"), Auth::Bearer(&other), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+    // The holder may, but only the job's own inputs.
+    let r = app.call(Method::GET, &format!("/agent/v1/jobs/{job_id}/inputs/{data}?attempt=1"), Auth::Bearer(&node_token), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    // A backwards transition is refused.
+    let r = app
+        .call(Method::POST, &format!("/agent/v1/jobs/{job_id}/status"), Auth::Bearer(&node_token),
+            Some(json!({"attempt": 1, "state": "Training"})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = app
+        .call(Method::POST, &format!("/agent/v1/jobs/{job_id}/status"), Auth::Bearer(&node_token),
+            Some(json!({"attempt": 1, "state": "Downloading"})))
+        .await;
+    assert_eq!(r.status, StatusCode::CONFLICT);
+
+    // A deregistered node's token stops working, and its job goes back to the queue.
+    let r = app.call(Method::DELETE, "/api/v1/compute/nodes/small", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    let hb = json!({"usage": {"cpu_pct": 1.0, "memory_used_mb": 1, "gpus": []}, "running": []});
+    let r = app.call(Method::POST, "/agent/v1/heartbeat", Auth::Bearer(&node_token), Some(hb)).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let first = job(&app, &token, "first").await;
+    assert_eq!(first["job"]["state"], "Pending");
+    assert!(first["job"]["message"].as_str().is_some_and(|m| m.contains("deregistered")), "{first}");
+    // User tokens do not open agent routes, node tokens do not open user routes.
+    let r = app.call(Method::GET, "/agent/v1/work?wait=0", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    let r = app.call(Method::GET, "/api/v1/training-jobs", Auth::Bearer(&other), None).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn labelers_cannot_see_or_start_training_and_data_scientists_can() {
+    let app = TestApp::new().await;
+    let admin = app.create_user("admin", true).await;
+    let admin_token = app.token_for(&admin, None).await;
+    fake_node(&app, &admin_token, "n", 2, 0).await;
+    let labeler = app.create_user_with("lab", &["Labeler".to_string()]).await;
+    let lab_token = app.token_for(&labeler, None).await;
+    let scientist = app.create_user_with("sci", &["DataScientist".to_string()]).await;
+    let sci_token = app.token_for(&scientist, None).await;
+    let script = upload(&app, &sci_token, "t.py", "print(1)").await;
+    let spec = json!({"algorithm": {"type": "script", "entry_point": "t.py", "code": [script]}});
+    assert_eq!(submit(&app, &sci_token, "mine", spec.clone()).await.status, StatusCode::CREATED);
+    assert_eq!(submit(&app, &lab_token, "theirs", spec).await.status, StatusCode::FORBIDDEN);
+    let r = app.call(Method::GET, "/api/v1/training-jobs/mine", Auth::Bearer(&lab_token), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app.call(Method::POST, "/api/v1/compute/nodes", Auth::Bearer(&sci_token), Some(json!({"name": "x"}))).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+    let r = app.call(Method::GET, &format!("/api/v1/artifacts/{script}/content"), Auth::Bearer(&lab_token), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN);
+}

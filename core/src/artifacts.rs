@@ -1,0 +1,205 @@
+//! The artifact store: uploaded files, job inputs, checkpoints and trained models.
+//!
+//! Bytes live in an `object_store` (a directory under the data dir by default); the
+//! database records each artifact's name, SHA-256 and size. Objects are keyed by the
+//! artifact's id, never by a user-given name, so a name cannot traverse paths; names
+//! are still validated because they become file names on compute nodes.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::stream::BoxStream;
+use futures::{Stream, StreamExt, TryStreamExt};
+use object_store::buffered::BufWriter;
+use object_store::path::Path as ObjectPath;
+use object_store::ObjectStore;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::db::Db;
+use crate::{now, CoreError, CoreResult};
+
+/// What an artifact is for.
+pub mod kind {
+    pub const UPLOAD: &str = "upload";
+    pub const MODEL: &str = "model";
+    pub const OUTPUT: &str = "output";
+    pub const CHECKPOINT: &str = "checkpoint";
+}
+
+/// An artifact's record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, sqlx::FromRow)]
+pub struct Artifact {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    pub sha256: String,
+    pub size: i64,
+    pub job_id: Option<String>,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+/// Where artifact bytes are kept.
+#[derive(Clone)]
+pub struct ArtifactStore {
+    store: Arc<dyn ObjectStore>,
+}
+
+impl std::fmt::Debug for ArtifactStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ArtifactStore({})", self.store)
+    }
+}
+
+/// A file name as it may appear on a compute node: one path component, printable,
+/// not `.` or `..`.
+pub fn validate_file_name(field: &'static str, name: &str) -> CoreResult<String> {
+    let name = name.trim();
+    if name.is_empty() || name.len() > 255 {
+        return Err(CoreError::invalid(field, "file name must be 1-255 bytes"));
+    }
+    if name == "." || name == ".." || name.contains(['/', '\\', '\0']) || name.chars().any(char::is_control) {
+        return Err(CoreError::invalid(field, format!("\"{name}\" is not a plain file name (no slashes, not . or ..)")));
+    }
+    Ok(name.to_string())
+}
+
+impl ArtifactStore {
+    /// A store in a local directory (created if missing).
+    pub fn local(dir: &std::path::Path) -> CoreResult<ArtifactStore> {
+        std::fs::create_dir_all(dir).map_err(CoreError::internal)?;
+        let store = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(CoreError::internal)?;
+        Ok(ArtifactStore { store: Arc::new(store) })
+    }
+
+    fn path(id: &str) -> ObjectPath {
+        ObjectPath::from(format!("artifacts/{id}"))
+    }
+
+    /// Streams `body` into a new artifact, hashing as it goes; refuses more than
+    /// `max_bytes`. The record is written only once every byte is stored.
+    pub async fn put<S, E>(&self, db: &Db, new: NewArtifact<'_>, body: S, max_bytes: u64) -> CoreResult<Artifact>
+    where
+        S: Stream<Item = Result<Bytes, E>> + Send,
+        E: std::fmt::Display,
+    {
+        let name = validate_file_name("name", new.name)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let path = Self::path(&id);
+        let mut writer = BufWriter::new(self.store.clone(), path.clone());
+        let mut hasher = Sha256::new();
+        let mut size: u64 = 0;
+        let mut body = std::pin::pin!(body);
+        let outcome: CoreResult<()> = async {
+            while let Some(chunk) = body.next().await {
+                let chunk = chunk.map_err(|e| CoreError::invalid("body", format!("upload interrupted: {e}")))?;
+                size += chunk.len() as u64;
+                if size > max_bytes {
+                    return Err(CoreError::TooLarge(format!("{name} is larger than the limit of {max_bytes} bytes")));
+                }
+                hasher.update(&chunk);
+                writer.put(chunk).await.map_err(CoreError::internal)?;
+            }
+            writer.shutdown().await.map_err(CoreError::internal)
+        }
+        .await;
+        if let Err(err) = outcome {
+            let _ = writer.abort().await;
+            let _ = self.store.delete(&path).await;
+            return Err(err);
+        }
+        let artifact = Artifact {
+            id,
+            name,
+            kind: new.kind.to_string(),
+            sha256: hasher.finalize().iter().map(|b| format!("{b:02x}")).collect(),
+            size: size as i64,
+            job_id: new.job_id.map(str::to_string),
+            created_by: new.created_by.to_string(),
+            created_at: now(),
+        };
+        let inserted = sqlx::query(
+            "INSERT INTO artifacts (id, name, kind, sha256, size, job_id, created_by, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        )
+        .bind(&artifact.id)
+        .bind(&artifact.name)
+        .bind(&artifact.kind)
+        .bind(&artifact.sha256)
+        .bind(artifact.size)
+        .bind(&artifact.job_id)
+        .bind(&artifact.created_by)
+        .bind(artifact.created_at)
+        .execute(&db.pool)
+        .await;
+        if let Err(err) = inserted {
+            let _ = self.store.delete(&path).await;
+            return Err(err.into());
+        }
+        Ok(artifact)
+    }
+
+    /// The artifact's bytes as a stream.
+    pub async fn get(&self, id: &str) -> CoreResult<BoxStream<'static, std::io::Result<Bytes>>> {
+        let result = self.store.get(&Self::path(id)).await.map_err(|e| match e {
+            object_store::Error::NotFound { .. } => CoreError::NotFound("artifact content"),
+            other => CoreError::internal(other),
+        })?;
+        Ok(result.into_stream().map_err(std::io::Error::other).boxed())
+    }
+
+    /// Deletes the bytes and the record (used to replace superseded checkpoints).
+    pub async fn delete(&self, db: &Db, id: &str) -> CoreResult<()> {
+        sqlx::query("DELETE FROM artifacts WHERE id = $1").bind(id).execute(&db.pool).await?;
+        match self.store.delete(&Self::path(id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(other) => Err(CoreError::internal(other)),
+        }
+    }
+}
+
+/// The description of an artifact about to be stored.
+#[derive(Debug, Clone, Copy)]
+pub struct NewArtifact<'a> {
+    pub name: &'a str,
+    pub kind: &'a str,
+    pub job_id: Option<&'a str>,
+    pub created_by: &'a str,
+}
+
+/// An artifact's record by id.
+pub async fn get(db: &Db, id: &str) -> CoreResult<Artifact> {
+    let found: Option<Artifact> = sqlx::query_as(
+        "SELECT id, name, kind, sha256, size, job_id, created_by, created_at FROM artifacts WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&db.pool)
+    .await?;
+    found.ok_or(CoreError::NotFound("artifact"))
+}
+
+/// The artifacts a job produced, oldest first.
+pub async fn for_job(db: &Db, job_id: &str) -> CoreResult<Vec<Artifact>> {
+    Ok(sqlx::query_as(
+        "SELECT id, name, kind, sha256, size, job_id, created_by, created_at FROM artifacts \
+         WHERE job_id = $1 ORDER BY created_at, id",
+    )
+    .bind(job_id)
+    .fetch_all(&db.pool)
+    .await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_cannot_traverse() {
+        assert!(validate_file_name("name", "train.py").is_ok());
+        for bad in ["", "..", ".", "../etc/passwd", "a/b", "a\\b", "a\0b", "x\ny"] {
+            assert!(validate_file_name("name", bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

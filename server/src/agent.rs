@@ -1,0 +1,240 @@
+//! The routes compute agents call, under `/agent/v1/` (see `atelier_protocol`).
+//!
+//! They are authenticated by the middleware with a node token (never a user's token
+//! or session) and authorized here by the one rule that governs agents: a node acts
+//! only on work leased to it, attempt by attempt (`jobs::check_lease`).
+
+use std::time::Duration;
+
+use atelier_core::artifacts::{self, kind, NewArtifact};
+use atelier_core::audit::{self, NewEvent};
+use atelier_core::compute::jobs;
+use atelier_core::compute::nodes::{self, NodeCaller};
+use atelier_core::CoreError;
+use atelier_protocol::{
+    Assignment, HeartbeatRequest, HeartbeatResponse, LogBatch, RegisterRequest, RegisterResponse, StatusReport,
+};
+use axum::body::Body;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use futures::TryStreamExt;
+use serde::Deserialize;
+
+use crate::api::error::ApiError;
+use crate::api::ApiJson;
+use crate::state::AppState;
+
+/// Every agent route starts with this.
+pub const PREFIX: &str = "/agent/v1/";
+
+/// The node whose token authenticated the request.
+pub struct Node(pub NodeCaller);
+
+impl<S: Send + Sync> FromRequestParts<S> for Node {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<NodeCaller>()
+            .cloned()
+            .map(Node)
+            .ok_or_else(|| ApiError(CoreError::Unauthenticated("send the node token as a bearer token".into())))
+    }
+}
+
+async fn register(
+    State(state): State<AppState>,
+    Node(node): Node,
+    ApiJson(body): ApiJson<RegisterRequest>,
+) -> Result<Json<RegisterResponse>, ApiError> {
+    nodes::register(&state.db, &node, &body.node).await?;
+    let event = NewEvent {
+        principal: format!("node:{}", node.name),
+        action: "agent:Register".into(),
+        resource: format!("atelier:compute:node/{}", node.name),
+        allowed: true,
+        status: Some(200),
+        source_ip: None,
+        request_id: None,
+        summary: format!(
+            "agent {} registered: {} CPUs, {} MB, {} GPUs",
+            body.node.agent_version,
+            body.node.cpus,
+            body.node.memory_mb,
+            body.node.gpus.len()
+        ),
+    };
+    if let Err(err) = audit::record(&state.db, event).await {
+        tracing::error!(error = %err, "audit event could not be written");
+    }
+    // Work it held went back to the queue.
+    state.work.notify_waiters();
+    let settings = state.config.compute();
+    Ok(Json(RegisterResponse {
+        node_id: node.id,
+        node_name: node.name,
+        heartbeat_secs: settings.heartbeat_secs,
+        poll_wait_secs: settings.poll_wait_secs,
+    }))
+}
+
+async fn heartbeat(
+    State(state): State<AppState>,
+    Node(node): Node,
+    ApiJson(body): ApiJson<HeartbeatRequest>,
+) -> Result<Json<HeartbeatResponse>, ApiError> {
+    Ok(Json(jobs::heartbeat(&state.db, &node, &body, &state.config.compute()).await?))
+}
+
+#[derive(Debug, Deserialize)]
+struct WaitQuery {
+    wait: Option<u64>,
+}
+
+/// Long-poll: a lease as soon as one fits this node, or 204 after the wait.
+async fn work(
+    State(state): State<AppState>,
+    Node(node): Node,
+    Query(query): Query<WaitQuery>,
+) -> Result<Response, ApiError> {
+    let settings = state.config.compute();
+    let wait = Duration::from_secs(query.wait.unwrap_or(settings.poll_wait_secs).min(settings.poll_wait_secs));
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        // Register interest before looking, so a wake-up between the look and the
+        // wait is not lost.
+        let notified = state.work.notified();
+        if let Some(assignment) = jobs::lease(&state.db, &node, &settings).await? {
+            return Ok(Json::<Assignment>(assignment).into_response());
+        }
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
+            return Ok(StatusCode::NO_CONTENT.into_response());
+        }
+        // Another replica may have changed the queue without waking us: look again
+        // at least every second.
+        let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), notified).await;
+    }
+}
+
+async fn status(
+    State(state): State<AppState>,
+    Node(node): Node,
+    Path(job_id): Path<String>,
+    ApiJson(body): ApiJson<StatusReport>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    jobs::report_status(&state.db, &node, &job_id, &body).await?;
+    if body.state.is_terminal() {
+        state.work.notify_waiters();
+    }
+    Ok(Json(serde_json::json!({"ok": true})))
+}
+
+async fn logs(
+    State(state): State<AppState>,
+    Node(node): Node,
+    Path(job_id): Path<String>,
+    ApiJson(body): ApiJson<LogBatch>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let n = jobs::append_logs(&state.db, &node, &job_id, &body).await?;
+    Ok(Json(serde_json::json!({"stored": n})))
+}
+
+#[derive(Debug, Deserialize)]
+struct AttemptQuery {
+    attempt: i64,
+}
+
+/// An input file of a leased job (a code file, a channel file or its checkpoint).
+async fn input(
+    State(state): State<AppState>,
+    Node(node): Node,
+    Path((job_id, artifact_id)): Path<(String, String)>,
+    Query(q): Query<AttemptQuery>,
+) -> Result<Response, ApiError> {
+    let job = jobs::check_lease(&state.db, &node, &job_id, q.attempt).await?;
+    let spec = job.spec()?;
+    let mut allowed: Vec<&String> = spec.channels.iter().flat_map(|c| c.artifacts.iter()).collect();
+    if let atelier_protocol::Algorithm::Script { code, .. } = &spec.algorithm {
+        allowed.extend(code.iter());
+    }
+    if !allowed.contains(&&artifact_id) && job.checkpoint_artifact.as_ref() != Some(&artifact_id) {
+        return Err(CoreError::Forbidden(format!("artifact {artifact_id} is not an input of this job")).into());
+    }
+    let artifact = artifacts::get(&state.db, &artifact_id).await?;
+    let stream = state.artifacts.get(&artifact.id).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, artifact.size.to_string())],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+async fn store_upload(
+    state: &AppState,
+    node: &NodeCaller,
+    job_id: &str,
+    attempt: i64,
+    name: &str,
+    what: &str,
+    body: Body,
+) -> Result<(jobs::Job, artifacts::Artifact), ApiError> {
+    let job = jobs::check_lease(&state.db, node, job_id, attempt).await?;
+    let new = NewArtifact { name, kind: what, job_id: Some(&job.id), created_by: &format!("node:{}", node.name) };
+    let stream = body.into_data_stream().map_err(|e| e.to_string());
+    let artifact = state.artifacts.put(&state.db, new, stream, state.config.max_upload_bytes).await?;
+    Ok((job, artifact))
+}
+
+/// A new checkpoint of the running attempt (replaces the previous one).
+async fn checkpoint(
+    State(state): State<AppState>,
+    Node(node): Node,
+    Path(job_id): Path<String>,
+    Query(q): Query<AttemptQuery>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (job, artifact) =
+        store_upload(&state, &node, &job_id, q.attempt, "checkpoints.tar.gz", kind::CHECKPOINT, body).await?;
+    if let Some(old) = jobs::set_checkpoint(&state.db, &job, &artifact).await? {
+        if let Err(err) = state.artifacts.delete(&state.db, &old).await {
+            tracing::warn!(error = %err, "superseded checkpoint could not be deleted");
+        }
+    }
+    Ok(Json(serde_json::json!({"artifact_id": artifact.id})))
+}
+
+/// The packed `model/` or `output/` directory of a finished attempt.
+async fn output(
+    State(state): State<AppState>,
+    Node(node): Node,
+    Path((job_id, what)): Path<(String, String)>,
+    Query(q): Query<AttemptQuery>,
+    body: Body,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let (name, kind) = match what.as_str() {
+        "model" => ("model.tar.gz", kind::MODEL),
+        "output" => ("output.tar.gz", kind::OUTPUT),
+        _ => return Err(CoreError::invalid("what", "outputs are model or output").into()),
+    };
+    let (_, artifact) = store_upload(&state, &node, &job_id, q.attempt, name, kind, body).await?;
+    Ok(Json(serde_json::json!({"artifact_id": artifact.id})))
+}
+
+/// The agent routes.
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/agent/v1/register", post(register))
+        .route("/agent/v1/heartbeat", post(heartbeat))
+        .route("/agent/v1/work", get(work))
+        .route("/agent/v1/jobs/{id}/status", post(status))
+        .route("/agent/v1/jobs/{id}/logs", post(logs))
+        .route("/agent/v1/jobs/{id}/inputs/{artifact}", get(input))
+        .route("/agent/v1/jobs/{id}/checkpoint", put(checkpoint))
+        .route("/agent/v1/jobs/{id}/outputs/{what}", put(output))
+}
