@@ -54,6 +54,9 @@ pub struct Args {
     /// The Python interpreter for script-mode jobs.
     #[arg(long, env = "ATELIER_PYTHON", default_value = "python3")]
     pub python: String,
+    /// Exit when the process that started the agent exits (the server's local agent).
+    #[arg(long, hide = true)]
+    pub exit_with_parent: bool,
     /// How often a running job's `checkpoints/` is synced to the server.
     #[arg(long, env = "ATELIER_CHECKPOINT_SECS", default_value_t = 10)]
     pub checkpoint_secs: u64,
@@ -121,6 +124,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&work_dir).with_context(|| format!("creating {}", work_dir.display()))?;
     let work_dir = work_dir.canonicalize()?;
     runner::kill_leftovers(&work_dir);
+    if args.exit_with_parent {
+        watch_parent();
+    }
     let client = Client::new(&server, &token)?;
     let mut inventory = Inventory::new();
     let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
@@ -176,6 +182,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// Exits once this process is re-parented, that is, once the server that started it is
+/// gone (even if it was killed and could not stop its children).
+fn watch_parent() {
+    let parent = std::os::unix::process::parent_id();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            if std::os::unix::process::parent_id() != parent {
+                tracing::info!("the server that started this agent is gone; exiting");
+                std::process::exit(0);
+            }
+        }
+    });
 }
 
 async fn heartbeats(client: Client, mut inventory: Inventory, running: Running, every: Duration) {

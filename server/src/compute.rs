@@ -54,6 +54,7 @@ pub async fn start_local_agent(state: &AppState, addr: SocketAddr) -> anyhow::Re
         .arg(&work_dir)
         .arg("--name")
         .arg(LOCAL_NODE)
+        .arg("--exit-with-parent")
         // In the environment, not the argument list, so `ps` does not show it.
         .env("ATELIER_NODE_TOKEN", token)
         .kill_on_drop(true)

@@ -42,6 +42,10 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
             json!({"username": "admin", "action": "iam:GetUser", "resource": "atelier:iam:user/admin"})
         }
         "/api/v1/model-groups" => json!({"name": "newmodel"}),
+        "/api/v1/compute/nodes" => json!({"name": "newnode"}),
+        "/api/v1/training-jobs" => {
+            json!({"name": "newjob", "spec": {"algorithm": {"type": "builtin", "name": "tabular"}}})
+        }
         _ => json!({}),
     })
 }
@@ -59,6 +63,20 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         .execute(&app.state.db.pool)
         .await
         .expect("test setup");
+    atelier_core::compute::nodes::create_unchecked(&app.state.db, "gpu-1", "admin").await.expect("test setup");
+    sqlx::query(
+        "INSERT INTO training_jobs (id, name, spec, state, priority, cpus, memory_mb, gpus, created_by, created_at) \
+         VALUES ('j', 'job-1', '{\"algorithm\":{\"type\":\"builtin\",\"name\":\"tabular\"}}', 'Pending', 0, 1, 1, 0, 'admin', 0)",
+    )
+    .execute(&app.state.db.pool)
+    .await
+    .expect("test setup");
+    sqlx::query(
+        "INSERT INTO artifacts (id, name, kind, sha256, size, created_by, created_at) VALUES ('a1', 'f', 'upload', '', 0, 'admin', 0)",
+    )
+    .execute(&app.state.db.pool)
+    .await
+    .expect("test setup");
     // An administrator with an explicit Deny of everything: the Deny must win everywhere.
     let denied = app.create_user_with("mallory", &["AdministratorAccess".into(), "DenyAll".into()]).await;
     let token = app.token_for(&denied, None).await;
@@ -80,10 +98,15 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
             let path = template
                 .replace("{user}", "admin")
                 .replace("{policy}", "Custom")
+                .replace("/artifacts/{id}", "/artifacts/a1")
                 .replace("{id}", &token_id)
+                .replace("{node}", "gpu-1")
+                .replace("{job}", "job-1")
                 .replace("/model-groups/{group}", "/model-groups/fraud")
                 .replace("{group}", "team");
             assert!(!is_public(&path), "{path} is public but documented as an authorized route");
+            // Uploads name their file in the query.
+            let path = if path == "/api/v1/artifacts" { format!("{path}?name=x.py") } else { path };
             let anonymous = app.call(method.clone(), &path, Auth::None, body_for(&method, template)).await;
             assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "anonymous {method} {path}");
             let before = deny_events(&app, "mallory").await;
@@ -121,6 +144,11 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         ("confirm_password", "another long password"),
         ("expires_in_days", ""),
         ("filter[limit]", "10"),
+        ("minutes", "60"),
+        ("state", ""),
+        ("search", ""),
+        ("after", "0"),
+        ("names[0]", "job-1"),
     ];
     let mut server_fns: Vec<&str> = leptos::server_fn::axum::server_fn_paths().map(|(p, _)| p).collect();
     server_fns.sort_unstable();
@@ -131,6 +159,10 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         }
         let anonymous = app.server_fn(path, form, Auth::None, &[]).await;
         assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "anonymous {path}");
+        if path == <app::training::CreateTrainingJob as leptos::server_fn::ServerFn>::PATH {
+            // Multipart: checked with its own encoding below.
+            continue;
+        }
         if authenticated_only_server_fns().contains(&path) {
             continue;
         }
@@ -142,6 +174,27 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
             response.text()
         );
     }
+
+    // The multipart create form: a file is refused before it is stored.
+    let boundary = "XBOUNDARYX";
+    let body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"name\"\r\n\r\nj9\r\n\
+         --{boundary}\r\nContent-Disposition: form-data; name=\"train_files\"; filename=\"d.csv\"\r\n\
+         Content-Type: text/csv\r\n\r\na,b\n1,2\n\r\n--{boundary}--\r\n"
+    );
+    let before = deny_events(&app, "mallory").await;
+    let request = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri(<app::training::CreateTrainingJob as leptos::server_fn::ServerFn>::PATH)
+        .header("content-type", format!("multipart/form-data; boundary={boundary}"))
+        .header("accept", "application/json")
+        .header("cookie", &cookie)
+        .body(axum::body::Body::from(body))
+        .expect("request");
+    let response = app.send(request).await;
+    assert!(deny_events(&app, "mallory").await > before, "create_training_job: {}", response.text());
+    let (stored,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM artifacts").fetch_one(&app.state.db.pool).await.expect("count");
+    assert_eq!(stored, 1, "a refused upload was stored");
 
     // Pages: every route of the app sends anonymous visitors to sign in.
     for route in leptos_axum::generate_route_list(app::App) {
@@ -692,4 +745,35 @@ async fn the_simulator_authorizes_the_user_it_simulates_and_accepts_any_conditio
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.json()["allowed"], true, "{}", r.text());
+}
+
+/// Agent routes take node tokens only: no session, no user token, no anonymous call.
+#[tokio::test]
+async fn agent_routes_refuse_everything_but_a_node_token() {
+    let app = TestApp::new().await;
+    let admin = app.create_user("admin", true).await;
+    let token = app.token_for(&admin, None).await;
+    let cookie = app.sign_in("admin", PASSWORD).await;
+    let routes: &[(Method, &str)] = &[
+        (Method::POST, "/agent/v1/register"),
+        (Method::POST, "/agent/v1/heartbeat"),
+        (Method::GET, "/agent/v1/work?wait=0"),
+        (Method::POST, "/agent/v1/jobs/j/status"),
+        (Method::POST, "/agent/v1/jobs/j/logs"),
+        (Method::GET, "/agent/v1/jobs/j/inputs/a?attempt=1"),
+        (Method::PUT, "/agent/v1/jobs/j/checkpoint?attempt=1"),
+        (Method::PUT, "/agent/v1/jobs/j/outputs/model?attempt=1"),
+    ];
+    for (method, path) in routes {
+        for auth in [Auth::None, Auth::Bearer(&token), Auth::Cookie(&cookie), Auth::Bearer("atn_forged")] {
+            let r = app.call(method.clone(), path, auth, Some(json!({}))).await;
+            assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{method} {path}: {}", r.text());
+        }
+    }
+    let refused: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM audit_events WHERE summary LIKE 'refused node credentials%'")
+            .fetch_one(&app.state.db.pool)
+            .await
+            .expect("count");
+    assert!(refused >= 8, "refused node credentials are audited ({refused})");
 }

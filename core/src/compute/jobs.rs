@@ -922,7 +922,7 @@ mod tests {
     #[test]
     fn metrics_come_from_definitions_and_builtin_lines() {
         let defs = vec![
-            ("loss".to_string(), metric_regex(r"loss=([0-9.e-]+)").expect("regex")),
+            ("loss".to_string(), metric_regex(r"(?:^|\s)loss=([0-9.e-]+)").expect("regex")),
             ("acc".to_string(), metric_regex(r"accuracy: ([0-9.]+)").expect("regex")),
         ];
         assert_eq!(extract_metrics(&defs, "epoch 1 loss=0.25 accuracy: 0.9"), vec![
