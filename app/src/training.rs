@@ -12,7 +12,6 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
 use crate::format::format_time;
-use crate::forms::FormError;
 
 /// A training job, as the pages and `/api/v1/training-jobs` show it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -613,7 +612,9 @@ fn TrainingJobForm(source: Option<TrainingJobView>) -> impl IntoView {
                 <label>"Max runtime (s)" <input name="max_runtime_secs" type="number" min="1" value=max_runtime.to_string()/></label>
                 <label>"Priority" <input name="priority" type="number" value=priority.to_string()/></label>
             </fieldset>
-            <FormError error/>
+            // Every refusal is shown here, whichever field it names: the form has
+            // one place to look.
+            {move || error.get().map(|e| view! { <p class="error" role="alert" data-testid="form-error">{e.message}</p> })}
             <button type="submit" class="primary" disabled=move || create.pending().get()>
                 {move || if create.pending().get() { "Uploading…" } else { "Start training job" }}
             </button>
