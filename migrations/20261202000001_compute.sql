@@ -65,6 +65,8 @@ CREATE TABLE training_jobs (
     cpus BIGINT NOT NULL,
     memory_mb BIGINT NOT NULL,
     gpus BIGINT NOT NULL,
+    -- JSON object: node labels the job needs (copied from the spec for the scheduler)
+    labels TEXT NOT NULL DEFAULT '{}',
     created_by TEXT NOT NULL,
     -- milliseconds: the queue is FIFO within a priority
     created_at BIGINT NOT NULL,
@@ -81,7 +83,8 @@ CREATE TABLE training_jobs (
     checkpoint_artifact TEXT,
     log_seq BIGINT NOT NULL DEFAULT 0
 );
-CREATE INDEX training_jobs_queue ON training_jobs (state, priority, created_at);
+-- The queue's order: priority first (highest), then FIFO.
+CREATE INDEX training_jobs_queue ON training_jobs (state, priority DESC, created_at, id);
 CREATE INDEX training_jobs_node ON training_jobs (node_id, state);
 
 -- Every state transition, with who caused it.

@@ -110,7 +110,8 @@ impl Client {
     }
 
     pub async fn report(&self, job_id: &str, report: &StatusReport) -> CallResult<()> {
-        let _: serde_json::Value = self.post(&format!("/jobs/{job_id}/status"), report, Duration::from_secs(30)).await?;
+        let _: serde_json::Value =
+            self.post(&format!("/jobs/{job_id}/status"), report, Duration::from_secs(30)).await?;
         Ok(())
     }
 

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
-use atelier_protocol::{Held, HeartbeatRequest, RegisterRequest, StopOrder};
+use atelier_protocol::{HeartbeatRequest, Held, RegisterRequest, StopOrder};
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
@@ -82,9 +82,7 @@ fn parse_label(raw: &str) -> Result<(String, String), String> {
 pub fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     if let Some(Command::Builtin { name }) = &args.command {
@@ -150,6 +148,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         inventory,
         running.clone(),
         Duration::from_secs(registered.heartbeat_secs.max(1)),
+        Duration::from_secs(registered.lease_secs.max(2)),
     ));
     let poll_wait = Duration::from_secs(registered.poll_wait_secs.max(1));
     let mut backoff = Backoff::default();
@@ -167,10 +166,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 }
                 let (ctx, running) = (ctx.clone(), running.clone());
                 tokio::spawn(async move {
-                    let id = assignment.job_id.clone();
+                    let (id, attempt) = (assignment.job_id.clone(), assignment.attempt);
                     runner::run(ctx, assignment, rx).await;
                     if let Ok(mut map) = running.lock() {
-                        map.remove(&id);
+                        // A later attempt of the same job may have replaced this entry.
+                        if map.get(&id).is_some_and(|(a, _)| *a == attempt) {
+                            map.remove(&id);
+                        }
                     }
                 });
             }
@@ -199,8 +201,18 @@ fn watch_parent() {
     });
 }
 
-async fn heartbeats(client: Client, mut inventory: Inventory, running: Running, every: Duration) {
-    let mut backoff = Backoff::default();
+/// Tells every running job to stop.
+fn stop_all(running: &Running, reason: &str) {
+    if let Ok(map) = running.lock() {
+        for (id, (_, tx)) in map.iter() {
+            let _ = tx.send(Some(StopOrder { job_id: id.clone(), reason: reason.to_string(), grace_secs: 5 }));
+        }
+    }
+}
+
+async fn heartbeats(client: Client, mut inventory: Inventory, running: Running, every: Duration, lease: Duration) {
+    let mut last_ok = tokio::time::Instant::now();
+    let mut fenced = false;
     loop {
         let held: Vec<Held> = running
             .lock()
@@ -209,7 +221,8 @@ async fn heartbeats(client: Client, mut inventory: Inventory, running: Running, 
         let request = HeartbeatRequest { usage: inventory.usage(), running: held };
         match client.heartbeat(&request).await {
             Ok(response) => {
-                backoff.reset();
+                last_ok = tokio::time::Instant::now();
+                fenced = false;
                 for order in response.stop {
                     if let Ok(map) = running.lock() {
                         if let Some((_, tx)) = map.get(&order.job_id) {
@@ -218,26 +231,25 @@ async fn heartbeats(client: Client, mut inventory: Inventory, running: Running, 
                         }
                     }
                 }
-                tokio::time::sleep(every).await;
             }
             Err(CallError::Refused(message)) => {
                 tracing::error!(%message, "heartbeat refused: node token revoked");
-                if let Ok(map) = running.lock() {
-                    for (_, tx) in map.values() {
-                        let _ = tx.send(Some(StopOrder {
-                            job_id: String::new(),
-                            reason: "the node was deregistered".into(),
-                            grace_secs: 5,
-                        }));
-                    }
-                }
+                stop_all(&running, "the node was deregistered");
                 return;
             }
             Err(err) => {
                 tracing::warn!(%err, "heartbeat failed; retrying");
-                backoff.wait().await;
+                // Past the lease the server has requeued this node's jobs: stop them,
+                // so that no job runs here and elsewhere at once.
+                if !fenced && last_ok.elapsed() > lease {
+                    tracing::error!("no heartbeat reached the server for {} s: stopping all jobs", lease.as_secs());
+                    stop_all(&running, "lost contact with the server; the lease lapsed and the job was requeued");
+                    fenced = true;
+                }
             }
         }
+        // Every interval, failing or not: a longer pause would itself let leases lapse.
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -252,7 +264,8 @@ impl Backoff {
         self.failures = 0;
     }
     async fn wait(&mut self) {
-        let delay = Duration::from_millis(500u64.saturating_mul(1 << self.failures.min(6))).min(Duration::from_secs(30));
+        let delay =
+            Duration::from_millis(500u64.saturating_mul(1 << self.failures.min(6))).min(Duration::from_secs(30));
         self.failures += 1;
         tokio::time::sleep(delay).await;
     }

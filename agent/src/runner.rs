@@ -97,7 +97,9 @@ fn start_log_shipper(client: Client, job_id: String, attempt: i64) -> (Logs, tok
                 tokio::time::sleep(Duration::from_millis(delay)).await;
                 match client.send_logs(&job_id, &batch).await {
                     Ok(()) => break,
-                    Err(CallError::Transient(err)) => tracing::warn!(job = %job_id, %err, "sending logs failed; retrying"),
+                    Err(CallError::Transient(err)) => {
+                        tracing::warn!(job = %job_id, %err, "sending logs failed; retrying")
+                    }
                     Err(err) => {
                         tracing::warn!(job = %job_id, %err, "logs refused");
                         break;
@@ -112,7 +114,9 @@ fn start_log_shipper(client: Client, job_id: String, attempt: i64) -> (Logs, tok
 /// Runs the assignment to its end and reports the outcome.
 pub async fn run(ctx: Arc<Context>, a: Assignment, mut stop: watch::Receiver<Option<StopOrder>>) {
     let (logs, shipper) = start_log_shipper(ctx.client.clone(), a.job_id.clone(), a.attempt);
-    let dir = ctx.work_dir.join("jobs").join(&a.job_id);
+    // Per attempt: a later attempt of the same job on this node never shares (or
+    // deletes) the directory of one still winding down.
+    let dir = ctx.work_dir.join("jobs").join(format!("{}-{}", a.job_id, a.attempt));
     let outcome = match execute(&ctx, &a, &dir, &logs, &mut stop).await {
         Ok(outcome) => outcome,
         Err(err) => {
@@ -130,7 +134,10 @@ pub async fn run(ctx: Arc<Context>, a: Assignment, mut stop: watch::Receiver<Opt
     drop(logs);
     let _ = shipper.await;
     report(&ctx, &a, state, &message).await;
-    let _ = std::fs::remove_file(dir.join("pid"));
+    // Everything worth keeping is on the server now.
+    if let Err(err) = tokio::fs::remove_dir_all(&dir).await {
+        tracing::warn!(job = %a.job_name, %err, "the job directory could not be removed");
+    }
 }
 
 /// Reports a transition, retrying through network trouble.
@@ -157,7 +164,19 @@ async fn report(ctx: &Context, a: &Assignment, state: JobState, message: &str) {
 /// lease is gone: stop working on it).
 async fn advance(ctx: &Context, a: &Assignment, state: JobState, message: &str) -> anyhow::Result<()> {
     let report = StatusReport { attempt: a.attempt, state, message: message.to_string() };
-    ctx.client.report(&a.job_id, &report).await.map_err(|e| anyhow!("reporting {}: {e}", state.as_str()))
+    let mut delay = Duration::from_millis(250);
+    loop {
+        match ctx.client.report(&a.job_id, &report).await {
+            Ok(()) => return Ok(()),
+            // A network blip is not a reason to fail the job; the lease outlives it.
+            Err(CallError::Transient(err)) if delay < Duration::from_secs(8) => {
+                tracing::warn!(job = %a.job_name, %err, "status report failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(err) => return Err(anyhow!("reporting {}: {err}", state.as_str())),
+        }
+    }
 }
 
 async fn execute(
@@ -218,6 +237,7 @@ async fn execute(
         sync_stop_rx,
     ));
     let mut stopped: Option<String> = None;
+    let mut kill_timer: Option<tokio::task::JoinHandle<()>> = None;
     let status = loop {
         tokio::select! {
             status = child.wait() => break status?,
@@ -229,10 +249,10 @@ async fn execute(
                         stopped = Some(order.reason.clone());
                         let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
                         let grace = Duration::from_secs(order.grace_secs);
-                        tokio::spawn(async move {
+                        kill_timer = Some(tokio::spawn(async move {
                             tokio::time::sleep(grace).await;
                             let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
-                        });
+                        }));
                     }
                 } else if changed.is_err() {
                     // The agent is shutting down this job's supervision.
@@ -241,6 +261,10 @@ async fn execute(
             }
         }
     };
+    // The group is reaped below; its id must not be signalled later.
+    if let Some(timer) = kill_timer {
+        timer.abort();
+    }
     // Children that inherited the pipes could hold them open; the process group goes.
     if let Some(pid) = pid {
         let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
@@ -259,8 +283,13 @@ async fn execute(
             Ok(text) if !text.trim().is_empty() => text.trim().chars().take(2000).collect(),
             _ => {
                 let tail: Vec<String> = stderr_tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
-                let code = status.code().map(|c| format!("exit code {c}")).unwrap_or_else(|| "killed by a signal".into());
-                if tail.is_empty() { code } else { format!("{code}: {}", tail.join("\n")) }
+                let code =
+                    status.code().map(|c| format!("exit code {c}")).unwrap_or_else(|| "killed by a signal".into());
+                if tail.is_empty() {
+                    code
+                } else {
+                    format!("{code}: {}", tail.join("\n"))
+                }
             }
         };
         return Ok(Outcome::Failed(reason));
@@ -297,12 +326,8 @@ async fn lay_out(dir: &Path, a: &Assignment) -> anyhow::Result<()> {
     }
     let config = dir.join("input/config");
     tokio::fs::write(config.join("hyperparameters.json"), serde_json::to_vec_pretty(&a.spec.hyperparameters)?).await?;
-    let channels: BTreeMap<&str, serde_json::Value> = a
-        .spec
-        .channels
-        .iter()
-        .map(|c| (c.name.as_str(), serde_json::json!({"TrainingInputMode": "File"})))
-        .collect();
+    let channels: BTreeMap<&str, serde_json::Value> =
+        a.spec.channels.iter().map(|c| (c.name.as_str(), serde_json::json!({"TrainingInputMode": "File"}))).collect();
     tokio::fs::write(config.join("inputdataconfig.json"), serde_json::to_vec_pretty(&channels)?).await?;
     Ok(())
 }
@@ -378,6 +403,10 @@ async fn command_for(ctx: &Context, a: &Assignment, dir: &Path, logs: &Logs) -> 
         .env("NVIDIA_VISIBLE_DEVICES", if gpus.is_empty() { "void".to_string() } else { gpus.join(",") })
         // Output reaches the log as it is printed, not when a buffer fills.
         .env("PYTHONUNBUFFERED", "1")
+        // The agent's own settings, above all its node token, are not the job's business.
+        .env_remove("ATELIER_NODE_TOKEN")
+        .env_remove("ATELIER_SERVER")
+        .env_remove("ATELIER_WORK_DIR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -431,16 +460,25 @@ async fn run_logged(command: &mut Command, logs: &Logs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Longest line forwarded; a process that never prints a newline cannot exhaust memory.
+const MAX_LINE_BYTES: u64 = 16 * 1024;
+
 async fn forward(
     stream: impl tokio::io::AsyncRead + Unpin,
     name: &'static str,
     logs: Logs,
     tail: Option<Arc<Mutex<VecDeque<String>>>>,
 ) {
-    let mut lines = BufReader::new(stream).lines();
+    use tokio::io::AsyncReadExt;
+    let mut reader = BufReader::new(stream);
+    let mut buf = Vec::new();
     loop {
-        match lines.next_line().await {
-            Ok(Some(line)) => {
+        buf.clear();
+        // Bytes that are not UTF-8 are shown replaced, not dropped with their line.
+        match (&mut reader).take(MAX_LINE_BYTES).read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                let line = String::from_utf8_lossy(&buf).trim_end_matches(['\n', '\r']).to_string();
                 if let Some(tail) = &tail {
                     if let Ok(mut t) = tail.lock() {
                         if t.len() == 10 {
@@ -451,10 +489,6 @@ async fn forward(
                 }
                 logs.line(name, line);
             }
-            Ok(None) => break,
-            // Not UTF-8: keep going with what can be read.
-            Err(err) if err.kind() == std::io::ErrorKind::InvalidData => continue,
-            Err(_) => break,
         }
     }
 }
@@ -523,6 +557,8 @@ pub fn pack(dir: &Path, out: &Path) -> anyhow::Result<()> {
     let file = std::fs::File::create(out)?;
     let encoder = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
     let mut builder = tar::Builder::new(encoder);
+    // A link is stored as a link: never the file outside the job it points to.
+    builder.follow_symlinks(false);
     builder.append_dir_all(".", dir)?;
     builder.into_inner()?.finish()?;
     Ok(())

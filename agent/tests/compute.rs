@@ -92,7 +92,8 @@ async fn upload(app: &TestApp, token: &str, name: &str, bytes: impl Into<Vec<u8>
 }
 
 async fn submit(app: &TestApp, token: &str, name: &str, spec: Value) -> common::TestResponse {
-    app.call(Method::POST, "/api/v1/training-jobs", Auth::Bearer(token), Some(json!({"name": name, "spec": spec}))).await
+    app.call(Method::POST, "/api/v1/training-jobs", Auth::Bearer(token), Some(json!({"name": name, "spec": spec})))
+        .await
 }
 
 async fn job(app: &TestApp, token: &str, name: &str) -> Value {
@@ -102,8 +103,13 @@ async fn job(app: &TestApp, token: &str, name: &str) -> Value {
 }
 
 async fn logs(app: &TestApp, token: &str, name: &str) -> String {
-    let r = app.call(Method::GET, &format!("/api/v1/training-jobs/{name}/logs?limit=5000"), Auth::Bearer(token), None).await;
-    r.json().as_array().map(|a| a.iter().filter_map(|l| l["line"].as_str()).collect::<Vec<_>>().join("\n")).unwrap_or_default()
+    let r = app
+        .call(Method::GET, &format!("/api/v1/training-jobs/{name}/logs?limit=5000"), Auth::Bearer(token), None)
+        .await;
+    r.json()
+        .as_array()
+        .map(|a| a.iter().filter_map(|l| l["line"].as_str()).collect::<Vec<_>>().join("\n"))
+        .unwrap_or_default()
 }
 
 async fn metrics(app: &TestApp, token: &str, name: &str) -> Value {
@@ -223,13 +229,15 @@ async fn script_job_runs_with_the_sagemaker_contract() {
     assert_eq!(done["job"]["state"], "Completed", "{done:#}\n{}", logs(&app, &token, "contract").await);
     assert_eq!(done["job"]["node"], "cpu-1");
 
-    let states: Vec<&str> = done["events"].as_array().expect("events").iter().filter_map(|e| e["state"].as_str()).collect();
+    let states: Vec<&str> =
+        done["events"].as_array().expect("events").iter().filter_map(|e| e["state"].as_str()).collect();
     assert_eq!(states, ["Pending", "Starting", "Downloading", "Training", "Uploading", "Completed"]);
     let log = logs(&app, &token, "contract").await;
     assert!(log.contains("rows=4 host=cpu-1"), "{log}");
     assert!(log.contains("warning: just testing stderr"), "{log}");
     let m = metrics(&app, &token, "contract").await;
-    let losses: Vec<f64> = m["loss"].as_array().expect("loss series").iter().filter_map(|p| p["value"].as_f64()).collect();
+    let losses: Vec<f64> =
+        m["loss"].as_array().expect("loss series").iter().filter_map(|p| p["value"].as_f64()).collect();
     assert_eq!(losses, [0.5, 0.25, 0.125]);
     assert_eq!(done["job"]["final_metrics"]["loss"], 0.125);
 
@@ -241,7 +249,8 @@ async fn script_job_runs_with_the_sagemaker_contract() {
     assert_eq!(done["inputs"]["train"][0]["name"], "data.csv");
 
     // Every transition was audited, by the node.
-    let audit = app.call(Method::GET, "/api/v1/audit-events?action=agent:ReportJobStatus", Auth::Bearer(&token), None).await;
+    let audit =
+        app.call(Method::GET, "/api/v1/audit-events?action=agent:ReportJobStatus", Auth::Bearer(&token), None).await;
     let summaries: Vec<String> = audit.json()["events"]
         .as_array()
         .map(|a| a.iter().filter_map(|e| e["summary"].as_str().map(str::to_string)).collect())
@@ -249,7 +258,9 @@ async fn script_job_runs_with_the_sagemaker_contract() {
     assert!(summaries.iter().any(|s| s.contains("Uploading -> Completed")), "{summaries:?}");
 
     // A failing script: Failed, with the reason from the end of its stderr.
-    let failing = upload(&app, &token, "fail.py", "import sys\nprint('about to fail')\nsys.exit('boom: column x is missing')\n").await;
+    let failing =
+        upload(&app, &token, "fail.py", "import sys\nprint('about to fail')\nsys.exit('boom: column x is missing')\n")
+            .await;
     let spec = json!({"algorithm": {"type": "script", "entry_point": "fail.py", "code": [failing]}, "resources": {"memory_mb": 128}});
     assert_eq!(submit(&app, &token, "failing", spec).await.status, StatusCode::CREATED);
     let failed = wait_job(&app, &token, "failing", 60, terminal).await;
@@ -294,12 +305,14 @@ async fn builtin_tabular_job_learns_and_saves_a_model() {
     let done = wait_job(&app, &token, "tabular", 120, terminal).await;
     assert_eq!(done["job"]["state"], "Completed", "{done:#}\n{}", logs(&app, &token, "tabular").await);
     let m = metrics(&app, &token, "tabular").await;
-    let losses: Vec<f64> = m["train_loss"].as_array().expect("train_loss").iter().filter_map(|p| p["value"].as_f64()).collect();
+    let losses: Vec<f64> =
+        m["train_loss"].as_array().expect("train_loss").iter().filter_map(|p| p["value"].as_f64()).collect();
     assert_eq!(losses.len(), 25);
     assert!(losses[24] < losses[0] * 0.5, "loss should fall: {losses:?}");
     let accuracy = done["job"]["final_metrics"]["validation_accuracy"].as_f64().expect("validation accuracy");
     assert!(accuracy > 0.85, "validation accuracy {accuracy}");
-    let model = done["artifacts"].as_array().and_then(|a| a.iter().find(|a| a["kind"] == "model").cloned()).expect("model");
+    let model =
+        done["artifacts"].as_array().and_then(|a| a.iter().find(|a| a["kind"] == "model").cloned()).expect("model");
     let files = untar(&download(&app, &token, model["id"].as_str().expect("id")).await);
     assert!(files.contains_key("model.safetensors"), "{:?}", files.keys());
     let spec: Value = serde_json::from_slice(&files["model.json"]).expect("model.json");
@@ -425,10 +438,14 @@ async fn a_lost_agents_job_is_requeued_and_resumes_from_its_checkpoint() {
     assert!(from >= 1, "resumed from step {from}, not from the checkpoint: {journal}");
     // It finished exactly once: the first attempt's process died with its agent.
     assert_eq!(lines.iter().filter(|l| **l == "done").count(), 1, "{journal}");
-    let states: Vec<&str> = done["events"].as_array().expect("events").iter().filter_map(|e| e["state"].as_str()).collect();
+    let states: Vec<&str> =
+        done["events"].as_array().expect("events").iter().filter_map(|e| e["state"].as_str()).collect();
     assert_eq!(states.iter().filter(|s| **s == "Completed").count(), 1, "{states:?}");
-    assert!(done["events"].as_array().expect("events").iter().any(|e| e["state"] == "Pending"
-        && e["message"].as_str().is_some_and(|m| m.starts_with("requeued"))));
+    assert!(done["events"]
+        .as_array()
+        .expect("events")
+        .iter()
+        .any(|e| e["state"] == "Pending" && e["message"].as_str().is_some_and(|m| m.starts_with("requeued"))));
     let _ = std::fs::remove_dir_all(work_a);
     let _ = std::fs::remove_dir_all(work_b);
 }
@@ -513,7 +530,10 @@ async fn bad_input_and_impossible_requests_are_refused_clearly() {
         ),
         (json!({"algorithm": {"type": "builtin", "name": "tabular"}}), "needs a \"train\" channel"),
         (json!({"algorithm": {"type": "script", "entry_point": "", "code": [script]}}), "entry point is missing"),
-        (json!({"algorithm": {"type": "script", "entry_point": "main.py", "code": [script]}}), "not among the code files"),
+        (
+            json!({"algorithm": {"type": "script", "entry_point": "main.py", "code": [script]}}),
+            "not among the code files",
+        ),
         (script_spec(json!({"channels": [{"name": "train", "artifacts": []}]})), "channel \"train\" is empty"),
         (script_spec(json!({"channels": [{"name": "train", "artifacts": ["nope"]}]})), "no artifact with id nope"),
         (script_spec(json!({"metric_definitions": [{"name": "loss", "regex": "loss=(["}]})), "metric loss: bad regex"),
@@ -527,7 +547,9 @@ async fn bad_input_and_impossible_requests_are_refused_clearly() {
         assert!(message.contains(expected), "{spec}: expected {expected:?} in {message:?}");
     }
     // Unknown fields and bad JSON in the spec are named.
-    let r = submit(&app, &token, "bad", json!({"algorithm": {"type": "builtin", "name": "tabular"}, "hyperparamters": {}})).await;
+    let r =
+        submit(&app, &token, "bad", json!({"algorithm": {"type": "builtin", "name": "tabular"}, "hyperparamters": {}}))
+            .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.text().contains("hyperparamters"), "{}", r.text());
     // Nothing was created by the refusals.
@@ -562,25 +584,39 @@ async fn bad_input_and_impossible_requests_are_refused_clearly() {
     let other = fake_node(&app, &token, "other", 4, 0).await;
     let job_id = leased["job_id"].as_str().expect("job id");
     let report = json!({"attempt": 1, "state": "Completed", "message": ""});
-    let r = app.call(Method::POST, &format!("/agent/v1/jobs/{job_id}/status"), Auth::Bearer(&other), Some(report.clone())).await;
+    let r = app
+        .call(Method::POST, &format!("/agent/v1/jobs/{job_id}/status"), Auth::Bearer(&other), Some(report.clone()))
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
     assert!(r.text().contains("not leased to node other"), "{}", r.text());
     assert_eq!(job(&app, &token, "first").await["job"]["state"], "Starting");
     // Nor may it read the job's inputs.
-    let r = app.call(Method::GET, &format!("/agent/v1/jobs/{job_id}/inputs/{script}?attempt=1"), Auth::Bearer(&other), None).await;
+    let r = app
+        .call(Method::GET, &format!("/agent/v1/jobs/{job_id}/inputs/{script}?attempt=1"), Auth::Bearer(&other), None)
+        .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
     // The holder may, but only the job's own inputs.
-    let r = app.call(Method::GET, &format!("/agent/v1/jobs/{job_id}/inputs/{data}?attempt=1"), Auth::Bearer(&node_token), None).await;
+    let r = app
+        .call(Method::GET, &format!("/agent/v1/jobs/{job_id}/inputs/{data}?attempt=1"), Auth::Bearer(&node_token), None)
+        .await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
     // A backwards transition is refused.
     let r = app
-        .call(Method::POST, &format!("/agent/v1/jobs/{job_id}/status"), Auth::Bearer(&node_token),
-            Some(json!({"attempt": 1, "state": "Training"})))
+        .call(
+            Method::POST,
+            &format!("/agent/v1/jobs/{job_id}/status"),
+            Auth::Bearer(&node_token),
+            Some(json!({"attempt": 1, "state": "Training"})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let r = app
-        .call(Method::POST, &format!("/agent/v1/jobs/{job_id}/status"), Auth::Bearer(&node_token),
-            Some(json!({"attempt": 1, "state": "Downloading"})))
+        .call(
+            Method::POST,
+            &format!("/agent/v1/jobs/{job_id}/status"),
+            Auth::Bearer(&node_token),
+            Some(json!({"attempt": 1, "state": "Downloading"})),
+        )
         .await;
     assert_eq!(r.status, StatusCode::CONFLICT);
 

@@ -23,13 +23,7 @@ const COLORS: [RGBColor; 6] = [
 ];
 
 /// A line chart. `y_range` fixes the y axis (else it fits the data).
-pub fn line_chart(
-    title: &str,
-    x_desc: &str,
-    y_desc: &str,
-    series: &[Series],
-    y_range: Option<(f64, f64)>,
-) -> String {
+pub fn line_chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series], y_range: Option<(f64, f64)>) -> String {
     let mut svg = String::new();
     if let Err(err) = draw(&mut svg, title, x_desc, y_desc, series, y_range) {
         return format!("<p class=\"muted\">chart unavailable: {err}</p>");
@@ -74,12 +68,7 @@ fn draw(
         .x_label_area_size(40)
         .y_label_area_size(60)
         .build_cartesian_2d(x0..x1, y0..y1)?;
-    chart
-        .configure_mesh()
-        .x_desc(x_desc)
-        .y_desc(y_desc)
-        .light_line_style(RGBColor(235, 235, 235))
-        .draw()?;
+    chart.configure_mesh().x_desc(x_desc).y_desc(y_desc).light_line_style(RGBColor(235, 235, 235)).draw()?;
     for (i, s) in series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         chart
@@ -103,10 +92,8 @@ fn draw(
 pub fn node_utilization(name: &str, gpus: &[Gpu], samples: &[Sample]) -> String {
     let latest = samples.last().map(|s| s.ts).unwrap_or(0);
     let x = |ts: i64| (ts - latest) as f64 / 60.0;
-    let mut series = vec![Series {
-        label: "CPU %".into(),
-        points: samples.iter().map(|s| (x(s.ts), s.cpu_pct)).collect(),
-    }];
+    let mut series =
+        vec![Series { label: "CPU %".into(), points: samples.iter().map(|s| (x(s.ts), s.cpu_pct)).collect() }];
     for gpu in gpus {
         let mut util = Vec::new();
         let mut memory = Vec::new();

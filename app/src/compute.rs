@@ -86,7 +86,10 @@ mod server {
 
     /// The shell command that starts an agent for this node.
     pub fn agent_command(server_url: &str, name: &str, token: &str) -> String {
-        format!("atelier-agent --server {server_url} --token {token} --work-dir /var/lib/atelier-agent --name {name}")
+        // The token goes in the environment: arguments show in `ps` and shell history.
+        format!(
+            "ATELIER_NODE_TOKEN={token} atelier-agent --server {server_url} --work-dir /var/lib/atelier-agent --name {name}"
+        )
     }
 
     pub async fn add(db: &Db, p: &Principal, name: &str, server_url: &str) -> CoreResult<AddedNode> {
@@ -163,10 +166,7 @@ pub fn NodesPage() -> impl IntoView {
             }
         });
     });
-    let nodes = Resource::new(
-        move || (add.version().get(), deregister.version().get(), tick.get()),
-        |_| list_nodes(),
-    );
+    let nodes = Resource::new(move || (add.version().get(), deregister.version().get(), tick.get()), |_| list_nodes());
     let me = expect_context::<crate::CurrentUser>();
     let can_add = move || crate::auth::can(me, crate::auth::Can::AddNode);
     view! {
@@ -196,7 +196,11 @@ fn NodeCard(node: NodeView, deregister: ServerAction<DeregisterNode>) -> impl In
     let gpus = if node.gpus.is_empty() {
         "none (CPU node)".to_string()
     } else {
-        node.gpus.iter().map(|g| format!("#{} {} ({})", g.index, g.model, gib(g.memory_mb as i64))).collect::<Vec<_>>().join(", ")
+        node.gpus
+            .iter()
+            .map(|g| format!("#{} {} ({})", g.index, g.model, gib(g.memory_mb as i64)))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let labels = node.labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
     let status_class = format!("badge status-{}", node.status.to_lowercase());

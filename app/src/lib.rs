@@ -26,11 +26,11 @@ use leptos_router::{path, SsrMode};
 
 use crate::audit::AuditPage;
 use crate::auth::{can, get_me, Can, LoginPage, PasswordPage, SignOutButton};
-use crate::iam::{GroupPage, GroupsPage, PoliciesPage, PolicyPage, SimulatorPage};
 use crate::compute::NodesPage;
+use crate::iam::{GroupPage, GroupsPage, PoliciesPage, PolicyPage, SimulatorPage};
 use crate::models::ModelsPage;
-use crate::training::{CompareTrainingJobsPage, NewTrainingJobPage, TrainingJobPage, TrainingJobsPage};
 use crate::tokens::TokensPage;
+use crate::training::{CompareTrainingJobsPage, NewTrainingJobPage, TrainingJobPage, TrainingJobsPage};
 use crate::users::{UserPage, UsersPage};
 
 /// Name of the JS/WASM/CSS bundle under `/pkg/`.

@@ -199,8 +199,10 @@ pub mod server {
                     continue;
                 }
                 let label = if names.len() > 1 { format!("{name}: {metric}") } else { metric.clone() };
-                let series =
-                    Series { label, points: points.iter().enumerate().map(|(i, p)| ((i + 1) as f64, p.value)).collect() };
+                let series = Series {
+                    label,
+                    points: points.iter().enumerate().map(|(i, p)| ((i + 1) as f64, p.value)).collect(),
+                };
                 if metric.contains("loss") || metric.contains("rmse") {
                     losses.push(series);
                 } else {
@@ -306,15 +308,28 @@ pub async fn create_training_job(data: MultipartData) -> Result<String, AppError
                 }
                 Some(_) => {} // an empty file input
                 None => {
-                    let text = field
-                        .text()
+                    // Text fields are small; the upload limit is for files only.
+                    let mut field = field;
+                    let mut bytes = Vec::new();
+                    while let Some(chunk) = field
+                        .chunk()
                         .await
-                        .map_err(|e| AppError::new(ErrorKind::Invalid, format!("field {name}: {e}")))?;
-                    fields.insert(name, text);
+                        .map_err(|e| AppError::new(ErrorKind::Invalid, format!("field {name}: {e}")))?
+                    {
+                        bytes.extend_from_slice(&chunk);
+                        if bytes.len() > 64 * 1024 {
+                            return Err(AppError::new(
+                                ErrorKind::Invalid,
+                                format!("field {name} is longer than 64 KiB"),
+                            ));
+                        }
+                    }
+                    fields.insert(name, String::from_utf8_lossy(&bytes).into_owned());
                 }
             }
         }
-        let (name, spec) = spec_from_form(&fields, &files).map_err(|(field, m)| AppError { field: Some(field.into()), ..AppError::new(ErrorKind::Invalid, m) })?;
+        let (name, spec) = spec_from_form(&fields, &files)
+            .map_err(|(field, m)| AppError { field: Some(field.into()), ..AppError::new(ErrorKind::Invalid, m) })?;
         let job = atelier_core::compute::jobs::submit(&db, &p, &name, spec).await?;
         if let Some(work) = use_context::<WorkSignal>() {
             (work.0)();
@@ -583,7 +598,7 @@ fn TrainingJobForm(source: Option<TrainingJobView>) -> impl IntoView {
                     let selected = algorithm.get_untracked() == value;
                     view! { <option value=value selected=selected>{format!("Built-in: {}", a.title)}</option> }
                 }).collect_view()}
-                <option value="script" selected=move || is_script()>"Script mode (your own Python script)"</option>
+                <option value="script" selected=is_script>"Script mode (your own Python script)"</option>
             </select>
             <Show when=is_script>
                 <label for="job-code">"Code files (the entry point and what it imports)"</label>
@@ -694,7 +709,12 @@ fn JobSummary(detail: TrainingJobDetail, stop: ServerAction<StopTrainingJob>, me
     let can_stop = active && !j.stop_requested && crate::auth::can(me, crate::auth::Can::CreateTrainingJob);
     let clone_href = format!("/training/new?clone={}", j.name);
     let name = j.name.clone();
-    let hps = j.spec.hyperparameters.iter().map(|(k, v)| view! { <tr><td><code>{k.clone()}</code></td><td>{v.clone()}</td></tr> }).collect_view();
+    let hps = j
+        .spec
+        .hyperparameters
+        .iter()
+        .map(|(k, v)| view! { <tr><td><code>{k.clone()}</code></td><td>{v.clone()}</td></tr> })
+        .collect_view();
     let r = &j.spec.resources;
     let resources = format!(
         "{} CPUs, {} MB memory, {} GPUs{}",

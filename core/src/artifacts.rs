@@ -61,7 +61,10 @@ pub fn validate_file_name(field: &'static str, name: &str) -> CoreResult<String>
         return Err(CoreError::invalid(field, "file name must be 1-255 bytes"));
     }
     if name == "." || name == ".." || name.contains(['/', '\\', '\0']) || name.chars().any(char::is_control) {
-        return Err(CoreError::invalid(field, format!("\"{name}\" is not a plain file name (no slashes, not . or ..)")));
+        return Err(CoreError::invalid(
+            field,
+            format!("\"{name}\" is not a plain file name (no slashes, not . or ..)"),
+        ));
     }
     Ok(name.to_string())
 }

@@ -59,8 +59,12 @@ pub async fn check(db: &Db, keys: &Keys) -> CoreResult<()> {
                 .fetch_optional(&db.pool)
                 .await?;
         if let Some((failures, last)) = row {
-            if now - last < FORGET_AFTER_SECS {
-                wait = wait.max(last + delay_after(key, failures) - now);
+            let delay = delay_after(key, failures);
+            if now - last < FORGET_AFTER_SECS && delay > 0 {
+                // Times are whole seconds: the failure happened somewhere in
+                // [last, last + 1), so count from the end of that second. Otherwise a
+                // failure late in a second would be followed by almost no delay.
+                wait = wait.max(last + 1 + delay - now);
             }
         }
     }

@@ -30,7 +30,7 @@ test('the local agent is a Ready compute node', async ({ page }) => {
   await page.getByLabel('Node name').fill('gpu-box-1');
   await page.getByRole('button', { name: 'Create node token' }).click();
   await expect(page.getByTestId('agent-command')).toContainText('atelier-agent --server');
-  await expect(page.getByTestId('agent-command')).toContainText('--token atn_');
+  await expect(page.getByTestId('agent-command')).toContainText('ATELIER_NODE_TOKEN=atn_');
   await expect(page.locator('section[data-node="gpu-box-1"]').getByTestId('node-status')).toHaveText('Pending');
 });
 

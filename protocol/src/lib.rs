@@ -52,6 +52,10 @@ pub struct RegisterResponse {
     pub heartbeat_secs: u64,
     /// Long-poll for work with this wait.
     pub poll_wait_secs: u64,
+    /// A lease lapses this long after the heartbeat that last renewed it: an agent
+    /// that could not reach the server for that long stops its jobs (they have been
+    /// requeued elsewhere).
+    pub lease_secs: u64,
 }
 
 /// Per-GPU utilization.

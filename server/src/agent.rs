@@ -80,6 +80,7 @@ async fn register(
         node_name: node.name,
         heartbeat_secs: settings.heartbeat_secs,
         poll_wait_secs: settings.poll_wait_secs,
+        lease_secs: settings.lease_secs,
     }))
 }
 
@@ -108,19 +109,32 @@ async fn work(
     loop {
         // Register interest before looking, so a wake-up between the look and the
         // wait is not lost.
-        let notified = state.work.notified();
-        if let Some(assignment) = jobs::lease(&state.db, &node, &settings).await? {
-            return Ok(Json::<Assignment>(assignment).into_response());
-        }
+        let (work, freed) = (state.work.notified(), state.freed.notified());
+        let full = match jobs::lease(&state.db, &node, &settings).await? {
+            jobs::Lease::Assigned(assignment) => return Ok(Json::<Assignment>(*assignment).into_response()),
+            jobs::Lease::Full => true,
+            jobs::Lease::NothingFits => false,
+        };
         let now = tokio::time::Instant::now();
         if now >= deadline {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
-        // Another replica may have changed the queue without waking us: look again
-        // at least every second.
-        let _ = tokio::time::timeout((deadline - now).min(Duration::from_secs(1)), notified).await;
+        // New work cannot help a full node; a job ending can help anyone. Another
+        // replica's changes wake no one here, hence the periodic look.
+        let wake = async {
+            if full {
+                freed.await
+            } else {
+                tokio::select! { _ = work => {}, _ = freed => {} }
+            }
+        };
+        let _ = tokio::time::timeout((deadline - now).min(RECHECK), wake).await;
     }
 }
+
+/// How often a waiting work poll looks at the queue without being woken (changes made
+/// through another server replica wake no one here).
+const RECHECK: Duration = Duration::from_secs(5);
 
 async fn status(
     State(state): State<AppState>,
@@ -130,7 +144,7 @@ async fn status(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     jobs::report_status(&state.db, &node, &job_id, &body).await?;
     if body.state.is_terminal() {
-        state.work.notify_waiters();
+        state.freed.notify_waiters();
     }
     Ok(Json(serde_json::json!({"ok": true})))
 }
@@ -169,7 +183,10 @@ async fn input(
     let artifact = artifacts::get(&state.db, &artifact_id).await?;
     let stream = state.artifacts.get(&artifact.id).await?;
     Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream".to_string()), (header::CONTENT_LENGTH, artifact.size.to_string())],
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, artifact.size.to_string()),
+        ],
         Body::from_stream(stream),
     )
         .into_response())
@@ -201,9 +218,17 @@ async fn checkpoint(
 ) -> Result<Json<serde_json::Value>, ApiError> {
     let (job, artifact) =
         store_upload(&state, &node, &job_id, q.attempt, "checkpoints.tar.gz", kind::CHECKPOINT, body).await?;
-    if let Some(old) = jobs::set_checkpoint(&state.db, &job, &artifact).await? {
-        if let Err(err) = state.artifacts.delete(&state.db, &old).await {
-            tracing::warn!(error = %err, "superseded checkpoint could not be deleted");
+    match jobs::set_checkpoint(&state.db, &node, &job, &artifact).await {
+        Ok(Some(old)) => {
+            if let Err(err) = state.artifacts.delete(&state.db, &old).await {
+                tracing::warn!(error = %err, "superseded checkpoint could not be deleted");
+            }
+        }
+        Ok(None) => {}
+        Err(err) => {
+            // The lease passed on during the upload: this checkpoint belongs to no one.
+            let _ = state.artifacts.delete(&state.db, &artifact.id).await;
+            return Err(err.into());
         }
     }
     Ok(Json(serde_json::json!({"artifact_id": artifact.id})))

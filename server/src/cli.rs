@@ -110,6 +110,11 @@ fn init_logging(format: &str) {
 
 /// Starts the server and runs until Ctrl-C or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    // A lease must outlive a couple of missed heartbeats, or healthy jobs get requeued.
+    anyhow::ensure!(
+        config.lease_secs >= 2 * config.heartbeat_secs && config.node_lost_after_secs >= 2 * config.heartbeat_secs,
+        "ATELIER_LEASE_SECS and ATELIER_NODE_LOST_AFTER_SECS must be at least twice ATELIER_HEARTBEAT_SECS"
+    );
     let state = AppState::new(config).await.context("starting up")?;
     let config = state.config.clone();
     if let AdminBootstrap::Created { password } =

@@ -3,7 +3,8 @@
 //!
 //! Authentication happens here, once, for every request. Authorization of a specific
 //! action happens in the handler or server function through `atelier_core::authz`.
-//! The only routes reachable without a principal are listed in [`is_public`].
+//! The only routes reachable without a principal are listed in [`is_public`]. Agent
+//! routes (`/agent/v1/`) are reachable only with a node token.
 
 use std::net::SocketAddr;
 
@@ -285,7 +286,8 @@ fn client_ip(state: &AppState, request: &Request) -> Option<String> {
 /// Whether a request carries a large upload: these get the upload size limit and no
 /// request timeout (they take as long as the bytes take).
 fn is_upload(method: &Method, path: &str) -> bool {
-    (*method == Method::POST && (path == "/api/v1/artifacts" || path == <app::training::CreateTrainingJob as ServerFn>::PATH))
+    (*method == Method::POST
+        && (path == "/api/v1/artifacts" || path == <app::training::CreateTrainingJob as ServerFn>::PATH))
         || (*method == Method::PUT && path.starts_with(crate::agent::PREFIX))
 }
 
@@ -297,11 +299,8 @@ pub async fn limits(State(state): State<AppState>, request: Request, next: Next)
     let upload = is_upload(request.method(), path);
     let long_poll = path == "/agent/v1/work";
     let limit = if upload { state.config.max_upload_bytes } else { state.config.max_body_bytes as u64 };
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared =
+        request.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > limit) {
         return ApiError(CoreError::TooLarge(format!("the request body is larger than the limit of {limit} bytes")))
             .into_response();

@@ -26,6 +26,8 @@ pub struct AppState {
     /// Woken when work may be placeable (a job submitted, requeued or finished), so
     /// waiting agent polls look at the queue at once instead of at their next tick.
     pub work: Arc<tokio::sync::Notify>,
+    /// Woken when a job ends, freeing capacity: full nodes wait for this only.
+    pub freed: Arc<tokio::sync::Notify>,
 }
 
 impl AppState {
@@ -44,6 +46,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             policy_cache: PolicyCache::default(),
             work: Arc::new(tokio::sync::Notify::new()),
+            freed: Arc::new(tokio::sync::Notify::new()),
         })
     }
 }

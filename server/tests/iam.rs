@@ -193,7 +193,8 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         .expect("request");
     let response = app.send(request).await;
     assert!(deny_events(&app, "mallory").await > before, "create_training_job: {}", response.text());
-    let (stored,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM artifacts").fetch_one(&app.state.db.pool).await.expect("count");
+    let (stored,): (i64,) =
+        sqlx::query_as("SELECT COUNT(*) FROM artifacts").fetch_one(&app.state.db.pool).await.expect("count");
     assert_eq!(stored, 1, "a refused upload was stored");
 
     // Pages: every route of the app sends anonymous visitors to sign in.

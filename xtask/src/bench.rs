@@ -1,6 +1,7 @@
 //! `cargo xtask bench`: requests/s and latency of the signed-in home page (SSR) and of
-//! `/healthz` under 32 concurrent connections (wrk), the bundle size, and the
-//! authorization bench (`server/benches/authz.rs`). Figures are printed for the issue
+//! `/healthz` under 32 concurrent connections (wrk), the bundle size, the
+//! authorization bench (`server/benches/authz.rs`), the scheduler and dispatch
+//! benches and the built-in training throughput against PyTorch (`TORCH_PYTHON`). Figures are printed for the issue
 //! note; nothing here asserts a speed.
 
 use std::io::Write;
@@ -32,7 +33,15 @@ pub fn run() -> Result<()> {
     println!("WASM bundle: {:.1} KiB raw, {:.1} KiB gzip", raw as f64 / 1024.0, gzip as f64 / 1024.0);
     drop(server);
     println!();
-    crate::util::exec(crate::util::cargo().args(["bench", "-p", "atelier-server", "--bench", "authz"]))
+    for (package, bench) in [
+        ("atelier-server", "authz"),
+        ("atelier-server", "scheduler"),
+        ("atelier-agent", "dispatch"),
+        ("atelier-agent", "tabular"),
+    ] {
+        crate::util::exec(crate::util::cargo().args(["bench", "-p", package, "--bench", bench]))?;
+    }
+    Ok(())
 }
 
 /// Signs in through the login form's server function and returns the session cookie.

@@ -32,6 +32,8 @@ pub fn test_all() -> Result<()> {
         "-p",
         "atelier-agent",
         "-p",
+        "atelier-protocol",
+        "-p",
         "xtask",
         "--all-targets",
         "--",
@@ -52,8 +54,11 @@ pub fn test_all() -> Result<()> {
     ]))?;
     exec(cargo().args(["test", "--workspace", "--exclude", "frontend"]).env_remove("ATELIER_TEST_POSTGRES_URL"))?;
     let postgres = std::env::var("ATELIER_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_TEST_POSTGRES.into());
-    let result =
-        exec(cargo().args(["test", "-p", "atelier-server", "--tests"]).env("ATELIER_TEST_POSTGRES_URL", &postgres));
+    let result = exec(
+        cargo()
+            .args(["test", "-p", "atelier-server", "-p", "atelier-agent", "--tests"])
+            .env("ATELIER_TEST_POSTGRES_URL", &postgres),
+    );
     drop_test_databases(&postgres);
     result?;
     browser_tests(Profile::Release)

@@ -270,7 +270,8 @@ fn encode(spec: &ModelSpec, table: &Table) -> anyhow::Result<Encoded> {
     let (mut y_class, mut y_value) = (Vec::new(), Vec::new());
     let label_index = table.header.iter().position(|h| *h == spec.label).context("label column missing")?;
     for (i, row) in table.rows.iter().enumerate() {
-        let map: HashMap<&str, &str> = table.header.iter().map(String::as_str).zip(row.iter().map(String::as_str)).collect();
+        let map: HashMap<&str, &str> =
+            table.header.iter().map(String::as_str).zip(row.iter().map(String::as_str)).collect();
         let label = row[label_index].trim();
         match spec.task {
             Task::Classification => {
@@ -280,7 +281,8 @@ fn encode(spec: &ModelSpec, table: &Table) -> anyhow::Result<Encoded> {
                 y_class.push(class as u32);
             }
             Task::Regression => {
-                let v: f64 = label.parse().with_context(|| format!("row {}: label {label:?} is not a number", i + 1))?;
+                let v: f64 =
+                    label.parse().with_context(|| format!("row {}: label {label:?} is not a number", i + 1))?;
                 y_value.push(((v - spec.label_mean) / spec.label_std) as f32);
             }
         }
@@ -429,8 +431,14 @@ pub fn train(env: &JobEnv) -> anyhow::Result<()> {
         }
         println!("{line}");
         std::io::stdout().flush()?;
-        varmap.save(&weights_file).context("writing the checkpoint")?;
-        std::fs::write(&state_file, serde_json::to_vec(&CheckpointState { epoch: epoch + 1 })?)?;
+        // Written aside and renamed, weights first: a sync never packs a half-written
+        // file, and state.json never names an epoch whose weights are missing.
+        let partial = env.checkpoint_dir.join(".model.safetensors.partial");
+        varmap.save(&partial).context("writing the checkpoint")?;
+        std::fs::rename(&partial, &weights_file)?;
+        let partial = env.checkpoint_dir.join(".state.json.partial");
+        std::fs::write(&partial, serde_json::to_vec(&CheckpointState { epoch: epoch + 1 })?)?;
+        std::fs::rename(&partial, &state_file)?;
     }
     let seconds = started.elapsed().as_secs_f64();
     if samples > 0 && seconds > 0.0 {

@@ -7,12 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use atelier_protocol::{
-    Algorithm, Assignment, HeartbeatRequest, HeartbeatResponse, InputFile, JobSpec, JobState, LogBatch,
-    StatusReport, StopOrder, METRIC_LINE_PREFIX,
+    Algorithm, Assignment, HeartbeatRequest, HeartbeatResponse, InputFile, JobSpec, JobState, LogBatch, StatusReport,
+    StopOrder, METRIC_LINE_PREFIX,
 };
 use serde::Serialize;
 
-use super::nodes::{self, NodeCaller};
+use super::nodes::{self, NodeCaller, NODE_COLUMNS};
 use super::scheduler::{self, Capacity, Queued};
 use super::{now_ms, Settings};
 use crate::artifacts::{self, Artifact};
@@ -87,7 +87,14 @@ async fn find_by_id(db: &Db, id: &str) -> CoreResult<Job> {
     job.ok_or(CoreError::NotFound("training job"))
 }
 
-async fn add_event(db: &Db, job: &str, attempt: i64, state: JobState, message: &str, node: Option<&str>) -> CoreResult<()> {
+async fn add_event(
+    db: &Db,
+    job: &str,
+    attempt: i64,
+    state: JobState,
+    message: &str,
+    node: Option<&str>,
+) -> CoreResult<()> {
     sqlx::query(
         "INSERT INTO training_job_events (job_id, ts_ms, attempt, state, message, node_id) VALUES ($1, $2, $3, $4, $5, $6)",
     )
@@ -147,9 +154,9 @@ async fn usable_artifact(db: &Db, p: &Principal, id: &str, what: &str) -> CoreRe
     if artifact.kind != artifacts::kind::UPLOAD && artifact.kind != artifacts::kind::MODEL {
         return Err(CoreError::invalid("spec", format!("{what}: artifact {id} is a {}, not a file", artifact.kind)));
     }
-    read_artifact_check(db, p, &artifact).await.map_err(|_| {
-        CoreError::invalid("spec", format!("{what}: you may not read artifact {id}"))
-    })?;
+    read_artifact_check(db, p, &artifact)
+        .await
+        .map_err(|_| CoreError::invalid("spec", format!("{what}: you may not read artifact {id}")))?;
     Ok(artifact)
 }
 
@@ -281,8 +288,8 @@ pub async fn submit(db: &Db, p: &Principal, name: &str, spec: JobSpec) -> CoreRe
     }
     let id = uuid::Uuid::now_v7().to_string();
     sqlx::query(
-        "INSERT INTO training_jobs (id, name, spec, state, message, priority, cpus, memory_mb, gpus, created_by, created_at) \
-         VALUES ($1, $2, $3, $4, '', $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO training_jobs (id, name, spec, state, message, priority, cpus, memory_mb, gpus, labels, created_by, created_at) \
+         VALUES ($1, $2, $3, $4, '', $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(&id)
     .bind(&name)
@@ -292,6 +299,7 @@ pub async fn submit(db: &Db, p: &Principal, name: &str, spec: JobSpec) -> CoreRe
     .bind(i64::from(spec.resources.cpus))
     .bind(spec.resources.memory_mb as i64)
     .bind(i64::from(spec.resources.gpus))
+    .bind(serde_json::to_string(&spec.resources.labels).map_err(CoreError::internal)?)
     .bind(&p.user.username)
     .bind(now_ms())
     .execute(&db.pool)
@@ -318,13 +326,24 @@ pub async fn list(db: &Db, p: &Principal, filter: &ListFilter) -> CoreResult<Vec
     authorize(p, Action::ListTrainingJobs, &Resource::new("atelier:training:job/*"))?;
     let jobs: Vec<Job> = sqlx::query_as(&format!(
         "SELECT {JOB_COLUMNS} FROM training_jobs \
-         WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR created_by = $2) ORDER BY created_at DESC LIMIT 500"
+         WHERE ($1 IS NULL OR state = $1) AND ($2 IS NULL OR created_by = $2) AND ($3 IS NULL OR LOWER(name) LIKE $3) \
+         ORDER BY created_at DESC LIMIT 500"
     ))
     .bind(filter.state.map(JobState::as_str))
     .bind(filter.created_by.as_deref())
+    .bind(
+        filter
+            .name_contains
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            // `_` is a LIKE wildcard (and allowed in names): the SQL may let a few extra
+            // names through, which the exact check below removes.
+            .map(|n| format!("%{}%", n.to_lowercase().replace('%', ""))),
+    )
     .fetch_all(&db.pool)
     .await?;
-    let needle = filter.name_contains.as_deref().map(str::to_lowercase).filter(|n| !n.is_empty());
+    let needle = filter.name_contains.as_deref().map(|n| n.trim().to_lowercase()).filter(|n| !n.is_empty());
     Ok(jobs
         .into_iter()
         .filter(|j| needle.as_ref().is_none_or(|n| j.name.to_lowercase().contains(n)))
@@ -430,12 +449,11 @@ pub struct Point {
 
 /// Every metric series of the job, by name.
 pub async fn metrics(db: &Db, job: &Job) -> CoreResult<BTreeMap<String, Vec<Point>>> {
-    let rows: Vec<(String, i64, f64)> = sqlx::query_as(
-        "SELECT name, ts_ms, value FROM training_job_metrics WHERE job_id = $1 ORDER BY name, seq",
-    )
-    .bind(&job.id)
-    .fetch_all(&db.pool)
-    .await?;
+    let rows: Vec<(String, i64, f64)> =
+        sqlx::query_as("SELECT name, ts_ms, value FROM training_job_metrics WHERE job_id = $1 ORDER BY name, seq")
+            .bind(&job.id)
+            .fetch_all(&db.pool)
+            .await?;
     let mut out: BTreeMap<String, Vec<Point>> = BTreeMap::new();
     for (name, ts_ms, value) in rows {
         out.entry(name).or_default().push(Point { ts_ms, value });
@@ -480,57 +498,72 @@ pub async fn stop(db: &Db, p: &Principal, name: &str) -> CoreResult<Job> {
     find_by_id(db, &job.id).await
 }
 
-/// Every node that can take work (`include_busy_and_lost`: also Lost ones, for the
-/// "could this ever run" check), with what its running jobs use.
+/// A node's capacity, less what the given running jobs use.
+fn capacity_of(n: &nodes::Node, used: &[(String, i64, i64, String)]) -> Capacity {
+    let mut cap = Capacity {
+        name: n.name.clone(),
+        cpus: n.cpus.max(0) as u32,
+        memory_mb: n.memory_mb.max(0) as u64,
+        gpus: n.gpu_list().iter().map(|g| g.index).collect(),
+        labels: n.label_map(),
+        used_cpus: 0,
+        used_memory_mb: 0,
+        used_gpus: BTreeSet::new(),
+    };
+    for (_, cpus, memory, gpus) in used.iter().filter(|(node, ..)| *node == n.id) {
+        let gpus: Vec<u32> = serde_json::from_str(gpus).unwrap_or_default();
+        let r = atelier_protocol::Resources {
+            cpus: *cpus as u32,
+            memory_mb: *memory as u64,
+            gpus: gpus.len() as u32,
+            labels: BTreeMap::new(),
+        };
+        cap.take(&r, &gpus);
+    }
+    cap
+}
+
+/// Every node that can take work (`include_lost`: also Lost ones, for the "could this
+/// ever run" check), with what its running jobs use.
 pub async fn capacities(db: &Db, include_lost: bool) -> CoreResult<Vec<(String, Capacity)>> {
-    let all: Vec<nodes::Node> = sqlx::query_as(
-        "SELECT id, name, token_prefix, status, hostname, os, cpus, memory_mb, disk_free_mb, gpus, labels, \
-         agent_version, usage, created_by, created_at, registered_at, last_heartbeat_at FROM nodes \
-         WHERE status = 'Ready' OR ($1 AND status = 'Lost')",
-    )
-    .bind(include_lost)
-    .fetch_all(&db.pool)
-    .await?;
+    let all: Vec<nodes::Node> =
+        sqlx::query_as(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE status = 'Ready' OR ($1 AND status = 'Lost')"))
+            .bind(include_lost)
+            .fetch_all(&db.pool)
+            .await?;
     let used: Vec<(String, i64, i64, String)> = sqlx::query_as(&format!(
         "SELECT node_id, cpus, memory_mb, gpu_indices FROM training_jobs WHERE state IN {ACTIVE} AND node_id IS NOT NULL"
     ))
     .fetch_all(&db.pool)
     .await?;
-    Ok(all
-        .into_iter()
-        .map(|n| {
-            let mut cap = Capacity {
-                name: n.name.clone(),
-                cpus: n.cpus.max(0) as u32,
-                memory_mb: n.memory_mb.max(0) as u64,
-                gpus: n.gpu_list().iter().map(|g| g.index).collect(),
-                labels: n.label_map(),
-                used_cpus: 0,
-                used_memory_mb: 0,
-                used_gpus: BTreeSet::new(),
-            };
-            for (_, cpus, memory, gpus) in used.iter().filter(|(node, ..)| *node == n.id) {
-                let gpus: Vec<u32> = serde_json::from_str(gpus).unwrap_or_default();
-                let r = atelier_protocol::Resources {
-                    cpus: *cpus as u32,
-                    memory_mb: *memory as u64,
-                    gpus: gpus.len() as u32,
-                    labels: BTreeMap::new(),
-                };
-                cap.take(&r, &gpus);
-            }
-            (n.id, cap)
-        })
-        .collect())
+    Ok(all.into_iter().map(|n| (n.id.clone(), capacity_of(&n, &used))).collect())
+}
+
+/// One Ready node's capacity.
+async fn node_capacity(db: &Db, node_id: &str) -> CoreResult<Option<Capacity>> {
+    let node: Option<nodes::Node> =
+        sqlx::query_as(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1 AND status = 'Ready'"))
+            .bind(node_id)
+            .fetch_optional(&db.pool)
+            .await?;
+    let Some(node) = node else { return Ok(None) };
+    let used: Vec<(String, i64, i64, String)> = sqlx::query_as(&format!(
+        "SELECT node_id, cpus, memory_mb, gpu_indices FROM training_jobs WHERE node_id = $1 AND state IN {ACTIVE}"
+    ))
+    .bind(node_id)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(Some(capacity_of(&node, &used)))
 }
 
 /// Names of the jobs a node is running.
 pub async fn running_on(db: &Db, node_id: &str) -> CoreResult<Vec<String>> {
-    let rows: Vec<(String,)> =
-        sqlx::query_as(&format!("SELECT name FROM training_jobs WHERE node_id = $1 AND state IN {ACTIVE} ORDER BY name"))
-            .bind(node_id)
-            .fetch_all(&db.pool)
-            .await?;
+    let rows: Vec<(String,)> = sqlx::query_as(&format!(
+        "SELECT name FROM training_jobs WHERE node_id = $1 AND state IN {ACTIVE} ORDER BY name"
+    ))
+    .bind(node_id)
+    .fetch_all(&db.pool)
+    .await?;
     Ok(rows.into_iter().map(|(n,)| n).collect())
 }
 
@@ -540,24 +573,54 @@ pub async fn node_names(db: &Db) -> CoreResult<std::collections::HashMap<String,
     Ok(rows.into_iter().collect())
 }
 
-/// Leases the next job that fits on the node, if any.
-pub async fn lease(db: &Db, node: &NodeCaller, settings: &Settings) -> CoreResult<Option<Assignment>> {
-    let Some((_, capacity)) = capacities(db, false).await?.into_iter().find(|(id, _)| *id == node.id) else {
-        return Ok(None);
+/// Leases the next job that fits on the node.
+pub async fn lease(db: &Db, node: &NodeCaller, settings: &Settings) -> CoreResult<Lease> {
+    // A full node (the steady state of a busy cluster) costs one aggregate query.
+    let totals: Option<(i64, i64, i64, i64)> = sqlx::query_as(&format!(
+        "SELECT n.cpus, n.memory_mb, CAST(COALESCE(SUM(j.cpus), 0) AS BIGINT), \
+         CAST(COALESCE(SUM(j.memory_mb), 0) AS BIGINT) FROM nodes n \
+         LEFT JOIN training_jobs j ON j.node_id = n.id AND j.state IN {ACTIVE} \
+         WHERE n.id = $1 AND n.status = 'Ready' GROUP BY n.cpus, n.memory_mb"
+    ))
+    .bind(&node.id)
+    .fetch_optional(&db.pool)
+    .await?;
+    match totals {
+        None => return Ok(Lease::Full),
+        Some((cpus, memory, used_cpus, used_memory)) if used_cpus >= cpus || used_memory >= memory => {
+            return Ok(Lease::Full)
+        }
+        Some(_) => {}
+    }
+    let Some(capacity) = node_capacity(db, &node.id).await? else {
+        return Ok(Lease::Full);
     };
-    // The head of the queue is enough: a job further back than this waits for the
-    // jobs ahead of it to be placed anyway.
-    let pending: Vec<(String, i64, i64, String)> = sqlx::query_as(
-        "SELECT id, priority, created_at, spec FROM training_jobs WHERE state = 'Pending' \
-         ORDER BY priority DESC, created_at, id LIMIT 256",
+    let free_gpus = capacity.free_gpus().len() as i64;
+    // Only jobs small enough for what is free, in queue order; the head is enough,
+    // since labels are the only thing left to filter on.
+    type Row = (String, i64, i64, i64, i64, i64, String);
+    let pending: Vec<Row> = sqlx::query_as(
+        "SELECT id, priority, created_at, cpus, memory_mb, gpus, labels FROM training_jobs \
+         WHERE state = 'Pending' AND cpus <= $1 AND memory_mb <= $2 AND gpus <= $3 \
+         ORDER BY priority DESC, created_at, id LIMIT 64",
     )
+    .bind(i64::from(capacity.free_cpus()))
+    .bind(capacity.free_memory_mb() as i64)
+    .bind(free_gpus)
     .fetch_all(&db.pool)
     .await?;
     let mut queue: Vec<Queued> = pending
         .into_iter()
-        .filter_map(|(id, priority, created_at, spec)| {
-            let spec: JobSpec = serde_json::from_str(&spec).ok()?;
-            Some(Queued { id, priority, created_at, resources: spec.resources })
+        .map(|(id, priority, created_at, cpus, memory_mb, gpus, labels)| Queued {
+            id,
+            priority,
+            created_at,
+            resources: atelier_protocol::Resources {
+                cpus: cpus.max(0) as u32,
+                memory_mb: memory_mb.max(0) as u64,
+                gpus: gpus.max(0) as u32,
+                labels: serde_json::from_str(&labels).unwrap_or_default(),
+            },
         })
         .collect();
     scheduler::queue_order(&mut queue);
@@ -578,12 +641,23 @@ pub async fn lease(db: &Db, node: &NodeCaller, settings: &Settings) -> CoreResul
             let gpu_note = if gpus.is_empty() { String::new() } else { format!(", GPUs {gpus:?}") };
             let message = format!("placed on {}{gpu_note}", node.name);
             add_event(db, &job.id, job.attempt, JobState::Starting, &message, Some(&node.id)).await?;
-            return Ok(Some(assignment(db, &job, gpus).await?));
+            return Ok(Lease::Assigned(Box::new(assignment(db, &job, gpus).await?)));
         }
         // Another agent took it between the read and the update.
         queue.retain(|j| j.id != job_id);
     }
-    Ok(None)
+    Ok(Lease::NothingFits)
+}
+
+/// The answer to a node asking for work.
+#[derive(Debug)]
+pub enum Lease {
+    Assigned(Box<Assignment>),
+    /// No CPU or memory left (or the node is not Ready): only a job ending on it
+    /// changes that.
+    Full,
+    /// Room, but no queued job fits it.
+    NothingFits,
 }
 
 async fn assignment(db: &Db, job: &Job, gpus: Vec<u32>) -> CoreResult<Assignment> {
@@ -649,7 +723,11 @@ pub async fn report_status(db: &Db, node: &NodeCaller, job_id: &str, report: &St
         return Ok(());
     }
     if !may_follow(from, report.state) {
-        return Err(CoreError::Conflict(format!("a job cannot go from {} to {}", from.as_str(), report.state.as_str())));
+        return Err(CoreError::Conflict(format!(
+            "a job cannot go from {} to {}",
+            from.as_str(),
+            report.state.as_str()
+        )));
     }
     let message: String = report.message.chars().take(4000).collect();
     let message = match (report.state, job.stop_reason.as_deref()) {
@@ -767,6 +845,8 @@ pub fn extract_metrics(definitions: &[(String, regex::Regex)], line: &str) -> Ve
             if let Some((name, value)) = pair.split_once('=') {
                 if validate_key("metric", "metric", name).is_ok() {
                     if let Ok(v) = value.parse::<f64>() {
+                        // One value per metric and line (the last one given).
+                        out.retain(|(n, _)| n != name);
                         if v.is_finite() {
                             out.push((name.to_string(), v));
                         }
@@ -801,25 +881,24 @@ pub async fn heartbeat(
 ) -> CoreResult<HeartbeatResponse> {
     nodes::record_usage(db, node, &request.usage).await?;
     let t = now();
-    let mut stop = Vec::new();
-    for held in &request.running {
-        let job = match check_lease(db, node, &held.job_id, held.attempt).await {
-            Ok(job) => job,
-            Err(_) => {
-                stop.push(StopOrder {
-                    job_id: held.job_id.clone(),
-                    reason: "the job is no longer leased to this node".into(),
-                    grace_secs: 0,
-                });
-                continue;
-            }
-        };
-        sqlx::query("UPDATE training_jobs SET lease_expires_at = $1 WHERE id = $2 AND attempt = $3")
-            .bind(t + settings.lease_secs as i64)
-            .bind(&job.id)
-            .bind(job.attempt)
-            .execute(&db.pool)
+    // Everything the node holds, in one query; then one update renews the leases.
+    let holding: Vec<Job> =
+        sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM training_jobs WHERE node_id = $1 AND state IN {ACTIVE}"))
+            .bind(&node.id)
+            .fetch_all(&db.pool)
             .await?;
+    let mut stop = Vec::new();
+    let mut renew: Vec<&str> = Vec::new();
+    for held in &request.running {
+        let Some(job) = holding.iter().find(|j| j.id == held.job_id && j.attempt == held.attempt) else {
+            stop.push(StopOrder {
+                job_id: held.job_id.clone(),
+                reason: "the job is no longer leased to this node".into(),
+                grace_secs: 0,
+            });
+            continue;
+        };
+        renew.push(&job.id);
         let spec = job.spec()?;
         let overdue = job.training_started_at.is_some_and(|s| t - s > spec.max_runtime_secs as i64);
         let reason = match (&job.stop_reason, overdue) {
@@ -837,15 +916,28 @@ pub async fn heartbeat(
             _ => None,
         };
         if let Some(reason) = reason {
-            stop.push(StopOrder { job_id: job.id, reason, grace_secs: settings.stop_grace_secs });
+            stop.push(StopOrder { job_id: job.id.clone(), reason, grace_secs: settings.stop_grace_secs });
         }
+    }
+    if !renew.is_empty() {
+        // Only what the agent says it runs: a job it lost track of lapses and is requeued.
+        let placeholders: Vec<String> = (0..renew.len()).map(|i| format!("${}", i + 3)).collect();
+        let sql = format!(
+            "UPDATE training_jobs SET lease_expires_at = $1 WHERE node_id = $2 AND state IN {ACTIVE} AND id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut query = sqlx::query(&sql).bind(t + settings.lease_secs as i64).bind(&node.id);
+        for id in renew {
+            query = query.bind(id);
+        }
+        query.execute(&db.pool).await?;
     }
     Ok(HeartbeatResponse { stop })
 }
 
 /// Puts a job whose lease ended without an outcome back in the queue (or marks it
 /// Stopped, if a user had asked for that). Returns whether it changed.
-async fn requeue(db: &Db, job: &Job, reason: &str) -> CoreResult<bool> {
+async fn requeue(db: &Db, job: &Job, reason: &str, only_if_expired: bool) -> CoreResult<bool> {
     let (state, message) = match &job.stop_reason {
         Some(stop) if job.stop_requested_at.is_some() => (JobState::Stopped, stop.clone()),
         _ => (JobState::Pending, format!("requeued: {reason}")),
@@ -854,7 +946,7 @@ async fn requeue(db: &Db, job: &Job, reason: &str) -> CoreResult<bool> {
         "UPDATE training_jobs SET state = $1, message = $2, node_id = CASE WHEN $3 THEN node_id ELSE NULL END, \
          gpu_indices = '[]', lease_expires_at = NULL, training_started_at = NULL, \
          ended_at = CASE WHEN $3 THEN $4 ELSE NULL END \
-         WHERE id = $5 AND attempt = $6 AND state IN {ACTIVE}"
+         WHERE id = $5 AND attempt = $6 AND state IN {ACTIVE} AND (NOT $7 OR lease_expires_at < $4)"
     ))
     .bind(state.as_str())
     .bind(&message)
@@ -862,6 +954,8 @@ async fn requeue(db: &Db, job: &Job, reason: &str) -> CoreResult<bool> {
     .bind(now())
     .bind(&job.id)
     .bind(job.attempt)
+    // The sweep read the job a moment ago: a heartbeat may have renewed it since.
+    .bind(only_if_expired)
     .execute(&db.pool)
     .await?;
     if changed.rows_affected() == 1 {
@@ -881,7 +975,7 @@ pub async fn requeue_node(db: &Db, node_id: &str, reason: &str) -> CoreResult<us
             .await?;
     let mut n = 0;
     for job in &held {
-        if requeue(db, job, reason).await? {
+        if requeue(db, job, reason, false).await? {
             n += 1;
         }
     }
@@ -898,21 +992,33 @@ pub async fn sweep(db: &Db) -> CoreResult<usize> {
     .await?;
     let mut n = 0;
     for job in &expired {
-        if requeue(db, job, "its lease expired (no heartbeat from the node)").await? {
+        if requeue(db, job, "its lease expired (no heartbeat from the node)", true).await? {
             n += 1;
         }
     }
     Ok(n)
 }
 
-/// Records a new checkpoint of the attempt, replacing the previous one.
-pub async fn set_checkpoint(db: &Db, job: &Job, artifact: &Artifact) -> CoreResult<Option<String>> {
-    sqlx::query("UPDATE training_jobs SET checkpoint_artifact = $1 WHERE id = $2")
-        .bind(&artifact.id)
-        .bind(&job.id)
-        .execute(&db.pool)
-        .await?;
-    Ok(job.checkpoint_artifact.clone())
+/// Records a new checkpoint of the attempt, replacing the previous one, which is
+/// returned for deletion. Refused if the attempt lost its lease during the upload.
+pub async fn set_checkpoint(db: &Db, node: &NodeCaller, job: &Job, artifact: &Artifact) -> CoreResult<Option<String>> {
+    let current = check_lease(db, node, &job.id, job.attempt).await?;
+    let updated = sqlx::query(&format!(
+        "UPDATE training_jobs SET checkpoint_artifact = $1 WHERE id = $2 AND attempt = $3 AND node_id = $4 AND state IN {ACTIVE}"
+    ))
+    .bind(&artifact.id)
+    .bind(&job.id)
+    .bind(job.attempt)
+    .bind(&node.id)
+    .execute(&db.pool)
+    .await?;
+    if updated.rows_affected() != 1 {
+        return Err(CoreError::Conflict(format!(
+            "training job {} is no longer leased to node {}",
+            job.name, node.name
+        )));
+    }
+    Ok(current.checkpoint_artifact)
 }
 
 #[cfg(test)]
@@ -925,14 +1031,14 @@ mod tests {
             ("loss".to_string(), metric_regex(r"(?:^|\s)loss=([0-9.e-]+)").expect("regex")),
             ("acc".to_string(), metric_regex(r"accuracy: ([0-9.]+)").expect("regex")),
         ];
-        assert_eq!(extract_metrics(&defs, "epoch 1 loss=0.25 accuracy: 0.9"), vec![
-            ("loss".to_string(), 0.25),
-            ("acc".to_string(), 0.9)
-        ]);
-        assert_eq!(extract_metrics(&defs, "#metric train_loss=1.5 epoch=2"), vec![
-            ("train_loss".to_string(), 1.5),
-            ("epoch".to_string(), 2.0)
-        ]);
+        assert_eq!(
+            extract_metrics(&defs, "epoch 1 loss=0.25 accuracy: 0.9"),
+            vec![("loss".to_string(), 0.25), ("acc".to_string(), 0.9)]
+        );
+        assert_eq!(
+            extract_metrics(&defs, "#metric train_loss=1.5 epoch=2"),
+            vec![("train_loss".to_string(), 1.5), ("epoch".to_string(), 2.0)]
+        );
         assert!(extract_metrics(&defs, "loss=nan").is_empty());
         assert!(extract_metrics(&defs, "nothing here").is_empty());
     }

@@ -47,7 +47,8 @@ pub struct Node {
     pub last_heartbeat_at: Option<i64>,
 }
 
-const NODE_COLUMNS: &str = "id, name, token_prefix, status, hostname, os, cpus, memory_mb, disk_free_mb, gpus, \
+pub(super) const NODE_COLUMNS: &str =
+    "id, name, token_prefix, status, hostname, os, cpus, memory_mb, disk_free_mb, gpus, \
                             labels, agent_version, usage, created_by, created_at, registered_at, last_heartbeat_at";
 
 impl Node {
@@ -182,7 +183,8 @@ pub async fn register(db: &Db, node: &NodeCaller, info: &NodeInfo) -> CoreResult
     let t = now();
     sqlx::query(
         "UPDATE nodes SET status = $1, hostname = $2, os = $3, cpus = $4, memory_mb = $5, disk_free_mb = $6, \
-         gpus = $7, labels = $8, agent_version = $9, registered_at = $10, last_heartbeat_at = $10 WHERE id = $11",
+         gpus = $7, labels = $8, agent_version = $9, registered_at = $10, last_heartbeat_at = $10 \
+         WHERE id = $11 AND status <> 'Deregistered'",
     )
     .bind(status::READY)
     .bind(truncate(&info.hostname, 255))
@@ -209,13 +211,16 @@ fn truncate(s: &str, max: usize) -> String {
 pub(super) async fn record_usage(db: &Db, node: &NodeCaller, usage: &Usage) -> CoreResult<()> {
     let t = now();
     let gpus = serde_json::to_string(&usage.gpus).map_err(CoreError::internal)?;
-    sqlx::query("UPDATE nodes SET status = $1, last_heartbeat_at = $2, usage = $3 WHERE id = $4")
-        .bind(status::READY)
-        .bind(t)
-        .bind(serde_json::to_string(usage).map_err(CoreError::internal)?)
-        .bind(&node.id)
-        .execute(&db.pool)
-        .await?;
+    // A heartbeat already on its way when the node was deregistered must not revive it.
+    sqlx::query(
+        "UPDATE nodes SET status = $1, last_heartbeat_at = $2, usage = $3 WHERE id = $4 AND status <> 'Deregistered'",
+    )
+    .bind(status::READY)
+    .bind(t)
+    .bind(serde_json::to_string(usage).map_err(CoreError::internal)?)
+    .bind(&node.id)
+    .execute(&db.pool)
+    .await?;
     // One sample per node and second; a second heartbeat within the same second is dropped.
     let insert = match db.backend {
         crate::db::Backend::Sqlite => "INSERT OR IGNORE INTO node_samples (node_id, ts, cpu_pct, memory_used_mb, gpus) VALUES ($1, $2, $3, $4, $5)",

@@ -194,10 +194,7 @@ mod tests {
             q.retain(|j| j.id != id);
         }
         // a gets GPUs 0-1, b gets 2, c (2 GPUs) cannot fit in the one left, d needs none.
-        assert_eq!(
-            placed,
-            vec![("a".to_string(), vec![0, 1]), ("b".to_string(), vec![2]), ("d".to_string(), vec![])]
-        );
+        assert_eq!(placed, vec![("a".to_string(), vec![0, 1]), ("b".to_string(), vec![2]), ("d".to_string(), vec![])]);
         assert_eq!(q.len(), 1);
         assert_eq!(
             why_waiting(&q[0].resources, &[node]).as_deref(),
@@ -259,7 +256,8 @@ mod tests {
     #[test]
     fn thousand_node_inventory_places_each_job_once() {
         let mut nodes: Vec<Capacity> = (0..1000).map(|i| Capacity::idle(&format!("n{i}"), 8, 32_000, i % 3)).collect();
-        let mut q: Vec<Queued> = (0..5000).map(|i| queued(&format!("j{i}"), (i % 4) as i64, i, res(2, 4000, (i % 3) as u32))).collect();
+        let mut q: Vec<Queued> =
+            (0..5000).map(|i| queued(&format!("j{i}"), i % 4, i, res(2, 4000, (i % 3) as u32))).collect();
         queue_order(&mut q);
         let mut placed = BTreeSet::new();
         for node in nodes.iter_mut() {
