@@ -109,8 +109,13 @@ pub mod server {
         }
     }
 
-    pub async fn view(db: &Db, job: Job, detailed: bool) -> CoreResult<TrainingJobView> {
-        let names = jobs::node_names(db).await?;
+    /// The view of a job; `names` maps node ids to names ([`jobs::node_names`]).
+    pub async fn view(
+        db: &Db,
+        names: &std::collections::HashMap<String, String>,
+        job: Job,
+        detailed: bool,
+    ) -> CoreResult<TrainingJobView> {
         let wait_reason = if detailed { jobs::wait_reason(db, &job).await? } else { None };
         let final_metrics = jobs::metrics(db, &job)
             .await?
@@ -137,9 +142,10 @@ pub mod server {
     }
 
     pub async fn list(db: &Db, p: &Principal, filter: &jobs::ListFilter) -> CoreResult<Vec<TrainingJobView>> {
+        let names = jobs::node_names(db).await?;
         let mut out = Vec::new();
         for job in jobs::list(db, p, filter).await? {
-            out.push(view(db, job, false).await?);
+            out.push(view(db, &names, job, false).await?);
         }
         Ok(out)
     }
@@ -180,7 +186,7 @@ pub mod server {
                 add(channel.name.clone(), artifacts::get(db, id).await);
             }
         }
-        Ok(TrainingJobDetail { job: view(db, job, true).await?, events, artifacts, inputs })
+        Ok(TrainingJobDetail { job: view(db, &names, job, true).await?, events, artifacts, inputs })
     }
 
     pub fn log_view(row: jobs::LogRow) -> LogLineView {

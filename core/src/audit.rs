@@ -43,6 +43,14 @@ pub struct NewEvent {
     pub summary: String,
 }
 
+/// Appends an event for a change already made by the system or an agent, outside any
+/// user request: a failure is logged, since undoing the change is not possible.
+pub async fn record_or_log(db: &Db, event: NewEvent) {
+    if let Err(err) = record(db, event).await {
+        tracing::error!(error = %err, "audit event could not be written");
+    }
+}
+
 /// Appends an event.
 pub async fn record(db: &Db, event: NewEvent) -> CoreResult<()> {
     sqlx::query(

@@ -59,8 +59,6 @@ async fn register(
         resource: format!("atelier:compute:node/{}", node.name),
         allowed: true,
         status: Some(200),
-        source_ip: None,
-        request_id: None,
         summary: format!(
             "agent {} registered: {} CPUs, {} MB, {} GPUs",
             body.node.agent_version,
@@ -68,10 +66,9 @@ async fn register(
             body.node.memory_mb,
             body.node.gpus.len()
         ),
+        ..NewEvent::default()
     };
-    if let Err(err) = audit::record(&state.db, event).await {
-        tracing::error!(error = %err, "audit event could not be written");
-    }
+    audit::record_or_log(&state.db, event).await;
     // Work it held went back to the queue.
     state.work.notify_waiters();
     let settings = state.config.compute();

@@ -109,22 +109,18 @@ async fn add_event(
     Ok(())
 }
 
-/// Audits a change made by the system or an agent (user changes are audited by the
-/// request that made them).
+/// Audits a change to a job made by the system or an agent (user changes are audited
+/// by the request that made them).
 async fn audit_system(db: &Db, principal: &str, action: &str, job_name: &str, summary: String) {
     let event = NewEvent {
         principal: principal.to_string(),
         action: action.to_string(),
         resource: format!("atelier:training:job/{job_name}"),
         allowed: true,
-        status: None,
-        source_ip: None,
-        request_id: None,
         summary,
+        ..NewEvent::default()
     };
-    if let Err(err) = audit::record(db, event).await {
-        tracing::error!(error = %err, "audit event could not be written");
-    }
+    audit::record_or_log(db, event).await;
 }
 
 fn validate_key(field: &'static str, what: &str, key: &str) -> CoreResult<()> {

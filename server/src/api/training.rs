@@ -55,7 +55,7 @@ pub async fn create_job(
 ) -> Result<(StatusCode, Json<TrainingJobView>), ApiError> {
     let job = jobs::submit(&state.db, &p, &body.name, body.spec).await?;
     state.work.notify_waiters();
-    Ok((StatusCode::CREATED, Json(views::view(&state.db, job, true).await?)))
+    Ok((StatusCode::CREATED, Json(views::view(&state.db, &jobs::node_names(&state.db).await?, job, true).await?)))
 }
 
 /// Training jobs the caller may see, newest first.
@@ -97,7 +97,7 @@ pub async fn stop_job(
 ) -> Result<Json<TrainingJobView>, ApiError> {
     let job = jobs::stop(&state.db, &p, &name).await?;
     state.work.notify_waiters();
-    Ok(Json(views::view(&state.db, job, false).await?))
+    Ok(Json(views::view(&state.db, &jobs::node_names(&state.db).await?, job, false).await?))
 }
 
 /// Which log lines to return.
