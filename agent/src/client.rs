@@ -88,8 +88,10 @@ impl Client {
         self.post("/register", request, Duration::from_secs(30)).await
     }
 
-    pub async fn heartbeat(&self, request: &HeartbeatRequest) -> CallResult<HeartbeatResponse> {
-        self.post("/heartbeat", request, Duration::from_secs(30)).await
+    /// Gives up after `timeout`: a heartbeat that hangs must not delay the next one (or
+    /// the fencing decision).
+    pub async fn heartbeat(&self, request: &HeartbeatRequest, timeout: Duration) -> CallResult<HeartbeatResponse> {
+        self.post("/heartbeat", request, timeout).await
     }
 
     /// Waits up to `wait` for work.

@@ -202,26 +202,36 @@ fn watch_parent() {
 }
 
 /// Tells every running job to stop.
-fn stop_all(running: &Running, reason: &str) {
+fn stop_all(running: &Running, reason: &str, grace_secs: u64) {
     if let Ok(map) = running.lock() {
         for (id, (_, tx)) in map.iter() {
-            let _ = tx.send(Some(StopOrder { job_id: id.clone(), reason: reason.to_string(), grace_secs: 5 }));
+            let _ = tx.send(Some(StopOrder { job_id: id.clone(), reason: reason.to_string(), grace_secs }));
         }
     }
 }
 
+/// Sends a heartbeat every `every`, relays stop orders, and fences the node: the server
+/// requeues a job `lease` after the last heartbeat it received, so without one for
+/// `lease - 2 × every` this node kills its jobs (grace `every / 2`). A heartbeat call
+/// gives up after `every` and the loop keeps its period, so the kill is done at least
+/// `every / 2` before the lease can lapse and the job start elsewhere. (The server
+/// refuses a lease shorter than two heartbeats.)
 async fn heartbeats(client: Client, mut inventory: Inventory, running: Running, every: Duration, lease: Duration) {
+    // When the last heartbeat that got through was sent: the server renewed the lease
+    // after that instant, never before.
     let mut last_ok = tokio::time::Instant::now();
+    let fence_after = lease.saturating_sub(every * 2);
     let mut fenced = false;
     loop {
+        let sent = tokio::time::Instant::now();
         let held: Vec<Held> = running
             .lock()
             .map(|m| m.iter().map(|(id, (attempt, _))| Held { job_id: id.clone(), attempt: *attempt }).collect())
             .unwrap_or_default();
         let request = HeartbeatRequest { usage: inventory.usage(), running: held };
-        match client.heartbeat(&request).await {
+        match client.heartbeat(&request, every).await {
             Ok(response) => {
-                last_ok = tokio::time::Instant::now();
+                last_ok = sent;
                 fenced = false;
                 for order in response.stop {
                     if let Ok(map) = running.lock() {
@@ -234,22 +244,27 @@ async fn heartbeats(client: Client, mut inventory: Inventory, running: Running, 
             }
             Err(CallError::Refused(message)) => {
                 tracing::error!(%message, "heartbeat refused: node token revoked");
-                stop_all(&running, "the node was deregistered");
+                stop_all(&running, "the node was deregistered", 5);
                 return;
             }
             Err(err) => {
                 tracing::warn!(%err, "heartbeat failed; retrying");
-                // Past the lease the server has requeued this node's jobs: stop them,
-                // so that no job runs here and elsewhere at once.
-                if !fenced && last_ok.elapsed() > lease {
-                    tracing::error!("no heartbeat reached the server for {} s: stopping all jobs", lease.as_secs());
-                    stop_all(&running, "lost contact with the server; the lease lapsed and the job was requeued");
+                // The server will requeue this node's jobs when the lease lapses: stop
+                // them first, so that no job runs here and elsewhere at once.
+                if !fenced && last_ok.elapsed() >= fence_after {
+                    tracing::error!(
+                        "no heartbeat reached the server for {} s: stopping all jobs before the lease lapses",
+                        last_ok.elapsed().as_secs()
+                    );
+                    let reason =
+                        "lost contact with the server; stopped before the lease lapsed and the job is requeued";
+                    stop_all(&running, reason, (every / 2).as_secs());
                     fenced = true;
                 }
             }
         }
         // Every interval, failing or not: a longer pause would itself let leases lapse.
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(every.saturating_sub(sent.elapsed())).await;
     }
 }
 

@@ -199,10 +199,15 @@ async fn execute(
         };
         tokio::fs::create_dir_all(&dest_dir).await?;
         logs.agent(format!("downloading {} of {total}: {}/{} ({} bytes)", i + 1, input.place, input.name, input.size));
-        ctx.client
+        let written = ctx
+            .client
             .download(&a.job_id, a.attempt, &input.artifact_id, &dest_dir.join(&input.name))
             .await
             .with_context(|| format!("downloading {}", input.name))?;
+        // A connection cut mid-body can end the stream early without an error.
+        if i64::try_from(written).ok() != Some(input.size) {
+            anyhow::bail!("downloading {}: got {written} of {} bytes", input.name, input.size);
+        }
     }
     if let Some(checkpoint) = &a.checkpoint {
         logs.agent("restoring the checkpoint of an earlier attempt into checkpoints/");

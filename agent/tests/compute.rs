@@ -19,7 +19,9 @@ use serde_json::{json, Value};
 async fn studio() -> (TestApp, String, String) {
     let app = TestApp::with_config(|c| {
         c.heartbeat_secs = 1;
-        c.lease_secs = 4;
+        // An agent fences itself after lease - 2 heartbeats without contact: 4 s of
+        // slack, so a slow heartbeat on a loaded test machine does not stop a job.
+        c.lease_secs = 6;
         c.node_lost_after_secs = 4;
         c.stop_grace_secs = 2;
     })
@@ -321,6 +323,134 @@ async fn builtin_tabular_job_learns_and_saves_a_model() {
     let _ = std::fs::remove_dir_all(work);
 }
 
+/// A PNG of `size` square pixels around `base` colour, with noise from `seed`.
+fn noisy_png(base: [u8; 3], size: u32, seed: &mut u64) -> Vec<u8> {
+    let mut image = image::RgbImage::new(size, size);
+    for pixel in image.pixels_mut() {
+        for (c, value) in base.iter().enumerate() {
+            *seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let noise = ((*seed >> 33) % 96) as i32 - 48;
+            pixel[c] = (i32::from(*value) + noise).clamp(0, 255) as u8;
+        }
+    }
+    let mut png = Vec::new();
+    image::DynamicImage::ImageRgb8(image)
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .expect("encode png");
+    png
+}
+
+/// A Ground Truth output manifest line for a classification item.
+fn manifest_line(source: (&str, &str), attribute: &str, index: usize, class: &str) -> String {
+    let mut line = serde_json::Map::new();
+    line.insert(source.0.into(), json!(source.1));
+    line.insert(attribute.into(), json!(index));
+    line.insert(
+        format!("{attribute}-metadata"),
+        json!({"class-name": class, "confidence": 0.9, "human-annotated": "yes", "type": "groundtruth/classification"}),
+    );
+    Value::Object(line).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn builtin_text_and_image_classifiers_learn_from_labeling_manifests() {
+    let (app, url, token) = studio().await;
+    let node_token = add_node(&app, &token, "cpu-1").await;
+    let work = temp_dir("agent");
+    let _agent = Agent::start(&url, &node_token, &work, &[]);
+    wait_node(&app, &token, "cpu-1", "Ready").await;
+    let mut seed = 11u64;
+    let mut pick = |words: &[&'static str]| {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        words[(seed >> 33) as usize % words.len()]
+    };
+
+    // Text: reviews whose sentiment shows in a few words among shared filler.
+    let positive = ["great", "wonderful", "excellent", "loved", "superb"];
+    let negative = ["awful", "boring", "terrible", "hated", "dull"];
+    let filler = ["the", "film", "was", "plot", "acting", "really", "a", "story"];
+    let mut lines = Vec::new();
+    for i in 0..240 {
+        let (class, index, words) = if i % 2 == 0 { ("positive", 1, &positive) } else { ("negative", 0, &negative) };
+        let text = format!("{} {} {} {} {}", pick(&filler), pick(words), pick(&filler), pick(&filler), pick(words));
+        lines.push(manifest_line(("source", &text), "sentiment", index, class));
+    }
+    lines.push(json!({"source": "never labeled", "sentiment-metadata": {"failure-reason": "timed out"}}).to_string());
+    let manifest = upload(&app, &token, "output.manifest", lines.join("\n")).await;
+    let spec = json!({
+        "algorithm": {"type": "builtin", "name": "text_classification"},
+        "hyperparameters": {"epochs": "15"},
+        "channels": [{"name": "train", "artifacts": [manifest]}],
+        "resources": {"memory_mb": 512}
+    });
+    let r = submit(&app, &token, "sentiment", spec).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(r.json()["spec"]["hyperparameters"]["max_vocabulary"], "5000");
+
+    // Images: reddish and bluish noise, referenced by S3 URLs whose file names were
+    // uploaded into the channel.
+    let mut image_seed = 5u64;
+    let mut artifacts = Vec::new();
+    let mut lines = Vec::new();
+    for i in 0..48 {
+        let (class, index, colour) = if i % 2 == 0 { ("red", 0, [200, 60, 60]) } else { ("blue", 1, [60, 60, 200]) };
+        let name = format!("img-{i}.png");
+        artifacts.push(upload(&app, &token, &name, noisy_png(colour, 16, &mut image_seed)).await);
+        lines.push(manifest_line(("source-ref", &format!("s3://labels/images/{name}")), "colour", index, class));
+    }
+    let manifest = upload(&app, &token, "colours.jsonl", lines.join("\n")).await;
+    artifacts.push(manifest.clone());
+    let spec = json!({
+        "algorithm": {"type": "builtin", "name": "image_classification"},
+        "hyperparameters": {"epochs": "12", "image_size": "16", "channels": "8", "batch_size": "8"},
+        "channels": [{"name": "train", "artifacts": artifacts}],
+        "resources": {"memory_mb": 512}
+    });
+    let r = submit(&app, &token, "colours", spec).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+
+    // A manifest naming an image the channel lacks fails with the line and the name.
+    let broken_lines = [
+        manifest_line(("source-ref", "s3://b/missing.png"), "c", 0, "x"),
+        manifest_line(("source-ref", "img-0.png"), "c", 1, "y"),
+    ];
+    let broken = upload(&app, &token, "broken.manifest", broken_lines.join("\n")).await;
+    let spec = json!({
+        "algorithm": {"type": "builtin", "name": "image_classification"},
+        "channels": [{"name": "train", "artifacts": [broken, artifacts[0].clone()]}],
+        "resources": {"memory_mb": 256}
+    });
+    assert_eq!(submit(&app, &token, "broken", spec).await.status, StatusCode::CREATED);
+
+    for (name, classes) in [("sentiment", json!(["negative", "positive"])), ("colours", json!(["red", "blue"]))] {
+        let done = wait_job(&app, &token, name, 180, terminal).await;
+        assert_eq!(done["job"]["state"], "Completed", "{done:#}\n{}", logs(&app, &token, name).await);
+        let accuracy = done["job"]["final_metrics"]["validation_accuracy"].as_f64().expect("validation accuracy");
+        assert!(accuracy >= 0.9, "{name}: validation accuracy {accuracy}\n{}", logs(&app, &token, name).await);
+        let m = metrics(&app, &token, name).await;
+        let losses: Vec<f64> =
+            m["train_loss"].as_array().expect("train_loss").iter().filter_map(|p| p["value"].as_f64()).collect();
+        assert!(losses.last() < losses.first(), "{name}: loss should fall: {losses:?}");
+        let model =
+            done["artifacts"].as_array().and_then(|a| a.iter().find(|a| a["kind"] == "model").cloned()).expect("model");
+        let files = untar(&download(&app, &token, model["id"].as_str().expect("id")).await);
+        assert!(files.contains_key("model.safetensors"), "{:?}", files.keys());
+        let spec: Value = serde_json::from_slice(&files["model.json"]).expect("model.json");
+        // Classes in the labeling job's index order.
+        assert_eq!(spec["classes"], classes, "{spec}");
+    }
+    let log = logs(&app, &token, "sentiment").await;
+    assert!(log.contains("1 unlabeled skipped"), "{log}");
+    let failed = wait_job(&app, &token, "broken", 60, terminal).await;
+    assert_eq!(failed["job"]["state"], "Failed");
+    let message = failed["job"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("broken.manifest line 1: the image s3://b/missing.png is not in the channel"),
+        "{message}"
+    );
+    let _ = std::fs::remove_dir_all(work);
+}
+
 const LOOP_SCRIPT: &str = r#"
 import os, sys, time
 pid_file = sys.argv[sys.argv.index("--pid_file") + 1]
@@ -446,6 +576,103 @@ async fn a_lost_agents_job_is_requeued_and_resumes_from_its_checkpoint() {
         .expect("events")
         .iter()
         .any(|e| e["state"] == "Pending" && e["message"].as_str().is_some_and(|m| m.starts_with("requeued"))));
+    let _ = std::fs::remove_dir_all(work_a);
+    let _ = std::fs::remove_dir_all(work_b);
+}
+
+/// A TCP relay to the server that the test can cut: a network partition between one
+/// agent and the server, with both still running.
+struct Relay {
+    url: String,
+    cut: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+}
+
+impl Relay {
+    async fn to(server_url: &str) -> Relay {
+        let target = server_url.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind relay");
+        let url = format!("http://{}", listener.local_addr().expect("relay address"));
+        let relay = Relay { url, cut: Default::default(), connections: Default::default() };
+        let (cut, connections) = (relay.cut.clone(), relay.connections.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                    continue; // dropped: the connection closes at once
+                }
+                let target = target.clone();
+                let handle = tokio::spawn(async move {
+                    if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+                connections.lock().expect("relay lock").push(handle);
+            }
+        });
+        relay
+    }
+
+    fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        for connection in self.connections.lock().expect("relay lock").drain(..) {
+            connection.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioned_agent_stops_its_job_before_it_runs_elsewhere() {
+    let (app, url, token) = studio().await;
+    let relay = Relay::to(&url).await;
+    let first_token = add_node(&app, &token, "node-a").await;
+    let work_a = temp_dir("agent-a");
+    let _first = Agent::start(&relay.url, &first_token, &work_a, &[]);
+    wait_node(&app, &token, "node-a", "Ready").await;
+
+    let pid_file = work_a.with_extension("pid");
+    let script = upload(&app, &token, "loop.py", LOOP_SCRIPT).await;
+    let spec = json!({
+        "algorithm": {"type": "script", "entry_point": "loop.py", "code": [script]},
+        "hyperparameters": {"pid_file": pid_file.to_string_lossy()},
+        "resources": {"memory_mb": 128}
+    });
+    assert_eq!(submit(&app, &token, "partitioned", spec).await.status, StatusCode::CREATED);
+    wait_job(&app, &token, "partitioned", 60, state_is("Training")).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !pid_file.exists() {
+        assert!(Instant::now() < deadline, "the script never started");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let first_pid = std::fs::read_to_string(&pid_file).expect("pid").trim().to_string();
+
+    // Cut node-a off. Its agent and the job's process keep running, but the agent
+    // must kill the process before the lease lapses and the job starts on node-b.
+    relay.cut();
+    let cut_at = Instant::now();
+    let second_token = add_node(&app, &token, "node-b").await;
+    let work_b = temp_dir("agent-b");
+    let _second = Agent::start(&url, &second_token, &work_b, &[]);
+    let alive = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        // The second attempt writes its own pid into the same file once it runs.
+        let current = std::fs::read_to_string(&pid_file).unwrap_or_default().trim().to_string();
+        if !current.is_empty() && current != first_pid {
+            assert!(
+                !alive(&first_pid),
+                "attempt 2 started on node-b {:?} after the cut while attempt 1 (pid {first_pid}) still runs",
+                cut_at.elapsed()
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "the job never restarted on node-b");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let detail = wait_job(&app, &token, "partitioned", 10, |d| d["job"]["attempt"] == 2).await;
+    assert_eq!(detail["job"]["node"], "node-b");
+    let r = app.call(Method::POST, "/api/v1/training-jobs/partitioned/stop", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    wait_job(&app, &token, "partitioned", 30, terminal).await;
     let _ = std::fs::remove_dir_all(work_a);
     let _ = std::fs::remove_dir_all(work_b);
 }

@@ -1,7 +1,7 @@
 //! The artifact store: uploaded files, job inputs, checkpoints and trained models.
 //!
-//! Bytes live in an `object_store` (a directory under the data dir by default); the
-//! database records each artifact's name, SHA-256 and size. Objects are keyed by the
+//! Bytes live in an `object_store`: a directory under the data dir by default, or an
+//! S3-compatible bucket when a team outgrows one machine; the database records each artifact's name, SHA-256 and size. Objects are keyed by the
 //! artifact's id, never by a user-given name, so a name cannot traverse paths; names
 //! are still validated because they become file names on compute nodes.
 
@@ -75,6 +75,44 @@ impl ArtifactStore {
         std::fs::create_dir_all(dir).map_err(CoreError::internal)?;
         let store = object_store::local::LocalFileSystem::new_with_prefix(dir).map_err(CoreError::internal)?;
         Ok(ArtifactStore { store: Arc::new(store) })
+    }
+
+    /// The store `url` names: `s3://bucket[/prefix]` (credentials, region and endpoint
+    /// from the usual `AWS_*` variables, e.g. `AWS_ENDPOINT` for MinIO or Ceph), or, with
+    /// no URL, the local directory `local_dir`.
+    pub fn open(url: Option<&str>, local_dir: &std::path::Path) -> CoreResult<ArtifactStore> {
+        let Some(url) = url.map(str::trim).filter(|u| !u.is_empty()) else {
+            return ArtifactStore::local(local_dir);
+        };
+        let Some(rest) = url.strip_prefix("s3://") else {
+            return Err(CoreError::invalid(
+                "artifact_store",
+                format!("\"{url}\" is not a supported artifact store URL (expected s3://bucket/prefix)"),
+            ));
+        };
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(CoreError::invalid("artifact_store", format!("\"{url}\" names no bucket")));
+        }
+        let s3 = object_store::aws::AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .build()
+            .map_err(|e| CoreError::invalid("artifact_store", format!("{url}: {e}")))?;
+        let prefix = prefix.trim_matches('/');
+        let store: Arc<dyn ObjectStore> =
+            if prefix.is_empty() { Arc::new(s3) } else { Arc::new(object_store::prefix::PrefixStore::new(s3, prefix)) };
+        Ok(ArtifactStore { store })
+    }
+
+    /// Whether the store answers (the first page of a listing; a missing object would
+    /// not tell a missing bucket apart): for readiness checks and to fail fast at start
+    /// on a wrong bucket, endpoint or credentials.
+    /// The error says what failed, for the operator (never sent to clients).
+    pub async fn check(&self) -> Result<(), String> {
+        match self.store.list(Some(&ObjectPath::from("artifacts"))).next().await {
+            None | Some(Ok(_)) => Ok(()),
+            Some(Err(err)) => Err(format!("artifact store {self:?} is not reachable: {err}")),
+        }
     }
 
     fn path(id: &str) -> ObjectPath {

@@ -338,74 +338,115 @@ pub enum HyperparameterKind {
     Text,
 }
 
+const fn hp(
+    name: &'static str,
+    default: &'static str,
+    kind: HyperparameterKind,
+    description: &'static str,
+) -> HyperparameterDef {
+    HyperparameterDef { name, default, kind, description }
+}
+
+const fn int(min: i64, max: i64) -> HyperparameterKind {
+    HyperparameterKind::Integer { min, max }
+}
+
+const fn float(min: f64, max: f64) -> HyperparameterKind {
+    HyperparameterKind::Float { min, max }
+}
+
+const BATCH_SIZE: HyperparameterDef = hp("batch_size", "64", int(1, 65_536), "Examples per gradient step.");
+const VALIDATION_FRACTION: HyperparameterDef = hp(
+    "validation_fraction",
+    "0.2",
+    float(0.0, 0.9),
+    "Share of the training examples held out when there is no validation channel.",
+);
+const SEED: HyperparameterDef =
+    hp("seed", "42", int(0, i64::MAX), "Random seed for initialisation, shuffling and the split.");
+const LABEL_ATTRIBUTE: HyperparameterDef = hp(
+    "label_attribute",
+    "",
+    HyperparameterKind::Text,
+    "The manifest's label attribute (the labeling job's name); empty: the one attribute that has \
+     a `-metadata` companion.",
+);
+
 /// The built-in algorithms. Their metrics are reported as log lines
 /// `#metric name=value` which the server parses like any metric definition.
-pub const BUILTIN_ALGORITHMS: &[BuiltinAlgorithm] = &[BuiltinAlgorithm {
-    name: "tabular",
-    title: "Tabular classification / regression (MLP)",
-    description: "Reads CSV files from the `train` channel (and optionally `validation`); the `label` column \
-                  (or the first column) is the target. Classification when the target has at most \
-                  `max_classes` distinct values that are not all numbers, or when `task=classification`; \
-                  regression otherwise. Numeric features are standardized; non-numeric features are \
-                  one-hot encoded.",
-    channels: &["train", "validation"],
-    hyperparameters: &[
-        HyperparameterDef {
-            name: "task",
-            default: "auto",
-            kind: HyperparameterKind::Choice(&["auto", "classification", "regression"]),
-            description: "What to predict; auto decides from the label column.",
-        },
-        HyperparameterDef {
-            name: "label",
-            default: "label",
-            kind: HyperparameterKind::Text,
-            description: "The target column (the first column when no column has this name).",
-        },
-        HyperparameterDef {
-            name: "epochs",
-            default: "20",
-            kind: HyperparameterKind::Integer { min: 1, max: 10_000 },
-            description: "Passes over the training data.",
-        },
-        HyperparameterDef {
-            name: "batch_size",
-            default: "64",
-            kind: HyperparameterKind::Integer { min: 1, max: 65_536 },
-            description: "Rows per gradient step.",
-        },
-        HyperparameterDef {
-            name: "learning_rate",
-            default: "0.01",
-            kind: HyperparameterKind::Float { min: 1e-6, max: 10.0 },
-            description: "Adam step size.",
-        },
-        HyperparameterDef {
-            name: "hidden_units",
-            default: "64",
-            kind: HyperparameterKind::Integer { min: 0, max: 4096 },
-            description: "Units in each hidden layer; 0 makes a linear learner.",
-        },
-        HyperparameterDef {
-            name: "hidden_layers",
-            default: "2",
-            kind: HyperparameterKind::Integer { min: 0, max: 8 },
-            description: "Hidden layers of the MLP.",
-        },
-        HyperparameterDef {
-            name: "validation_fraction",
-            default: "0.2",
-            kind: HyperparameterKind::Float { min: 0.0, max: 0.9 },
-            description: "Share of the training rows held out when there is no validation channel.",
-        },
-        HyperparameterDef {
-            name: "seed",
-            default: "42",
-            kind: HyperparameterKind::Integer { min: 0, max: i64::MAX },
-            description: "Random seed for initialisation, shuffling and the split.",
-        },
-    ],
-}];
+pub const BUILTIN_ALGORITHMS: &[BuiltinAlgorithm] = &[
+    BuiltinAlgorithm {
+        name: "tabular",
+        title: "Tabular classification / regression (MLP)",
+        description: "Reads CSV files from the `train` channel (and optionally `validation`); the `label` column \
+                      (or the first column) is the target. Classification when the target has values that are \
+                      not numbers, or at most 20 distinct numbers, or when `task=classification`; regression \
+                      otherwise. Numeric features are standardized; non-numeric features are \
+                      one-hot encoded.",
+        channels: &["train", "validation"],
+        hyperparameters: &[
+            hp(
+                "task",
+                "auto",
+                HyperparameterKind::Choice(&["auto", "classification", "regression"]),
+                "What to predict; auto decides from the label column.",
+            ),
+            hp(
+                "label",
+                "label",
+                HyperparameterKind::Text,
+                "The target column (the first column when no column has this name).",
+            ),
+            hp("epochs", "20", int(1, 10_000), "Passes over the training data."),
+            BATCH_SIZE,
+            hp("learning_rate", "0.01", float(1e-6, 10.0), "Adam step size."),
+            hp("hidden_units", "64", int(0, 4096), "Units in each hidden layer; 0 makes a linear learner."),
+            hp("hidden_layers", "2", int(0, 8), "Hidden layers of the MLP."),
+            VALIDATION_FRACTION,
+            SEED,
+        ],
+    },
+    BuiltinAlgorithm {
+        name: "text_classification",
+        title: "Text classification (bag of words + MLP)",
+        description: "Reads the Ground Truth output manifest (JSON Lines, `*.manifest` or `*.jsonl`) of a \
+         text classification labeling job from the `train` channel (and optionally `validation`): the text in \
+         `source`, the label attribute holding a class index or name, and its `-metadata` with `class-name`. \
+         Words and word pairs are counted (log-scaled, L2-normalized) over a vocabulary of the most frequent.",
+        channels: &["train", "validation"],
+        hyperparameters: &[
+            LABEL_ATTRIBUTE,
+            hp("epochs", "10", int(1, 10_000), "Passes over the training data."),
+            BATCH_SIZE,
+            hp("learning_rate", "0.005", float(1e-6, 10.0), "Adam step size."),
+            hp("max_vocabulary", "5000", int(10, 100_000), "Most frequent words and word pairs kept as features."),
+            hp("min_count", "1", int(1, 1000), "Words seen fewer times in training are ignored."),
+            hp("hidden_units", "64", int(0, 4096), "Units of the hidden layer; 0 makes a linear learner."),
+            VALIDATION_FRACTION,
+            SEED,
+        ],
+    },
+    BuiltinAlgorithm {
+        name: "image_classification",
+        title: "Image classification (small CNN)",
+        description: "Reads the Ground Truth output manifest (JSON Lines, `*.manifest` or `*.jsonl`) of an \
+         image classification labeling job from the `train` channel (and optionally `validation`), with the \
+         images (PNG, JPEG, WebP) in the same channel: `source-ref` names each image (its path in the channel, \
+         or any URL whose file name is in the channel), the label attribute holds a class index or name, its \
+         `-metadata` the `class-name`. Two convolution blocks and a dense layer.",
+        channels: &["train", "validation"],
+        hyperparameters: &[
+            LABEL_ATTRIBUTE,
+            hp("epochs", "10", int(1, 10_000), "Passes over the training data."),
+            hp("batch_size", "32", int(1, 4096), "Images per gradient step."),
+            hp("learning_rate", "0.002", float(1e-6, 10.0), "Adam step size."),
+            hp("image_size", "32", int(8, 256), "Images are resized to this many pixels square."),
+            hp("channels", "16", int(1, 256), "Filters of the first convolution (the second has twice as many)."),
+            VALIDATION_FRACTION,
+            SEED,
+        ],
+    },
+];
 
 /// The built-in algorithm called `name`.
 pub fn builtin(name: &str) -> Option<&'static BuiltinAlgorithm> {
@@ -452,7 +493,8 @@ pub fn resolve_builtin_hyperparameters(
                 }
             }
             HyperparameterKind::Text => {
-                if value.is_empty() || value.len() > 200 {
+                // Empty is allowed where it is the default (it means "decide for me").
+                if (value.is_empty() && !def.default.is_empty()) || value.len() > 200 {
                     return bad("must be 1-200 characters".into());
                 }
             }

@@ -52,6 +52,12 @@ pub struct Config {
     #[arg(long, env = "ATELIER_ARTIFACT_DIR", global = true)]
     pub artifact_dir: Option<PathBuf>,
 
+    /// Keep artifacts in an S3-compatible bucket instead: `s3://bucket/prefix`. Credentials,
+    /// region and endpoint come from `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`,
+    /// `AWS_REGION`, `AWS_ENDPOINT` (MinIO, Ceph, ...) and `AWS_ALLOW_HTTP`.
+    #[arg(long, env = "ATELIER_ARTIFACT_STORE", global = true)]
+    pub artifact_store: Option<String>,
+
     /// Largest file upload (artifacts, checkpoints, models), in bytes.
     #[arg(long, env = "ATELIER_MAX_UPLOAD_BYTES", default_value_t = 10 * 1024 * 1024 * 1024, global = true)]
     pub max_upload_bytes: u64,
@@ -131,6 +137,7 @@ impl Config {
             request_timeout_secs: 60,
             log_format: "text".into(),
             artifact_dir: None,
+            artifact_store: None,
             max_upload_bytes: 10 * 1024 * 1024 * 1024,
             no_local_agent: true,
             agent_bin: None,

@@ -37,7 +37,8 @@ impl AppState {
         let db = Db::connect(&config.database_url()).await?;
         let leptos_options =
             LeptosOptions::builder().output_name(app::BUNDLE_NAME).site_pkg_dir("pkg").site_addr(config.addr).build();
-        let artifacts = ArtifactStore::local(&config.artifact_dir())?;
+        let artifacts = ArtifactStore::open(config.artifact_store.as_deref(), &config.artifact_dir())?;
+        artifacts.check().await.map_err(anyhow::Error::msg)?;
         Ok(AppState {
             db,
             artifacts,

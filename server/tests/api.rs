@@ -299,3 +299,64 @@ async fn sqlite_runs_with_wal_and_foreign_keys() {
         .await;
     assert!(orphan.is_err(), "a token for a missing user must be refused");
 }
+
+/// Artifacts round-trip byte for byte in whichever store the run uses (a local directory,
+/// or S3 in the PostgreSQL + S3 run); this one is larger than the store's write buffer, so
+/// S3 takes the multipart upload path.
+#[tokio::test]
+async fn a_large_artifact_round_trips_with_its_hash() {
+    use sha2::Digest;
+    let app = TestApp::new().await;
+    let admin = app.create_user("root", true).await;
+    let token = app.token_for(&admin, None).await;
+    // 12 MiB that no compression or deduplication can shortcut.
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let bytes: Vec<u8> = (0..12 * 1024 * 1024)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/artifacts?name=weights.bin")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/octet-stream")
+        .body(Body::from(bytes.clone()))
+        .expect("request");
+    let created = app.send(request).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let id = created.json()["id"].as_str().expect("artifact id").to_string();
+    let expected: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+
+    let record = app.call(Method::GET, &format!("/api/v1/artifacts/{id}"), Auth::Bearer(&token), None).await;
+    assert_eq!(record.status, StatusCode::OK, "{}", record.text());
+    assert_eq!(record.json()["sha256"], expected);
+    assert_eq!(record.json()["size"], bytes.len());
+    let content = app.call(Method::GET, &format!("/api/v1/artifacts/{id}/content"), Auth::Bearer(&token), None).await;
+    assert_eq!(content.status, StatusCode::OK);
+    assert!(content.body == bytes, "downloaded bytes differ from the upload");
+    assert_eq!(app.send(Request::get("/readyz").body(Body::empty()).expect("request")).await.status, StatusCode::OK);
+}
+
+/// A store URL that cannot work stops the server at start with the reason, instead of
+/// failing the first upload.
+#[tokio::test]
+async fn a_bad_artifact_store_is_refused_at_start() {
+    let dir = std::env::temp_dir().join(format!("atelier-store-{}", uuid::Uuid::new_v4().simple()));
+    let mut config = atelier_server::config::Config::for_data_dir(dir.clone(), None);
+    config.artifact_store = Some("ftp://files.example/artifacts".into());
+    let err = atelier_server::AppState::new(config).await.err().expect("an ftp store is refused");
+    assert!(err.to_string().contains("not a supported artifact store URL"), "{err}");
+
+    // Against a real S3 endpoint (the PostgreSQL + S3 run): a bucket that does not exist.
+    if let Some(base) = common::s3_test_url() {
+        let mut config = atelier_server::config::Config::for_data_dir(dir.clone(), None);
+        config.artifact_store = Some(format!("{base}-missing-{}/x", uuid::Uuid::new_v4().simple()));
+        let err = atelier_server::AppState::new(config).await.err().expect("a missing bucket is refused");
+        assert!(err.to_string().contains("not reachable"), "{err}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}

@@ -52,13 +52,24 @@ pub fn test_all() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
-    exec(cargo().args(["test", "--workspace", "--exclude", "frontend"]).env_remove("ATELIER_TEST_POSTGRES_URL"))?;
+    exec(
+        cargo()
+            .args(["test", "--workspace", "--exclude", "frontend"])
+            .env_remove("ATELIER_TEST_POSTGRES_URL")
+            .env_remove("ATELIER_TEST_S3_URL"),
+    )?;
+    // The scaled-out configuration, same tests: PostgreSQL and an S3-compatible artifact
+    // store. The same package selection as above, so cargo reuses every build artifact
+    // (a narrower `-p` list unifies features differently and rebuilds the world).
     let postgres = std::env::var("ATELIER_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_TEST_POSTGRES.into());
+    let s3 = crate::s3::S3Server::start()?;
     let result = exec(
         cargo()
-            .args(["test", "-p", "atelier-server", "-p", "atelier-agent", "--tests"])
-            .env("ATELIER_TEST_POSTGRES_URL", &postgres),
+            .args(["test", "--workspace", "--exclude", "frontend", "--tests"])
+            .env("ATELIER_TEST_POSTGRES_URL", &postgres)
+            .envs(s3.test_env()),
     );
+    drop(s3);
     drop_test_databases(&postgres);
     result?;
     browser_tests(Profile::Release)

@@ -17,6 +17,7 @@
 mod bench;
 mod build;
 mod e2e;
+mod s3;
 mod setup;
 mod util;
 

@@ -9,16 +9,14 @@
 //! which is everything a server needs to predict.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
 
 use anyhow::{bail, Context};
-use candle_core::{DType, Device, Tensor, D};
-use candle_nn::{Module, Optimizer, VarBuilder, VarMap};
+use candle_core::{DType, Device, Tensor};
+use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
 
-use super::JobEnv;
+use super::{fit, write_model_spec, Examples, JobEnv, Mlp, Objective, TensorExamples};
 
 /// Most one-hot values kept per categorical column.
 const MAX_CATEGORIES: usize = 50;
@@ -93,39 +91,6 @@ impl ModelSpec {
                 }
             }
         }
-    }
-}
-
-/// The network: `hidden_layers` ReLU layers, then a linear output.
-pub struct Mlp {
-    layers: Vec<candle_nn::Linear>,
-}
-
-impl Mlp {
-    pub fn new(spec: &ModelSpec, vb: VarBuilder) -> candle_core::Result<Mlp> {
-        let mut layers = Vec::new();
-        let mut width = spec.input_width();
-        let hidden = if spec.hidden_units == 0 { 0 } else { spec.hidden_layers };
-        for i in 0..hidden {
-            layers.push(candle_nn::linear(width, spec.hidden_units, vb.pp(format!("hidden{i}")))?);
-            width = spec.hidden_units;
-        }
-        layers.push(candle_nn::linear(width, spec.output_width(), vb.pp("out"))?);
-        Ok(Mlp { layers })
-    }
-}
-
-impl Module for Mlp {
-    fn forward(&self, x: &Tensor) -> candle_core::Result<Tensor> {
-        let mut x = x.clone();
-        let last = self.layers.len() - 1;
-        for (i, layer) in self.layers.iter().enumerate() {
-            x = layer.forward(&x)?;
-            if i < last {
-                x = x.relu()?;
-            }
-        }
-        Ok(x)
     }
 }
 
@@ -265,6 +230,17 @@ struct Encoded {
     n: usize,
 }
 
+impl Encoded {
+    fn tensors(self, spec: &ModelSpec, device: &Device) -> candle_core::Result<TensorExamples> {
+        let x = Tensor::from_vec(self.x, (self.n, spec.input_width()), device)?;
+        let y = match spec.task {
+            Task::Classification => Tensor::from_vec(self.y_class, self.n, device)?,
+            Task::Regression => Tensor::from_vec(self.y_value, (self.n, 1), device)?,
+        };
+        Ok(TensorExamples { x, y })
+    }
+}
+
 fn encode(spec: &ModelSpec, table: &Table) -> anyhow::Result<Encoded> {
     let mut x = Vec::with_capacity(table.rows.len() * spec.input_width());
     let (mut y_class, mut y_value) = (Vec::new(), Vec::new());
@@ -291,54 +267,23 @@ fn encode(spec: &ModelSpec, table: &Table) -> anyhow::Result<Encoded> {
     Ok(Encoded { x, y_class, y_value, n: table.rows.len() })
 }
 
-/// A small deterministic generator (SplitMix64): shuffles and splits reproducibly from
-/// the `seed` hyperparameter.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn shuffle<T>(&mut self, items: &mut [T]) {
-        for i in (1..items.len()).rev() {
-            let j = (self.next() % (i as u64 + 1)) as usize;
-            items.swap(i, j);
-        }
-    }
-}
-
 fn subset(table: &Table, rows: &[usize]) -> Table {
     Table { header: table.header.clone(), rows: rows.iter().map(|&i| table.rows[i].clone()).collect() }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
-struct CheckpointState {
-    epoch: usize,
-}
-
 /// Trains and writes the model.
 pub fn train(env: &JobEnv) -> anyhow::Result<()> {
-    let device = if env.num_gpus > 0 { Device::cuda_if_available(0)? } else { Device::Cpu };
+    let device = env.device()?;
     let train_dir = env.channels.get("train").context("the train channel is missing")?;
     let table = read_channel(train_dir)?;
-    let seed: u64 = env.hp("seed")?;
-    let mut rng = Rng(seed);
     let (train_table, validation_table) = match env.channels.get("validation") {
         Some(dir) => (table, Some(read_channel(dir)?)),
         None => {
-            let fraction: f64 = env.hp("validation_fraction")?;
-            let mut order: Vec<usize> = (0..table.rows.len()).collect();
-            rng.shuffle(&mut order);
-            let held = ((table.rows.len() as f64) * fraction).round() as usize;
-            let held = held.min(table.rows.len().saturating_sub(1));
-            if held == 0 {
+            let (train, held) = env.holdout(table.rows.len())?;
+            if held.is_empty() {
                 (table, None)
             } else {
-                (subset(&table, &order[held..]), Some(subset(&table, &order[..held])))
+                (subset(&table, &train), Some(subset(&table, &held)))
             }
         }
     };
@@ -360,93 +305,13 @@ pub fn train(env: &JobEnv) -> anyhow::Result<()> {
 
     let varmap = VarMap::new();
     let vb = VarBuilder::from_varmap(&varmap, DType::F32, &device);
-    let model = Mlp::new(&spec, vb)?;
-    let epochs: usize = env.hp("epochs")?;
-    let batch_size: usize = env.hp("batch_size")?;
-    let learning_rate: f64 = env.hp("learning_rate")?;
-    let mut optimizer =
-        candle_nn::AdamW::new(varmap.all_vars(), candle_nn::ParamsAdamW { lr: learning_rate, ..Default::default() })?;
-
-    let state_file = env.checkpoint_dir.join("state.json");
-    let weights_file = env.checkpoint_dir.join("model.safetensors");
-    let mut start = 0;
-    if let (Ok(raw), true) = (std::fs::read(&state_file), weights_file.exists()) {
-        let state: CheckpointState = serde_json::from_slice(&raw).context("checkpoints/state.json")?;
-        let mut varmap = varmap.clone();
-        varmap.load(&weights_file).context("loading the checkpoint")?;
-        start = state.epoch;
-        println!("resuming from the checkpoint after epoch {start}");
-    }
-
-    let width = spec.input_width();
-    let x_all = Tensor::from_vec(train.x.clone(), (train.n, width), &device)?;
-    let y_all = match spec.task {
-        Task::Classification => Tensor::from_vec(train.y_class.clone(), train.n, &device)?,
-        Task::Regression => Tensor::from_vec(train.y_value.clone(), (train.n, 1), &device)?,
+    let model = Mlp::new(spec.input_width(), spec.hidden_units, spec.hidden_layers, spec.output_width(), vb)?;
+    let objective = match spec.task {
+        Task::Classification => Objective::Classification,
+        Task::Regression => Objective::Regression { label_std: spec.label_std },
     };
-    let mut order: Vec<u32> = (0..train.n as u32).collect();
-    // Re-seed per epoch, so a resumed run shuffles exactly as an uninterrupted one.
-    let started = Instant::now();
-    let mut samples = 0usize;
-    for epoch in start..epochs {
-        let mut epoch_rng = Rng(seed.wrapping_add(epoch as u64 + 1));
-        epoch_rng.shuffle(&mut order);
-        let mut total_loss = 0.0f64;
-        let mut batches = 0usize;
-        for chunk in order.chunks(batch_size) {
-            let idx = Tensor::from_vec(chunk.to_vec(), chunk.len(), &device)?;
-            let xb = x_all.index_select(&idx, 0)?;
-            let yb = y_all.index_select(&idx, 0)?;
-            let out = model.forward(&xb)?;
-            let loss = match spec.task {
-                Task::Classification => candle_nn::loss::cross_entropy(&out, &yb)?,
-                Task::Regression => candle_nn::loss::mse(&out, &yb)?,
-            };
-            optimizer.backward_step(&loss)?;
-            total_loss += f64::from(loss.to_scalar::<f32>()?);
-            batches += 1;
-            samples += chunk.len();
-        }
-        let train_loss = total_loss / batches.max(1) as f64;
-        let mut line = format!("#metric epoch={} train_loss={train_loss:.6}", epoch + 1);
-        if let Some(v) = &validation {
-            let x = Tensor::from_vec(v.x.clone(), (v.n, width), &device)?;
-            let out = model.forward(&x)?;
-            match spec.task {
-                Task::Classification => {
-                    let y = Tensor::from_vec(v.y_class.clone(), v.n, &device)?;
-                    let loss = candle_nn::loss::cross_entropy(&out, &y)?.to_scalar::<f32>()?;
-                    let predicted = out.argmax(D::Minus1)?.to_vec1::<u32>()?;
-                    let right = predicted.iter().zip(&v.y_class).filter(|(a, b)| a == b).count();
-                    let accuracy = right as f64 / v.n as f64;
-                    line.push_str(&format!(" validation_loss={loss:.6} validation_accuracy={accuracy:.6}"));
-                }
-                Task::Regression => {
-                    let y = Tensor::from_vec(v.y_value.clone(), (v.n, 1), &device)?;
-                    let mse = candle_nn::loss::mse(&out, &y)?.to_scalar::<f32>()?;
-                    let rmse = f64::from(mse).sqrt() * spec.label_std;
-                    line.push_str(&format!(" validation_loss={mse:.6} validation_rmse={rmse:.6}"));
-                }
-            }
-        }
-        println!("{line}");
-        std::io::stdout().flush()?;
-        // Written aside and renamed, weights first: a sync never packs a half-written
-        // file, and state.json never names an epoch whose weights are missing.
-        let partial = env.checkpoint_dir.join(".model.safetensors.partial");
-        varmap.save(&partial).context("writing the checkpoint")?;
-        std::fs::rename(&partial, &weights_file)?;
-        let partial = env.checkpoint_dir.join(".state.json.partial");
-        std::fs::write(&partial, serde_json::to_vec(&CheckpointState { epoch: epoch + 1 })?)?;
-        std::fs::rename(&partial, &state_file)?;
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    if samples > 0 && seconds > 0.0 {
-        println!("#metric samples_per_sec={:.1}", samples as f64 / seconds);
-    }
-    std::fs::create_dir_all(&env.model_dir)?;
-    varmap.save(env.model_dir.join("model.safetensors")).context("writing the model")?;
-    std::fs::write(env.model_dir.join("model.json"), serde_json::to_vec_pretty(&spec)?)?;
-    println!("model written to {}", env.model_dir.display());
-    Ok(())
+    let train = train.tensors(&spec, &device)?;
+    let validation = validation.map(|v| v.tensors(&spec, &device)).transpose()?;
+    fit(env, &model, &varmap, objective, &train, validation.as_ref().map(|v| v as &dyn Examples), &device)?;
+    write_model_spec(env, &spec)
 }

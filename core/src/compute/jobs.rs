@@ -570,6 +570,13 @@ pub async fn node_names(db: &Db) -> CoreResult<std::collections::HashMap<String,
 }
 
 /// Leases the next job that fits on the node.
+/// Placements in this process go one at a time. Concurrent agents would otherwise all
+/// read the same queue head and all but one lose the race for it, then race again for
+/// the next job: quadratic work in a fill burst (1,000 agents placed 43 jobs/s that
+/// way). Replicas sharing a PostgreSQL database are still kept apart by the
+/// conditional update below.
+static PLACING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 pub async fn lease(db: &Db, node: &NodeCaller, settings: &Settings) -> CoreResult<Lease> {
     // A full node (the steady state of a busy cluster) costs one aggregate query.
     let totals: Option<(i64, i64, i64, i64)> = sqlx::query_as(&format!(
@@ -588,6 +595,7 @@ pub async fn lease(db: &Db, node: &NodeCaller, settings: &Settings) -> CoreResul
         }
         Some(_) => {}
     }
+    let _placing = PLACING.lock().await;
     let Some(capacity) = node_capacity(db, &node.id).await? else {
         return Ok(Lease::Full);
     };

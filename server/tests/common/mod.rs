@@ -61,6 +61,13 @@ pub fn postgres_admin_url() -> Option<String> {
     std::env::var("ATELIER_TEST_POSTGRES_URL").ok().filter(|u| !u.is_empty())
 }
 
+/// The S3-compatible bucket the tests keep artifacts in, when set
+/// (`ATELIER_TEST_S3_URL=s3://bucket`, with `AWS_ENDPOINT` and credentials); each test
+/// gets its own prefix there.
+pub fn s3_test_url() -> Option<String> {
+    std::env::var("ATELIER_TEST_S3_URL").ok().filter(|u| !u.is_empty())
+}
+
 async fn fresh_database_url() -> Option<String> {
     let admin = postgres_admin_url()?;
     let name = format!("atelier_t_{}", uuid::Uuid::new_v4().simple());
@@ -82,6 +89,7 @@ impl TestApp {
         let data_dir = std::env::temp_dir().join(format!("atelier-test-{}", uuid::Uuid::new_v4().simple()));
         let database_url = fresh_database_url().await;
         let mut config = Config::for_data_dir(data_dir.clone(), database_url);
+        config.artifact_store = s3_test_url().map(|base| format!("{base}/{}", uuid::Uuid::new_v4().simple()));
         adjust(&mut config);
         let state = AppState::new(config).await.expect("app state");
         let router = atelier_server::app(state.clone());
