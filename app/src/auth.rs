@@ -34,10 +34,12 @@ pub enum Can {
     AddNode,
     ListTrainingJobs,
     CreateTrainingJob,
+    ListDatasets,
+    CreateDataset,
 }
 
 impl Can {
-    pub const ALL: [Can; 13] = [
+    pub const ALL: [Can; 15] = [
         Can::ListModelGroups,
         Can::CreateModelGroup,
         Can::ListUsers,
@@ -51,6 +53,8 @@ impl Can {
         Can::AddNode,
         Can::ListTrainingJobs,
         Can::CreateTrainingJob,
+        Can::ListDatasets,
+        Can::CreateDataset,
     ];
 }
 
@@ -99,6 +103,8 @@ pub async fn get_me() -> Result<Me, AppError> {
                 Can::AddNode => (Action::CreateNodeToken, "atelier:compute:node/*"),
                 Can::ListTrainingJobs => (Action::ListTrainingJobs, "atelier:training:job/*"),
                 Can::CreateTrainingJob => (Action::CreateTrainingJob, "atelier:training:job/*"),
+                Can::ListDatasets => (Action::ListDatasets, "atelier:datasets:dataset/*"),
+                Can::CreateDataset => (Action::CreateDataset, "atelier:datasets:dataset/*"),
             };
             principal.can(action, &Resource::new(resource))
         })

@@ -10,6 +10,7 @@ pub mod charts;
 pub mod compute;
 #[cfg(feature = "ssr")]
 pub mod context;
+pub mod datasets;
 pub mod error;
 pub mod format;
 pub mod forms;
@@ -27,6 +28,7 @@ use leptos_router::{path, SsrMode};
 use crate::audit::AuditPage;
 use crate::auth::{can, get_me, Can, LoginPage, PasswordPage, SignOutButton};
 use crate::compute::NodesPage;
+use crate::datasets::{DatasetItemPage, DatasetPage, DatasetsPage};
 use crate::iam::{GroupPage, GroupsPage, PoliciesPage, PolicyPage, SimulatorPage};
 use crate::models::ModelsPage;
 use crate::tokens::TokensPage;
@@ -81,6 +83,9 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("") view=HomePage/>
                     <Route path=path!("account/password") view=PasswordPage/>
                     <Route path=path!("account/tokens") view=TokensPage/>
+                    <Route path=path!("datasets") view=DatasetsPage/>
+                    <Route path=path!("datasets/:name") view=DatasetPage/>
+                    <Route path=path!("datasets/:name/items/:seq") view=DatasetItemPage/>
                     <Route path=path!("models") view=ModelsPage/>
                     <Route path=path!("training") view=TrainingJobsPage/>
                     <Route path=path!("training/new") view=NewTrainingJobPage/>
@@ -133,6 +138,9 @@ fn AppShell() -> impl IntoView {
             <nav class="sidebar" aria-label="Main">
                 <A href="/" exact=true>"Home"</A>
                 <Transition fallback=|| ()>
+                    <Show when=move || may(Can::ListDatasets)>
+                        <A href="/datasets">"Datasets"</A>
+                    </Show>
                     <Show when=move || may(Can::ListTrainingJobs)>
                         <A href="/training">"Training"</A>
                     </Show>

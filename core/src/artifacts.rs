@@ -26,6 +26,8 @@ pub mod kind {
     pub const MODEL: &str = "model";
     pub const OUTPUT: &str = "output";
     pub const CHECKPOINT: &str = "checkpoint";
+    /// An image item of a dataset.
+    pub const DATASET: &str = "dataset";
 }
 
 /// An artifact's record.

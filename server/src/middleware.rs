@@ -287,7 +287,9 @@ fn client_ip(state: &AppState, request: &Request) -> Option<String> {
 /// request timeout (they take as long as the bytes take).
 fn is_upload(method: &Method, path: &str) -> bool {
     (*method == Method::POST
-        && (path == "/api/v1/artifacts" || path == <app::training::CreateTrainingJob as ServerFn>::PATH))
+        && (path == "/api/v1/artifacts"
+            || path == <app::training::CreateTrainingJob as ServerFn>::PATH
+            || crate::api::datasets::is_upload(path)))
         || (*method == Method::PUT && path.starts_with(crate::agent::PREFIX))
 }
 

@@ -75,6 +75,9 @@ pub fn app(state: AppState) -> Router {
         .layer(sessions)
         .layer(CompressionLayer::new())
         .layer(from_fn_with_state(state.clone(), middleware::limits))
+        // `limits` decides every body's limit; axum's own 2 MB default for extractors
+        // such as `Multipart` would cut uploads short.
+        .layer(axum::extract::DefaultBodyLimit::disable())
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(TraceLayer::new_for_http().make_span_with(|request: &Request| {
             let id = request.extensions().get::<RequestId>().and_then(|id| id.header_value().to_str().ok());

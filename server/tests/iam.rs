@@ -42,6 +42,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
             json!({"username": "admin", "action": "iam:GetUser", "resource": "atelier:iam:user/admin"})
         }
         "/api/v1/model-groups" => json!({"name": "newmodel"}),
+        "/api/v1/datasets" => json!({"name": "newdataset", "kind": "image"}),
         "/api/v1/compute/nodes" => json!({"name": "newnode"}),
         "/api/v1/training-jobs" => {
             json!({"name": "newjob", "spec": {"algorithm": {"type": "builtin", "name": "tabular"}}})
@@ -77,6 +78,13 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
     .execute(&app.state.db.pool)
     .await
     .expect("test setup");
+    sqlx::query(
+        "INSERT INTO datasets (id, name, description, kind, item_count, total_bytes, created_by, created_at) \
+         VALUES ('d', 'photos', '', 'image', 0, 0, 'admin', 0)",
+    )
+    .execute(&app.state.db.pool)
+    .await
+    .expect("test setup");
     // An administrator with an explicit Deny of everything: the Deny must win everywhere.
     let denied = app.create_user_with("mallory", &["AdministratorAccess".into(), "DenyAll".into()]).await;
     let token = app.token_for(&denied, None).await;
@@ -103,6 +111,8 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
                 .replace("{node}", "gpu-1")
                 .replace("{job}", "job-1")
                 .replace("/model-groups/{group}", "/model-groups/fraud")
+                .replace("{dataset}", "photos")
+                .replace("{seq}", "1")
                 .replace("{group}", "team");
             assert!(!is_public(&path), "{path} is public but documented as an authorized route");
             // Uploads name their file in the query.
@@ -149,6 +159,9 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         ("search", ""),
         ("after", "0"),
         ("names[0]", "job-1"),
+        ("kind", "image"),
+        ("page", "1"),
+        ("seq", "1"),
     ];
     let mut server_fns: Vec<&str> = leptos::server_fn::axum::server_fn_paths().map(|(p, _)| p).collect();
     server_fns.sort_unstable();

@@ -38,6 +38,7 @@ pub fn run() -> Result<()> {
         ("atelier-server", "scheduler"),
         ("atelier-agent", "dispatch"),
         ("atelier-agent", "tabular"),
+        ("atelier-core", "consolidation"),
     ] {
         crate::util::exec(crate::util::cargo().args(["bench", "-p", package, "--bench", bench]))?;
     }

@@ -106,13 +106,8 @@ fn examples(
 /// Trains and writes the model.
 pub fn train(env: &JobEnv) -> anyhow::Result<()> {
     let device = env.device()?;
-    let attribute: String = env.hp("label_attribute")?;
+    let (manifest, classes) = manifest::read_training(env)?;
     let train_dir = env.channels.get("train").context("the train channel is missing")?;
-    let manifest = manifest::read_channel(train_dir, &attribute)?;
-    let classes = manifest.classes();
-    if classes.len() < 2 {
-        bail!("the manifest has only the class {:?}; classification needs at least two", classes.join(""));
-    }
     let spec = ImageModel {
         algorithm: "image_classification".into(),
         label_attribute: manifest.attribute.clone(),

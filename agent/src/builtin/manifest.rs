@@ -95,6 +95,19 @@ pub fn read_channel(dir: &Path, attribute: &str) -> anyhow::Result<Manifest> {
     Ok(Manifest { attribute, items, unlabeled })
 }
 
+/// The `train` channel's manifest (label attribute from the `label_attribute`
+/// hyperparameter) and its classes, at least two.
+pub fn read_training(env: &super::JobEnv) -> anyhow::Result<(Manifest, Vec<String>)> {
+    let attribute: String = env.hp("label_attribute")?;
+    let dir = env.channels.get("train").context("the train channel is missing")?;
+    let manifest = read_channel(dir, &attribute)?;
+    let classes = manifest.classes();
+    if classes.len() < 2 {
+        bail!("the manifest has only the class {:?}; classification needs at least two", classes.join(""));
+    }
+    Ok((manifest, classes))
+}
+
 /// The label attribute of a line: the key whose `-metadata` companion is present.
 fn detect_attribute(object: &Map<String, Value>, origin: &str) -> anyhow::Result<Option<String>> {
     let candidates: Vec<&String> =

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use candle_core::{DType, Device, Tensor};
 use candle_nn::{VarBuilder, VarMap};
 use serde::{Deserialize, Serialize};
@@ -128,13 +128,7 @@ fn vocabulary(texts: &[&str], max_vocabulary: usize, min_count: usize) -> Vec<St
 /// Trains and writes the model.
 pub fn train(env: &JobEnv) -> anyhow::Result<()> {
     let device = env.device()?;
-    let attribute: String = env.hp("label_attribute")?;
-    let train_dir = env.channels.get("train").context("the train channel is missing")?;
-    let manifest = manifest::read_channel(train_dir, &attribute)?;
-    let classes = manifest.classes();
-    if classes.len() < 2 {
-        bail!("the manifest has only the class {:?}; classification needs at least two", classes.join(""));
-    }
+    let (manifest, classes) = manifest::read_training(env)?;
     let (train_items, validation_items): (Vec<Item>, Vec<Item>) = match env.channels.get("validation") {
         Some(dir) => (manifest.items.clone(), manifest::read_channel(dir, &manifest.attribute)?.items),
         None => {

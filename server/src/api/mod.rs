@@ -8,6 +8,7 @@
 pub mod accounts;
 pub mod audit;
 pub mod compute;
+pub mod datasets;
 pub mod error;
 pub mod iam;
 pub mod models;
@@ -62,6 +63,7 @@ pub struct ApiJson<T>(pub T);
         (name = "tokens", description = "API tokens"),
         (name = "iam", description = "Groups, policies, the catalogue and the policy simulator"),
         (name = "audit", description = "The audit log"),
+        (name = "datasets", description = "Datasets: images and texts added in batches, for labeling and training"),
         (name = "models", description = "The model registry"),
         (name = "training", description = "Training jobs, their logs, metrics and artifacts, and file uploads"),
         (name = "compute", description = "Compute nodes and their agents"),
@@ -116,6 +118,8 @@ fn split() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(models::routes())
         .merge(training::routes())
         .merge(training::upload_routes())
+        .merge(datasets::routes())
+        .merge(datasets::upload_routes())
         .merge(compute::routes())
         .split_for_parts()
 }
