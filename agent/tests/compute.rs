@@ -451,6 +451,82 @@ async fn builtin_text_and_image_classifiers_learn_from_labeling_manifests() {
     let _ = std::fs::remove_dir_all(work);
 }
 
+const DATASET_SCRIPT: &str = r#"
+import json, os
+train = os.environ["SM_CHANNEL_TRAIN"]
+rows = [json.loads(line) for line in open(os.path.join(train, "reviews.manifest"))]
+print("texts=%d first=%s" % (len(rows), rows[0]["source"]))
+images = os.environ["SM_CHANNEL_IMAGES"]
+refs = [json.loads(line)["source-ref"] for line in open(os.path.join(images, "pics.manifest"))]
+assert all(os.path.getsize(os.path.join(images, r)) > 0 for r in refs), refs
+print("images=" + ",".join(sorted(os.listdir(images))))
+"#;
+
+async fn new_dataset(app: &TestApp, token: &str, name: &str, kind: &str, files: &[(&str, &[u8])]) {
+    let r = app
+        .call(Method::POST, "/api/v1/datasets", Auth::Bearer(token), Some(json!({"name": name, "kind": kind})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    if files.is_empty() {
+        return;
+    }
+    let parts: Vec<(&str, Option<&str>, &[u8])> = files.iter().map(|(n, b)| ("file", Some(*n), *b)).collect();
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/api/v1/datasets/{name}/batches"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={}", common::BOUNDARY))
+        .body(Body::from(common::multipart(&parts)))
+        .expect("request");
+    let r = app.send(request).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn datasets_are_training_channels() {
+    let (app, url, token) = studio().await;
+    let node_token = add_node(&app, &token, "cpu-1").await;
+    let work = temp_dir("agent");
+    let _agent = Agent::start(&url, &node_token, &work, &[]);
+    wait_node(&app, &token, "cpu-1", "Ready").await;
+    new_dataset(&app, &token, "reviews", "text", &[("r.csv", b"text\nGreat film\nDull\n")]).await;
+    let mut seed = 3u64;
+    let (a, b) = (noisy_png([200, 0, 0], 4, &mut seed), noisy_png([0, 0, 200], 4, &mut seed));
+    new_dataset(&app, &token, "pics", "image", &[("a.png", &a), ("b.png", &b)]).await;
+    new_dataset(&app, &token, "empty", "image", &[]).await;
+
+    let script = upload(&app, &token, "read.py", DATASET_SCRIPT).await;
+    let spec = |channels: Value| {
+        json!({"algorithm": {"type": "script", "entry_point": "read.py", "code": [script]},
+               "channels": channels, "resources": {"memory_mb": 128}})
+    };
+    for (channels, expected) in [
+        (json!([{"name": "train", "dataset": "nope"}]), "dataset nope: dataset not found"),
+        (json!([{"name": "train", "dataset": "empty"}]), "dataset empty has no items"),
+    ] {
+        let r = submit(&app, &token, "bad", spec(channels)).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+        assert!(r.text().contains(expected), "{}", r.text());
+    }
+    let r = submit(
+        &app,
+        &token,
+        "from-datasets",
+        spec(json!([{"name": "train", "dataset": "reviews"}, {"name": "images", "dataset": "pics"}])),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let done = wait_job(&app, &token, "from-datasets", 60, terminal).await;
+    assert_eq!(done["job"]["state"], "Completed", "{done:#}\n{}", logs(&app, &token, "from-datasets").await);
+    let log = logs(&app, &token, "from-datasets").await;
+    assert!(log.contains("texts=2 first=Great film"), "{log}");
+    assert!(log.contains("images=a.png,b.png,pics.manifest"), "{log}");
+    // Lineage: the job names the datasets it read.
+    assert!(done["inputs"]["images (dataset pics, 3 files)"].is_array(), "{}", done["inputs"]);
+    assert_eq!(done["job"]["spec"]["channels"][0]["dataset"], "reviews");
+    let _ = std::fs::remove_dir_all(work);
+}
+
 const LOOP_SCRIPT: &str = r#"
 import os, sys, time
 pid_file = sys.argv[sys.argv.index("--pid_file") + 1]

@@ -182,8 +182,14 @@ pub mod server {
             }
         }
         for channel in &spec.channels {
-            for id in &channel.artifacts {
-                add(channel.name.clone(), artifacts::get(db, id).await);
+            // A dataset channel can hold thousands of files: name the dataset and show
+            // the first few (the manifest among them).
+            let key = match &channel.dataset {
+                Some(d) => format!("{} (dataset {d}, {} files)", channel.name, channel.artifacts.len()),
+                None => channel.name.clone(),
+            };
+            for id in channel.artifacts.iter().take(if channel.dataset.is_some() { 20 } else { usize::MAX }) {
+                add(key.clone(), artifacts::get(db, id).await);
             }
         }
         Ok(TrainingJobDetail { job: view(db, &names, job, true).await?, events, artifacts, inputs })
@@ -336,7 +342,7 @@ pub async fn create_training_job(data: MultipartData) -> Result<String, AppError
         }
         let (name, spec) = spec_from_form(&fields, &files)
             .map_err(|(field, m)| AppError { field: Some(field.into()), ..AppError::new(ErrorKind::Invalid, m) })?;
-        let job = atelier_core::compute::jobs::submit(&db, &p, &name, spec).await?;
+        let job = atelier_core::compute::jobs::submit(&db, &store, &p, &name, spec).await?;
         if let Some(work) = use_context::<WorkSignal>() {
             (work.0)();
         }
@@ -405,9 +411,11 @@ pub fn spec_from_form(
         labels,
     };
     let mut channels = Vec::new();
-    for (field, channel) in [("train_files", "train"), ("validation_files", "validation")] {
-        if let Some(ids) = files.get(field).filter(|ids| !ids.is_empty()) {
-            channels.push(atelier_protocol::Channel { name: channel.into(), artifacts: ids.clone() });
+    for channel in ["train", "validation"] {
+        let artifacts = files.get(&format!("{channel}_files")).cloned().unwrap_or_default();
+        let dataset = Some(get(&format!("{channel}_dataset"))).filter(|d| !d.is_empty());
+        if !artifacts.is_empty() || dataset.is_some() {
+            channels.push(atelier_protocol::Channel { name: channel.into(), artifacts, dataset });
         }
     }
     let algorithm = match get("algorithm").as_str() {
@@ -536,6 +544,7 @@ fn TrainingJobForm(source: Option<TrainingJobView>) -> impl IntoView {
     use leptos::wasm_bindgen::JsCast;
     let create = Action::new_local(|data: &leptos::web_sys::FormData| create_training_job(data.clone().into()));
     let error = Signal::derive(move || create.value().get().and_then(Result::err));
+    let datasets = Resource::new(|| (), |_| crate::datasets::list_datasets());
     let spec = source.as_ref().map(|s| s.spec.clone());
     let initial_algorithm = match spec.as_ref().map(|s| &s.algorithm) {
         Some(Algorithm::Script { .. }) => "script".to_string(),
@@ -618,8 +627,10 @@ fn TrainingJobForm(source: Option<TrainingJobView>) -> impl IntoView {
             </Show>
             <label for="job-train">"Training data (channel train)"</label>
             <input id="job-train" name="train_files" type="file" multiple/>
+            <DatasetChoice id="job-train-dataset" name="train_dataset" label="…and/or a dataset for channel train" datasets/>
             <label for="job-validation">"Validation data (channel validation, optional)"</label>
             <input id="job-validation" name="validation_files" type="file" multiple/>
+            <DatasetChoice id="job-validation-dataset" name="validation_dataset" label="…and/or a dataset for channel validation" datasets/>
             <label for="job-hps">"Hyperparameters (JSON)"</label>
             <textarea id="job-hps" name="hyperparameters" rows="8" prop:value=move || hyperparameters.get()
                 on:input=move |ev| hyperparameters.set(event_target_value(&ev))></textarea>
@@ -640,6 +651,31 @@ fn TrainingJobForm(source: Option<TrainingJobView>) -> impl IntoView {
                 {move || if create.pending().get() { "Uploading…" } else { "Start training job" }}
             </button>
         </form>
+    }
+}
+
+/// A choice of dataset for a channel (its items become the channel's files, with a
+/// manifest listing them).
+#[component]
+fn DatasetChoice(
+    id: &'static str,
+    name: &'static str,
+    label: &'static str,
+    datasets: Resource<Result<Vec<crate::datasets::DatasetInfo>, AppError>>,
+) -> impl IntoView {
+    view! {
+        <label for=id>{label}</label>
+        <select id=id name=name>
+            <option value="">"none"</option>
+            <Transition fallback=|| ()>
+                {move || Suspend::new(async move {
+                    datasets.await.unwrap_or_default().into_iter().map(|d| {
+                        let text = format!("{} ({}, {} items)", d.name, d.kind, d.item_count);
+                        view! { <option value=d.name>{text}</option> }
+                    }).collect_view()
+                })}
+            </Transition>
+        </select>
     }
 }
 
@@ -896,5 +932,33 @@ pub fn CompareTrainingJobsPage() -> impl IntoView {
                 chart.await.ok().filter(|s| !s.is_empty()).map(|svg| view! { <div class="chart" inner_html=svg></div> })
             })}
         </Transition>
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_form_gives_channels_from_files_and_datasets() {
+        let fields: BTreeMap<String, String> = [
+            ("name", "j"),
+            ("algorithm", "builtin:text_classification"),
+            ("hyperparameters", "{}"),
+            ("train_dataset", "reviews"),
+            ("validation_dataset", ""),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let files: BTreeMap<String, Vec<String>> = [("validation_files".to_string(), vec!["a1".to_string()])].into();
+        let (_, spec) = spec_from_form(&fields, &files).expect("a valid form");
+        assert_eq!(
+            spec.channels,
+            vec![
+                atelier_protocol::Channel { name: "train".into(), artifacts: vec![], dataset: Some("reviews".into()) },
+                atelier_protocol::Channel { name: "validation".into(), artifacts: vec!["a1".into()], dataset: None },
+            ]
+        );
     }
 }

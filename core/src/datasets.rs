@@ -200,6 +200,61 @@ pub async fn item(db: &Db, dataset: &Dataset, seq: i64) -> CoreResult<Item> {
     found.ok_or(CoreError::NotFound("dataset item"))
 }
 
+/// Most items a dataset may give a training channel (each becomes a file on the node).
+pub const MAX_CHANNEL_ITEMS: i64 = 100_000;
+
+/// The files a training channel gets from a dataset, as (artifact id, file name): a
+/// Ground Truth input manifest `<dataset>.manifest` first (one line per item: `source`
+/// for a text, `source-ref` naming an image's file), then the images. The manifest is
+/// stored as a new artifact.
+pub async fn channel_files(
+    db: &Db,
+    store: &ArtifactStore,
+    p: &Principal,
+    name: &str,
+) -> CoreResult<Vec<(String, String)>> {
+    let dataset = get(db, p, name).await?;
+    if dataset.item_count > MAX_CHANNEL_ITEMS {
+        return Err(CoreError::invalid(
+            "spec",
+            format!("dataset {name} has {} items; a channel takes at most {MAX_CHANNEL_ITEMS}", dataset.item_count),
+        ));
+    }
+    let items: Vec<(i64, String, Option<String>, Option<String>)> =
+        sqlx::query_as("SELECT seq, name, artifact_id, text FROM dataset_items WHERE dataset_id = $1 ORDER BY seq")
+            .bind(&dataset.id)
+            .fetch_all(&db.pool)
+            .await?;
+    let mut manifest = String::new();
+    let mut files = Vec::new();
+    let mut seen: HashMap<&str, i64> = HashMap::new();
+    for (seq, file, artifact, text) in &items {
+        let line = match (artifact, text) {
+            (Some(id), _) => {
+                if let Some(first) = seen.insert(file, *seq) {
+                    return Err(CoreError::invalid(
+                        "spec",
+                        format!("dataset {name} has two images named {file} (items {first} and {seq}); a channel needs distinct file names"),
+                    ));
+                }
+                files.push((id.clone(), file.clone()));
+                serde_json::json!({"source-ref": file, "dataset-item": seq})
+            }
+            (None, Some(t)) => serde_json::json!({"source": t, "dataset-item": seq}),
+            (None, None) => continue,
+        };
+        manifest.push_str(&line.to_string());
+        manifest.push('\n');
+    }
+    let manifest_name = format!("{name}.manifest");
+    let new = NewArtifact { name: &manifest_name, kind: kind::UPLOAD, job_id: None, created_by: &p.user.username };
+    let body = futures::stream::once(async move { Ok::<Bytes, String>(Bytes::from(manifest)) });
+    let stored = store.put(db, new, body, u64::MAX).await?;
+    let mut out = vec![(stored.id, manifest_name)];
+    out.extend(files);
+    Ok(out)
+}
+
 /// The media type of an image, from its first bytes; `None` if it is not PNG, JPEG or
 /// WebP (the file name is not trusted).
 pub fn image_type(head: &[u8]) -> Option<&'static str> {

@@ -281,7 +281,13 @@ pub enum Algorithm {
 pub struct Channel {
     pub name: String,
     /// Uploaded files (artifact ids).
+    #[serde(default)]
     pub artifacts: Vec<String>,
+    /// A dataset whose items the channel gets, with a Ground Truth input manifest
+    /// `<dataset>.manifest` listing them (`source` texts, or `source-ref` file names of
+    /// images). Resolved at submit: its files are added to `artifacts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset: Option<String>,
 }
 
 /// A training job as submitted.

@@ -14,32 +14,6 @@ const PNG: &[u8] = b"\x89\x50\x4e\x47\x0d\x0a\x1a\x0a\x00\x00\x00\x0d\x49\x48\x4
 /// The start of a JPEG (what the upload checks).
 const JPEG: &[u8] = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00";
 
-const BOUNDARY: &str = "atelier-test-boundary";
-
-/// A multipart body of (field, file name, bytes); a `None` file name is a plain field.
-fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (field, file, bytes) in parts {
-        body.extend_from_slice(format!("--{BOUNDARY}\r\n").as_bytes());
-        match file {
-            Some(f) => body.extend_from_slice(
-                format!(
-                    "Content-Disposition: form-data; name=\"{field}\"; filename=\"{f}\"\r\n\
-                     Content-Type: application/octet-stream\r\n\r\n"
-                )
-                .as_bytes(),
-            ),
-            None => {
-                body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{field}\"\r\n\r\n").as_bytes())
-            }
-        }
-        body.extend_from_slice(bytes);
-        body.extend_from_slice(b"\r\n");
-    }
-    body.extend_from_slice(format!("--{BOUNDARY}--\r\n").as_bytes());
-    body
-}
-
 async fn upload(
     app: &TestApp,
     token: &str,
@@ -50,8 +24,8 @@ async fn upload(
         .method(Method::POST)
         .uri(format!("/api/v1/datasets/{dataset}/batches"))
         .header("authorization", format!("Bearer {token}"))
-        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
-        .body(Body::from(multipart(parts)))
+        .header("content-type", format!("multipart/form-data; boundary={}", common::BOUNDARY))
+        .body(Body::from(common::multipart(parts)))
         .expect("request");
     app.send(request).await
 }

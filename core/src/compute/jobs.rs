@@ -15,9 +15,10 @@ use serde::Serialize;
 use super::nodes::{self, NodeCaller, NODE_COLUMNS};
 use super::scheduler::{self, Capacity, Queued};
 use super::{now_ms, Settings};
-use crate::artifacts::{self, Artifact};
+use crate::artifacts::{self, Artifact, ArtifactStore};
 use crate::audit::{self, NewEvent};
 use crate::authz::{authorize, Action, Principal, Resource};
+use crate::datasets;
 use crate::db::Db;
 use crate::iam::store::validate_name;
 use crate::{now, CoreError, CoreResult};
@@ -189,7 +190,14 @@ async fn validate_spec(db: &Db, p: &Principal, mut spec: JobSpec) -> CoreResult<
         if !names.insert(channel.name.clone()) {
             return Err(invalid(format!("channel \"{}\" is given twice", channel.name)));
         }
-        if channel.artifacts.is_empty() {
+        if let Some(dataset) = &channel.dataset {
+            let found = datasets::get(db, p, dataset)
+                .await
+                .map_err(|e| invalid(format!("channel \"{}\": dataset {dataset}: {e}", channel.name)))?;
+            if found.item_count == 0 {
+                return Err(invalid(format!("channel \"{}\": dataset {dataset} has no items", channel.name)));
+            }
+        } else if channel.artifacts.is_empty() {
             return Err(invalid(format!("channel \"{}\" is empty: give it at least one file", channel.name)));
         }
         let mut files = BTreeSet::new();
@@ -274,13 +282,33 @@ async fn validate_spec(db: &Db, p: &Principal, mut spec: JobSpec) -> CoreResult<
 }
 
 /// Submits a training job.
-pub async fn submit(db: &Db, p: &Principal, name: &str, spec: JobSpec) -> CoreResult<Job> {
+pub async fn submit(db: &Db, store: &ArtifactStore, p: &Principal, name: &str, spec: JobSpec) -> CoreResult<Job> {
     let name = validate_name("name", name)?;
     authorize(p, Action::CreateTrainingJob, &resource_named(&name))?;
-    let spec = validate_spec(db, p, spec).await?;
+    let mut spec = validate_spec(db, p, spec).await?;
     let capacities: Vec<Capacity> = capacities(db, true).await?.into_iter().map(|(_, c)| c).collect();
     if let Some(reason) = scheduler::never_fits(&spec.resources, &capacities) {
         return Err(CoreError::invalid("resources", reason));
+    }
+    // Last, when only a name clash can still refuse the job (leaving an unused
+    // manifest behind): dataset channels get their files, a manifest written for each.
+    for channel in spec.channels.iter_mut() {
+        if let Some(dataset) = &channel.dataset {
+            let files = datasets::channel_files(db, store, p, dataset).await?;
+            let mut names = BTreeSet::new();
+            for id in &channel.artifacts {
+                names.insert(artifacts::get(db, id).await?.name);
+            }
+            for (_, file) in &files {
+                if !names.insert(file.clone()) {
+                    return Err(CoreError::invalid(
+                        "spec",
+                        format!("channel \"{}\" would have two files named {file}", channel.name),
+                    ));
+                }
+            }
+            channel.artifacts.extend(files.into_iter().map(|(id, _)| id));
+        }
     }
     let id = uuid::Uuid::now_v7().to_string();
     sqlx::query(

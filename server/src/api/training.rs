@@ -53,7 +53,7 @@ pub async fn create_job(
     Auth(p): Auth,
     ApiJson(body): ApiJson<CreateTrainingJobRequest>,
 ) -> Result<(StatusCode, Json<TrainingJobView>), ApiError> {
-    let job = jobs::submit(&state.db, &p, &body.name, body.spec).await?;
+    let job = jobs::submit(&state.db, &state.artifacts, &p, &body.name, body.spec).await?;
     state.work.notify_waiters();
     Ok((StatusCode::CREATED, Json(views::view(&state.db, &jobs::node_names(&state.db).await?, job, true).await?)))
 }
