@@ -6,6 +6,10 @@
 //! interpreter's start-up). Run with `cargo bench -p atelier-agent --bench dispatch`;
 //! `BENCH_JOBS` (default 40) sets how many jobs are timed.
 
+#[path = "../../server/benches/support/mod.rs"]
+mod support;
+use support::percentile;
+
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -17,13 +21,6 @@ use serde_json::{json, Value};
 
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn main() -> anyhow::Result<()> {

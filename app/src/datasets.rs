@@ -311,6 +311,12 @@ fn BatchSummary(batch: BatchInfo) -> impl IntoView {
     }
 }
 
+/// The form's `<input>` called `name`.
+fn form_input(form: &leptos::web_sys::HtmlFormElement, name: &str) -> Option<leptos::web_sys::HtmlInputElement> {
+    use leptos::wasm_bindgen::JsCast;
+    form.elements().named_item(name).and_then(|e| e.dyn_into::<leptos::web_sys::HtmlInputElement>().ok())
+}
+
 /// Reads the form's files and text column, and starts the upload.
 fn start_upload(
     form: &leptos::web_sys::HtmlFormElement,
@@ -318,10 +324,7 @@ fn start_upload(
     progress: RwSignal<Option<u32>>,
     outcome: RwSignal<Option<Result<BatchInfo, String>>>,
 ) -> bool {
-    use leptos::wasm_bindgen::JsCast;
-    let input = |name: &str| {
-        form.elements().named_item(name).and_then(|e| e.dyn_into::<leptos::web_sys::HtmlInputElement>().ok())
-    };
+    let input = |name: &str| form_input(form, name);
     let Some(files) = input("files").and_then(|i| i.files()).filter(|f| f.length() > 0) else {
         return false;
     };
@@ -396,13 +399,7 @@ fn NewDatasetForm() -> impl IntoView {
         let Some(form) = ev.target().and_then(|t| t.dyn_into::<leptos::web_sys::HtmlFormElement>().ok()) else {
             return;
         };
-        let field = |name: &str| {
-            form.elements()
-                .named_item(name)
-                .and_then(|e| e.dyn_into::<leptos::web_sys::HtmlInputElement>().ok())
-                .map(|i| i.value())
-                .unwrap_or_default()
-        };
+        let field = |name: &str| form_input(&form, name).map(|i| i.value()).unwrap_or_default();
         let (name, description) = (field("name"), field("description"));
         error.set(None);
         outcome.set(None);

@@ -7,6 +7,9 @@
 //! for a cached principal, and a whole in-process REST call that authorizes, to put the
 //! decision's cost in proportion.
 
+mod support;
+use support::percentile;
+
 use std::time::{Duration, Instant};
 
 use atelier_core::accounts::{self, NewUser};
@@ -44,10 +47,6 @@ fn policy(p: usize) -> String {
         })
         .collect();
     format!(r#"{{"Version":"2012-10-17","Statement":[{}]}}"#, statements.join(","))
-}
-
-fn percentile(sorted: &[Duration], q: f64) -> Duration {
-    sorted[((sorted.len() as f64 - 1.0) * q).round() as usize]
 }
 
 fn report(label: &str, mut samples: Vec<Duration>) -> Duration {

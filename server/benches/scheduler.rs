@@ -9,6 +9,9 @@
 //! Run with `cargo bench -p atelier-server --bench scheduler` (also part of
 //! `cargo xtask bench`). `BENCH_SECONDS` (default 30) sets the measured duration.
 
+mod support;
+use support::percentile;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,13 +34,6 @@ fn cpu_seconds() -> f64 {
     let fields: Vec<&str> = after.split_whitespace().collect();
     let tick = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (tick(11) + tick(12)) / 100.0
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return 0.0;
-    }
-    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
 fn main() -> anyhow::Result<()> {

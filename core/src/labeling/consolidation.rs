@@ -101,6 +101,10 @@ fn dawid_skene(annotations: &[Annotation], items: usize, classes: usize) -> Vec<
     let mut log_confusion = vec![0.0; workers * classes * classes];
     let mut prior = vec![0.0; classes];
     let mut next = vec![0.0; items * classes];
+    let mut labeled = vec![false; items];
+    for &(i, _, _) in annotations {
+        labeled[i] = true;
+    }
     for _ in 0..MAX_ITERATIONS {
         // M step.
         confusion.iter_mut().for_each(|v| *v = SMOOTHING);
@@ -117,10 +121,6 @@ fn dawid_skene(annotations: &[Annotation], items: usize, classes: usize) -> Vec<
             *lv = v.ln();
         }
         prior.iter_mut().for_each(|p| *p = SMOOTHING);
-        let mut labeled = vec![false; items];
-        for &(i, _, _) in annotations {
-            labeled[i] = true;
-        }
         for i in (0..items).filter(|&i| labeled[i]) {
             for k in 0..classes {
                 prior[k] += t[i * classes + k];
