@@ -527,6 +527,68 @@ async fn datasets_are_training_channels() {
     let _ = std::fs::remove_dir_all(work);
 }
 
+/// The loop's middle: images labeled through the task queue become a training channel
+/// (the job's output manifest and its images), and the built-in classifier learns them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_labeling_jobs_output_trains_a_classifier() {
+    let (app, url, token) = studio().await;
+    let node_token = add_node(&app, &token, "cpu-1").await;
+    let work = temp_dir("agent");
+    let _agent = Agent::start(&url, &node_token, &work, &[]);
+    let mut seed = 11u64;
+    let images: Vec<(String, Vec<u8>)> = (0..24)
+        .map(|i| {
+            let colour = if i % 2 == 0 { [200, 30, 30] } else { [30, 30, 200] };
+            (format!("shape-{i}.png"), noisy_png(colour, 12, &mut seed))
+        })
+        .collect();
+    let files: Vec<(&str, &[u8])> = images.iter().map(|(n, b)| (n.as_str(), b.as_slice())).collect();
+    new_dataset(&app, &token, "shapes", "image", &files).await;
+    let r = app.call(Method::POST, "/api/v1/groups", Auth::Bearer(&token), Some(json!({"name": "raters"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = app
+        .call(
+            Method::POST,
+            "/api/v1/labeling/jobs",
+            Auth::Bearer(&token),
+            Some(json!({"name": "shapes-1", "dataset": "shapes", "task_type": "image_classification",
+                        "categories": [{"name": "red"}, {"name": "blue"}], "teams": ["raters"], "workers_per_item": 1})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let spec = json!({
+        "algorithm": {"type": "builtin", "name": "image_classification"},
+        "hyperparameters": {"epochs": "12", "image_size": "12", "channels": "8", "batch_size": "8"},
+        "channels": [{"name": "train", "labeling_job": "shapes-1"}],
+        "resources": {"memory_mb": 512}
+    });
+    let r = submit(&app, &token, "too-soon", spec.clone()).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(r.text().contains("labeling job shapes-1 is InProgress"), "{}", r.text());
+
+    // The administrator labels every image through the queue.
+    loop {
+        let r = app.call(Method::POST, "/api/v1/labeling/jobs/shapes-1/tasks/next", Auth::Bearer(&token), None).await;
+        let task = r.json()["task"].clone();
+        if task.is_null() {
+            break;
+        }
+        let label = if task["item_seq"].as_i64().expect("seq") % 2 == 1 { "red" } else { "blue" };
+        let path = format!("/api/v1/labeling/jobs/shapes-1/tasks/{}/submit", task["id"].as_str().expect("id"));
+        let r = app.call(Method::POST, &path, Auth::Bearer(&token), Some(json!({"answer": {"label": label}}))).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    wait_node(&app, &token, "cpu-1", "Ready").await;
+    let r = submit(&app, &token, "from-labels", spec).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let done = wait_job(&app, &token, "from-labels", 180, terminal).await;
+    assert_eq!(done["job"]["state"], "Completed", "{done:#}\n{}", logs(&app, &token, "from-labels").await);
+    let accuracy = done["job"]["final_metrics"]["validation_accuracy"].as_f64().expect("validation accuracy");
+    assert!(accuracy >= 0.9, "validation accuracy {accuracy}\n{}", logs(&app, &token, "from-labels").await);
+    assert!(done["inputs"]["train (labeling job shapes-1, 25 files)"].is_array(), "{}", done["inputs"]);
+    let _ = std::fs::remove_dir_all(work);
+}
+
 const LOOP_SCRIPT: &str = r#"
 import os, sys, time
 pid_file = sys.argv[sys.argv.index("--pid_file") + 1]

@@ -36,10 +36,12 @@ pub enum Can {
     CreateTrainingJob,
     ListDatasets,
     CreateDataset,
+    ListLabelingJobs,
+    CreateLabelingJob,
 }
 
 impl Can {
-    pub const ALL: [Can; 15] = [
+    pub const ALL: [Can; 17] = [
         Can::ListModelGroups,
         Can::CreateModelGroup,
         Can::ListUsers,
@@ -55,6 +57,8 @@ impl Can {
         Can::CreateTrainingJob,
         Can::ListDatasets,
         Can::CreateDataset,
+        Can::ListLabelingJobs,
+        Can::CreateLabelingJob,
     ];
 }
 
@@ -105,6 +109,8 @@ pub async fn get_me() -> Result<Me, AppError> {
                 Can::CreateTrainingJob => (Action::CreateTrainingJob, "atelier:training:job/*"),
                 Can::ListDatasets => (Action::ListDatasets, "atelier:datasets:dataset/*"),
                 Can::CreateDataset => (Action::CreateDataset, "atelier:datasets:dataset/*"),
+                Can::ListLabelingJobs => (Action::ListLabelingJobs, "atelier:labeling:job/*"),
+                Can::CreateLabelingJob => (Action::CreateLabelingJob, "atelier:labeling:job/*"),
             };
             principal.can(action, &Resource::new(resource))
         })

@@ -88,6 +88,78 @@ fn draw(
     Ok(())
 }
 
+/// Grouped bars: one group per category (x), one bar per series in each.
+pub fn bar_chart(
+    title: &str,
+    y_desc: &str,
+    categories: &[String],
+    series: &[(String, Vec<f64>)],
+    y_range: Option<(f64, f64)>,
+) -> String {
+    let mut svg = String::new();
+    if let Err(err) = draw_bars(&mut svg, title, y_desc, categories, series, y_range) {
+        return format!("<p class=\"muted\">chart unavailable: {err}</p>");
+    }
+    svg
+}
+
+fn draw_bars(
+    svg: &mut String,
+    title: &str,
+    y_desc: &str,
+    categories: &[String],
+    series: &[(String, Vec<f64>)],
+    y_range: Option<(f64, f64)>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let top = series.iter().flat_map(|(_, v)| v.iter().copied()).fold(0.0, f64::max);
+    let (y0, y1) = y_range.unwrap_or((0.0, if top > 0.0 { top * 1.1 } else { 1.0 }));
+    let root = SVGBackend::with_string(svg, (760, 300)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let n = categories.len().max(1);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 16))
+        .margin(12)
+        .x_label_area_size(40)
+        .y_label_area_size(60)
+        .build_cartesian_2d(0.0..n as f64, y0..y1)?;
+    let label = |x: &f64| {
+        // Each category is centred on its slot.
+        let i = x.floor() as usize;
+        if (x - x.floor() - 0.5).abs() < 1e-6 {
+            categories.get(i).cloned().unwrap_or_default()
+        } else {
+            String::new()
+        }
+    };
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(2 * n + 1)
+        .x_label_formatter(&label)
+        .y_desc(y_desc)
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()?;
+    let width = 0.8 / series.len().max(1) as f64;
+    for (s, (name, values)) in series.iter().enumerate() {
+        let color = COLORS[s % COLORS.len()];
+        chart
+            .draw_series(values.iter().enumerate().map(|(i, v)| {
+                let x = i as f64 + 0.1 + s as f64 * width;
+                Rectangle::new([(x, y0), (x + width * 0.95, *v)], color.filled())
+            }))?
+            .label(name.clone())
+            .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 12, y + 5)], color.filled()));
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(RGBColor(200, 200, 200))
+        .draw()?;
+    root.present()?;
+    Ok(())
+}
+
 /// CPU, memory and GPU utilization of a node over time (x: minutes ago).
 pub fn node_utilization(name: &str, gpus: &[Gpu], samples: &[Sample]) -> String {
     let latest = samples.last().map(|s| s.ts).unwrap_or(0);

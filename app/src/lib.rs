@@ -15,6 +15,8 @@ pub mod error;
 pub mod format;
 pub mod forms;
 pub mod iam;
+pub mod labeler;
+pub mod labeling;
 pub mod models;
 pub mod tokens;
 pub mod training;
@@ -30,6 +32,8 @@ use crate::auth::{can, get_me, Can, LoginPage, PasswordPage, SignOutButton};
 use crate::compute::NodesPage;
 use crate::datasets::{DatasetItemPage, DatasetPage, DatasetsPage};
 use crate::iam::{GroupPage, GroupsPage, PoliciesPage, PolicyPage, SimulatorPage};
+use crate::labeler::{LabelerPage, MyWorkPage};
+use crate::labeling::{LabelingJobPage, LabelingJobsPage, NewLabelingJobPage, ReviewQueuePage};
 use crate::models::ModelsPage;
 use crate::tokens::TokensPage;
 use crate::training::{CompareTrainingJobsPage, NewTrainingJobPage, TrainingJobPage, TrainingJobsPage};
@@ -86,6 +90,12 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("datasets") view=DatasetsPage/>
                     <Route path=path!("datasets/:name") view=DatasetPage/>
                     <Route path=path!("datasets/:name/items/:seq") view=DatasetItemPage/>
+                    <Route path=path!("labeling") view=LabelingJobsPage/>
+                    <Route path=path!("labeling/new") view=NewLabelingJobPage/>
+                    <Route path=path!("labeling/:name") view=LabelingJobPage/>
+                    <Route path=path!("labeling/:name/review") view=ReviewQueuePage/>
+                    <Route path=path!("work") view=MyWorkPage/>
+                    <Route path=path!("work/:name") view=LabelerPage/>
                     <Route path=path!("models") view=ModelsPage/>
                     <Route path=path!("training") view=TrainingJobsPage/>
                     <Route path=path!("training/new") view=NewTrainingJobPage/>
@@ -140,6 +150,10 @@ fn AppShell() -> impl IntoView {
                 <Transition fallback=|| ()>
                     <Show when=move || may(Can::ListDatasets)>
                         <A href="/datasets">"Datasets"</A>
+                    </Show>
+                    <Show when=move || may(Can::ListLabelingJobs)>
+                        <A href="/work">"My work"</A>
+                        <A href="/labeling">"Labeling jobs"</A>
                     </Show>
                     <Show when=move || may(Can::ListTrainingJobs)>
                         <A href="/training">"Training"</A>

@@ -182,13 +182,18 @@ pub mod server {
             }
         }
         for channel in &spec.channels {
-            // A dataset channel can hold thousands of files: name the dataset and show
-            // the first few (the manifest among them).
-            let key = match &channel.dataset {
-                Some(d) => format!("{} (dataset {d}, {} files)", channel.name, channel.artifacts.len()),
+            // A dataset or labeling channel can hold thousands of files: name its source
+            // (the lineage) and show the first few (the manifest among them).
+            let source = match (&channel.dataset, &channel.labeling_job) {
+                (Some(d), _) => Some(format!("dataset {d}")),
+                (None, Some(j)) => Some(format!("labeling job {j}")),
+                (None, None) => None,
+            };
+            let key = match &source {
+                Some(s) => format!("{} ({s}, {} files)", channel.name, channel.artifacts.len()),
                 None => channel.name.clone(),
             };
-            for id in channel.artifacts.iter().take(if channel.dataset.is_some() { 20 } else { usize::MAX }) {
+            for id in channel.artifacts.iter().take(if source.is_some() { 20 } else { usize::MAX }) {
                 add(key.clone(), artifacts::get(db, id).await);
             }
         }
@@ -413,9 +418,14 @@ pub fn spec_from_form(
     let mut channels = Vec::new();
     for channel in ["train", "validation"] {
         let artifacts = files.get(&format!("{channel}_files")).cloned().unwrap_or_default();
-        let dataset = Some(get(&format!("{channel}_dataset"))).filter(|d| !d.is_empty());
-        if !artifacts.is_empty() || dataset.is_some() {
-            channels.push(atelier_protocol::Channel { name: channel.into(), artifacts, dataset });
+        // The choice names a dataset, or a labeling job's output as `labeling:<job>`.
+        let choice = get(&format!("{channel}_dataset"));
+        let (dataset, labeling_job) = match choice.strip_prefix("labeling:") {
+            Some(job) => (None, Some(job.to_string())),
+            None => (Some(choice).filter(|d| !d.is_empty()), None),
+        };
+        if !artifacts.is_empty() || dataset.is_some() || labeling_job.is_some() {
+            channels.push(atelier_protocol::Channel { name: channel.into(), artifacts, dataset, labeling_job });
         }
     }
     let algorithm = match get("algorithm").as_str() {
@@ -545,6 +555,7 @@ fn TrainingJobForm(source: Option<TrainingJobView>) -> impl IntoView {
     let create = Action::new_local(|data: &leptos::web_sys::FormData| create_training_job(data.clone().into()));
     let error = Signal::derive(move || create.value().get().and_then(Result::err));
     let datasets = Resource::new(|| (), |_| crate::datasets::list_datasets());
+    let labeling = Resource::new(|| (), |_| crate::labeling::list_labeling_jobs());
     let spec = source.as_ref().map(|s| s.spec.clone());
     let initial_algorithm = match spec.as_ref().map(|s| &s.algorithm) {
         Some(Algorithm::Script { .. }) => "script".to_string(),
@@ -627,10 +638,10 @@ fn TrainingJobForm(source: Option<TrainingJobView>) -> impl IntoView {
             </Show>
             <label for="job-train">"Training data (channel train)"</label>
             <input id="job-train" name="train_files" type="file" multiple/>
-            <DatasetChoice id="job-train-dataset" name="train_dataset" label="…and/or a dataset for channel train" datasets/>
+            <DatasetChoice id="job-train-dataset" name="train_dataset" label="…and/or a dataset or labeling output for channel train" datasets labeling/>
             <label for="job-validation">"Validation data (channel validation, optional)"</label>
             <input id="job-validation" name="validation_files" type="file" multiple/>
-            <DatasetChoice id="job-validation-dataset" name="validation_dataset" label="…and/or a dataset for channel validation" datasets/>
+            <DatasetChoice id="job-validation-dataset" name="validation_dataset" label="…and/or a dataset or labeling output for channel validation" datasets labeling/>
             <label for="job-hps">"Hyperparameters (JSON)"</label>
             <textarea id="job-hps" name="hyperparameters" rows="8" prop:value=move || hyperparameters.get()
                 on:input=move |ev| hyperparameters.set(event_target_value(&ev))></textarea>
@@ -662,6 +673,7 @@ fn DatasetChoice(
     name: &'static str,
     label: &'static str,
     datasets: Resource<Result<Vec<crate::datasets::DatasetInfo>, AppError>>,
+    labeling: Resource<Result<Vec<atelier_protocol::labeling::LabelingJob>, AppError>>,
 ) -> impl IntoView {
     view! {
         <label for=id>{label}</label>
@@ -672,6 +684,12 @@ fn DatasetChoice(
                     datasets.await.unwrap_or_default().into_iter().map(|d| {
                         let text = format!("{} ({}, {} items)", d.name, d.kind, d.item_count);
                         view! { <option value=d.name>{text}</option> }
+                    }).collect_view()
+                })}
+                {move || Suspend::new(async move {
+                    labeling.await.unwrap_or_default().into_iter().filter(|j| j.status != "InProgress").map(|j| {
+                        let text = format!("{} (labeling job output, {} items)", j.name, j.item_count);
+                        view! { <option value=format!("labeling:{}", j.name)>{text}</option> }
                     }).collect_view()
                 })}
             </Transition>
@@ -956,8 +974,18 @@ mod tests {
         assert_eq!(
             spec.channels,
             vec![
-                atelier_protocol::Channel { name: "train".into(), artifacts: vec![], dataset: Some("reviews".into()) },
-                atelier_protocol::Channel { name: "validation".into(), artifacts: vec!["a1".into()], dataset: None },
+                atelier_protocol::Channel {
+                    name: "train".into(),
+                    artifacts: vec![],
+                    dataset: Some("reviews".into()),
+                    labeling_job: None
+                },
+                atelier_protocol::Channel {
+                    name: "validation".into(),
+                    artifacts: vec!["a1".into()],
+                    dataset: None,
+                    labeling_job: None
+                },
             ]
         );
     }

@@ -5,6 +5,8 @@
 //! Agents only ever connect out to the server: they register, then alternate between
 //! heartbeats and a long-poll for work, so a node behind NAT works.
 
+pub mod labeling;
+
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
@@ -288,6 +290,10 @@ pub struct Channel {
     /// images). Resolved at submit: its files are added to `artifacts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset: Option<String>,
+    /// A finished labeling job whose output the channel gets: its output manifest
+    /// `<job>.manifest` (Ground Truth's format) and, for image jobs, the images it names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labeling_job: Option<String>,
 }
 
 /// A training job as submitted.

@@ -44,6 +44,13 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         "/api/v1/model-groups" => json!({"name": "newmodel"}),
         "/api/v1/datasets" => json!({"name": "newdataset", "kind": "image"}),
         "/api/v1/compute/nodes" => json!({"name": "newnode"}),
+        "/api/v1/labeling/jobs" => json!({
+            "name": "newlabeling", "dataset": "photos", "task_type": "image_classification",
+            "categories": [{"name": "a"}, {"name": "b"}], "teams": ["team"],
+        }),
+        "/api/v1/labeling/jobs/{job}/tasks/{task}/submit" | "/api/v1/labeling/jobs/{job}/review/{seq}" => {
+            json!({"answer": {"label": "a"}})
+        }
         "/api/v1/training-jobs" => {
             json!({"name": "newjob", "spec": {"algorithm": {"type": "builtin", "name": "tabular"}}})
         }
@@ -85,6 +92,27 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
     .execute(&app.state.db.pool)
     .await
     .expect("test setup");
+    sqlx::query(
+        "INSERT INTO labeling_jobs (id, name, dataset_id, task_type, label_attribute, categories, instructions, \
+         workers_per_item, task_time_limit_secs, gold_share, status, item_count, remaining, created_by, created_at) \
+         VALUES ('l', 'job-1', 'd', 'image_classification', 'job-1', '[]', '', 3, 300, 0.0, 'InProgress', 1, 1, 'admin', 0)",
+    )
+    .execute(&app.state.db.pool)
+    .await
+    .expect("test setup");
+    // The server functions take the name from the shared form below ("Custom").
+    sqlx::query(
+        "INSERT INTO labeling_jobs (id, name, dataset_id, task_type, label_attribute, categories, instructions, \
+         workers_per_item, task_time_limit_secs, gold_share, status, item_count, remaining, created_by, created_at) \
+         VALUES ('l2', 'Custom', 'd', 'image_classification', 'Custom', '[]', '', 3, 300, 0.0, 'InProgress', 1, 1, 'admin', 0)",
+    )
+    .execute(&app.state.db.pool)
+    .await
+    .expect("test setup");
+    sqlx::query("INSERT INTO labeling_job_teams (job_id, team) VALUES ('l', 'team'), ('l2', 'team')")
+        .execute(&app.state.db.pool)
+        .await
+        .expect("test setup");
     // An administrator with an explicit Deny of everything: the Deny must win everywhere.
     let denied = app.create_user_with("mallory", &["AdministratorAccess".into(), "DenyAll".into()]).await;
     let token = app.token_for(&denied, None).await;
@@ -113,6 +141,7 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
                 .replace("/model-groups/{group}", "/model-groups/fraud")
                 .replace("{dataset}", "photos")
                 .replace("{seq}", "1")
+                .replace("{task}", "t1")
                 .replace("{group}", "team");
             assert!(!is_public(&path), "{path} is public but documented as an authorized route");
             // Uploads name their file in the query.
@@ -162,6 +191,23 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         ("kind", "image"),
         ("page", "1"),
         ("seq", "1"),
+        ("task", "t1"),
+    ];
+    // Server functions that take JSON (nested arguments), with a body each.
+    let json_bodies: Vec<(&str, Value)> = vec![
+        (
+            <app::labeling::CreateLabelingJob as leptos::server_fn::ServerFn>::PATH,
+            json!({"spec": {"name": "j2", "dataset": "photos", "task_type": "image_classification",
+                            "categories": [{"name": "a"}, {"name": "b"}], "teams": ["team"]}}),
+        ),
+        (
+            <app::labeling::ReviewLabelingItem as leptos::server_fn::ServerFn>::PATH,
+            json!({"name": "Custom", "seq": 1, "answer": {"label": "a"}}),
+        ),
+        (
+            <app::labeler::SubmitAnswer as leptos::server_fn::ServerFn>::PATH,
+            json!({"name": "Custom", "task": "t1", "answer": {"label": "a"}, "duration_ms": 1}),
+        ),
     ];
     let mut server_fns: Vec<&str> = leptos::server_fn::axum::server_fn_paths().map(|(p, _)| p).collect();
     server_fns.sort_unstable();
@@ -180,7 +226,20 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
             continue;
         }
         let before = deny_events(&app, "mallory").await;
-        let response = app.server_fn(path, form, Auth::Cookie(&cookie), &[]).await;
+        let response = match json_bodies.iter().find(|(p, _)| *p == path) {
+            Some((_, body)) => {
+                let request = axum::http::Request::builder()
+                    .method(Method::POST)
+                    .uri(path)
+                    .header("content-type", "application/json")
+                    .header("accept", "application/json")
+                    .header("cookie", &cookie)
+                    .body(axum::body::Body::from(body.to_string()))
+                    .expect("request");
+                app.send(request).await
+            }
+            None => app.server_fn(path, form, Auth::Cookie(&cookie), &[]).await,
+        };
         assert!(
             deny_events(&app, "mallory").await > before,
             "server function {path} did not ask authorization: {}",

@@ -21,6 +21,7 @@ use crate::authz::{authorize, Action, Principal, Resource};
 use crate::datasets;
 use crate::db::Db;
 use crate::iam::store::validate_name;
+use crate::labeling;
 use crate::{now, CoreError, CoreResult};
 
 /// A training job's record.
@@ -190,12 +191,25 @@ async fn validate_spec(db: &Db, p: &Principal, mut spec: JobSpec) -> CoreResult<
         if !names.insert(channel.name.clone()) {
             return Err(invalid(format!("channel \"{}\" is given twice", channel.name)));
         }
+        if channel.dataset.is_some() && channel.labeling_job.is_some() {
+            return Err(invalid(format!("channel \"{}\" names a dataset and a labeling job; give one", channel.name)));
+        }
         if let Some(dataset) = &channel.dataset {
             let found = datasets::get(db, p, dataset)
                 .await
                 .map_err(|e| invalid(format!("channel \"{}\": dataset {dataset}: {e}", channel.name)))?;
             if found.item_count == 0 {
                 return Err(invalid(format!("channel \"{}\": dataset {dataset} has no items", channel.name)));
+            }
+        } else if let Some(job) = &channel.labeling_job {
+            let found = labeling::jobs::get_for(db, p, job, Action::GetLabelingJob)
+                .await
+                .map_err(|e| invalid(format!("channel \"{}\": labeling job {job}: {e}", channel.name)))?;
+            if !labeling::output::has_output(&found) {
+                return Err(invalid(format!(
+                    "channel \"{}\": labeling job {job} is {}; its output exists once it is completed or stopped",
+                    channel.name, found.status
+                )));
             }
         } else if channel.artifacts.is_empty() {
             return Err(invalid(format!("channel \"{}\" is empty: give it at least one file", channel.name)));
@@ -293,8 +307,12 @@ pub async fn submit(db: &Db, store: &ArtifactStore, p: &Principal, name: &str, s
     // Last, when only a name clash can still refuse the job (leaving an unused
     // manifest behind): dataset channels get their files, a manifest written for each.
     for channel in spec.channels.iter_mut() {
-        if let Some(dataset) = &channel.dataset {
-            let files = datasets::channel_files(db, store, p, dataset).await?;
+        let files = match (&channel.dataset, &channel.labeling_job) {
+            (Some(dataset), _) => Some(datasets::channel_files(db, store, p, dataset).await?),
+            (None, Some(job)) => Some(labeling::output::channel_files(db, store, p, job).await?),
+            (None, None) => None,
+        };
+        if let Some(files) = files {
             let mut names = BTreeSet::new();
             for id in &channel.artifacts {
                 names.insert(artifacts::get(db, id).await?.name);

@@ -171,16 +171,7 @@ pub async fn item_content(
 ) -> Result<Response, ApiError> {
     let dataset = datasets::get(&state.db, &p, &name).await?;
     let item = datasets::item(&state.db, &dataset, seq).await?;
-    // The type was decided from the bytes at upload; never sniffed again, and never
-    // able to run script in this origin.
-    let headers = |media_type: String| {
-        [
-            (header::CONTENT_TYPE, media_type),
-            (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
-            (header::CONTENT_SECURITY_POLICY, "sandbox; default-src 'none'".to_string()),
-            (header::CACHE_CONTROL, "private, max-age=86400, immutable".to_string()),
-        ]
-    };
+    let headers = content_headers;
     match (&item.artifact_id, item.text) {
         (Some(artifact), _) => {
             let stream = state.artifacts.get(artifact).await?;
@@ -189,6 +180,17 @@ pub async fn item_content(
         (None, Some(text)) => Ok((headers("text/plain; charset=utf-8".into()), text).into_response()),
         (None, None) => Err(CoreError::NotFound("dataset item content").into()),
     }
+}
+
+/// Headers of an item's content. The type was decided from the bytes at upload; never
+/// sniffed again, and never able to run script in this origin.
+pub fn content_headers(media_type: String) -> [(header::HeaderName, String); 4] {
+    [
+        (header::CONTENT_TYPE, media_type),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+        (header::CONTENT_SECURITY_POLICY, "sandbox; default-src 'none'".to_string()),
+        (header::CACHE_CONTROL, "private, max-age=86400, immutable".to_string()),
+    ]
 }
 
 pub fn routes() -> OpenApiRouter<AppState> {

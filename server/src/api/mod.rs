@@ -11,6 +11,7 @@ pub mod compute;
 pub mod datasets;
 pub mod error;
 pub mod iam;
+pub mod labeling;
 pub mod models;
 pub mod tokens;
 pub mod training;
@@ -64,6 +65,7 @@ pub struct ApiJson<T>(pub T);
         (name = "iam", description = "Groups, policies, the catalogue and the policy simulator"),
         (name = "audit", description = "The audit log"),
         (name = "datasets", description = "Datasets: images and texts added in batches, for labeling and training"),
+        (name = "labeling", description = "Labeling jobs, the task queue, review, quality and output manifests"),
         (name = "models", description = "The model registry"),
         (name = "training", description = "Training jobs, their logs, metrics and artifacts, and file uploads"),
         (name = "compute", description = "Compute nodes and their agents"),
@@ -120,6 +122,7 @@ fn split() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(training::upload_routes())
         .merge(datasets::routes())
         .merge(datasets::upload_routes())
+        .merge(labeling::routes())
         .merge(compute::routes())
         .split_for_parts()
 }
