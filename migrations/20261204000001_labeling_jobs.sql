@@ -28,7 +28,10 @@ CREATE TABLE labeling_jobs (
     remaining            BIGINT NOT NULL,
     created_by           TEXT NOT NULL,
     created_at           BIGINT NOT NULL,
-    completed_at         BIGINT
+    completed_at         BIGINT,
+    -- When the annotations were consolidated into results (NULL: not yet; a job whose
+    -- labeling is over but has no results is consolidated again on its next read).
+    consolidated_at      BIGINT
 );
 
 -- The work teams (groups, by name) whose members label the job.

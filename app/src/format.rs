@@ -35,6 +35,15 @@ pub fn parse_date(text: &str) -> Option<i64> {
     Some((era * 146_097 + doe - 719_468) * 86_400)
 }
 
+/// `part` as a percentage of `whole` (0 when `whole` is not positive).
+pub fn percent(part: f64, whole: f64) -> f64 {
+    if whole <= 0.0 {
+        0.0
+    } else {
+        part * 100.0 / whole
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::{format_time, parse_date};

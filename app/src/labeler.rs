@@ -5,27 +5,21 @@
 //! Z undoes, arrows move between boxes or spans, Delete removes one).
 
 use atelier_protocol::labeling::{
-    hotkeys, Answer, Entity, ImageSize, LabeledBox, LabelingJob, MyWork, Submitted, Task, TaskType,
+    hotkeys, Answer, Entity, ImageSize, LabeledBox, LabelingJob, MyWork, NextTask, Submitted, Task, TaskType,
 };
 use leptos::prelude::*;
 use leptos::server_fn::codec::Json;
 use leptos_router::hooks::use_params_map;
 use serde::{Deserialize, Serialize};
 
-use crate::error::AppError;
+use crate::error::{AppError, ErrorKind};
+use crate::format::percent;
 
 /// A job as the labeling page needs it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct LabelerJob {
     pub job: LabelingJob,
     pub instructions_html: String,
-}
-
-/// The next task, or why there is none.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct NextTask {
-    pub task: Option<Task>,
-    pub job_status: String,
 }
 
 #[server]
@@ -229,41 +223,43 @@ impl Labeler {
 
     /// Loads the task on screen (one already held comes back) and the one after it.
     fn start(self) {
-        leptos::task::spawn_local(async move {
-            match take_task(self.name(), None).await {
-                Ok(next) => {
-                    self.idle.set(next.task.is_none().then(|| idle_message(&next.job_status)));
-                    self.show(next.task);
-                    self.prefetch().await;
-                }
-                Err(e) => self.error.set(Some(e.message)),
-            }
-        });
+        leptos::task::spawn_local(self.advance());
     }
 
-    /// Holds the task after the one on screen, so its image loads while this one is
-    /// labeled.
-    async fn prefetch(self) {
-        let Some(current) = self.current.get_untracked() else { return };
-        match take_task(self.name(), Some(current.id)).await {
+    /// Shows the next task: the preloaded one if any (the server renews its hold), else
+    /// a new one; then holds the one after it, so its image loads while this one is
+    /// labeled. The page may be gone when an answer arrives: then nothing happens.
+    async fn advance(self) {
+        let Some(name) = self.job.try_with_value(|j| j.name.clone()) else { return };
+        match take_task(name.clone(), None).await {
+            Ok(next) => {
+                self.idle.set(next.task.is_none().then(|| idle_message(&next.job_status)));
+                self.show(next.task);
+            }
+            Err(e) => self.error.set(Some(e.message)),
+        }
+        self.upcoming.set(None);
+        let Some(current) = self.current.try_get_untracked().flatten() else { return };
+        match take_task(name, Some(current.id)).await {
             Ok(next) => self.upcoming.set(next.task),
             Err(e) => self.error.set(Some(e.message)),
         }
     }
 
-    /// Moves to the held next task (or asks for one) and prefetches the one after.
-    async fn advance(self) {
-        match self.upcoming.try_update(Option::take).flatten() {
-            Some(task) => self.show(Some(task)),
-            None => match take_task(self.name(), None).await {
-                Ok(next) => {
-                    self.idle.set(next.task.is_none().then(|| idle_message(&next.job_status)));
-                    self.show(next.task);
-                }
-                Err(e) => self.error.set(Some(e.message)),
-            },
+    /// After a submission or skip: the next task. A conflict means this task is no
+    /// longer the labeler's (its time ran out, the job stopped): say so and move on.
+    async fn after(self, outcome: Result<(), AppError>) {
+        match outcome {
+            Ok(()) => self.error.set(None),
+            Err(e) if e.kind == ErrorKind::Conflict => self.error.set(Some(e.message)),
+            Err(e) => {
+                self.error.set(Some(e.message));
+                self.busy.set(false);
+                return;
+            }
         }
-        self.prefetch().await;
+        self.advance().await;
+        self.busy.set(false);
     }
 
     fn submit(self) {
@@ -281,18 +277,14 @@ impl Labeler {
         let elapsed = (now_ms() - self.shown_at.get_untracked()).max(0.0);
         self.busy.set(true);
         leptos::task::spawn_local(async move {
-            match submit_answer(job.name.clone(), task.id.clone(), answer, elapsed as i64).await {
-                Ok(_) => {
-                    self.error.set(None);
-                    self.session.update(|(n, ms)| {
-                        *n += 1;
-                        *ms += elapsed;
-                    });
-                    self.advance().await;
-                }
-                Err(e) => self.error.set(Some(e.message)),
+            let outcome = submit_answer(job.name.clone(), task.id.clone(), answer, elapsed as i64).await;
+            if outcome.is_ok() {
+                self.session.update(|(n, ms)| {
+                    *n += 1;
+                    *ms += elapsed;
+                });
             }
-            self.busy.set(false);
+            self.after(outcome.map(|_| ())).await;
         });
     }
 
@@ -302,15 +294,10 @@ impl Labeler {
             return;
         }
         self.busy.set(true);
+        let name = self.name();
         leptos::task::spawn_local(async move {
-            match skip_task(self.name(), task.id).await {
-                Ok(()) => {
-                    self.error.set(None);
-                    self.advance().await;
-                }
-                Err(e) => self.error.set(Some(e.message)),
-            }
-            self.busy.set(false);
+            let outcome = skip_task(name, task.id).await;
+            self.after(outcome).await;
         });
     }
 
@@ -715,14 +702,6 @@ fn TaskView(desk: Labeler, task: Task) -> impl IntoView {
     }
 }
 
-fn percent(value: f64, whole: u32) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        value * 100.0 / f64::from(whole)
-    }
-}
-
 /// An image with boxes drawn over it; coordinates are kept in image pixels and shown
 /// scaled to the page.
 #[component]
@@ -743,10 +722,10 @@ fn BoxEditor(desk: Labeler, src: String) -> impl IntoView {
             .map(|(i, b)| {
                 let style = format!(
                     "left:{:.3}%;top:{:.3}%;width:{:.3}%;height:{:.3}%",
-                    percent(b.left, size.width),
-                    percent(b.top, size.height),
-                    percent(b.width, size.width),
-                    percent(b.height, size.height)
+                    percent(b.left, f64::from(size.width)),
+                    percent(b.top, f64::from(size.height)),
+                    percent(b.width, f64::from(size.width)),
+                    percent(b.height, f64::from(size.height))
                 );
                 let active = draft.active == Some(i);
                 view! {

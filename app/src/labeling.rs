@@ -11,7 +11,7 @@ use leptos_router::hooks::use_params_map;
 use serde::{Deserialize, Serialize};
 
 use crate::error::AppError;
-use crate::format::format_time;
+use crate::format::{format_time, percent};
 
 /// What the new-job form offers.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -26,7 +26,8 @@ pub struct LabelingChoices {
 pub struct JobPageData {
     pub detail: LabelingJobDetail,
     pub instructions_html: String,
-    pub quality: Quality,
+    /// For those who may read the job's output (labelers see only the progress).
+    pub quality: Option<Quality>,
     /// SVG charts (gold accuracy and agreement, throughput).
     pub charts: Vec<String>,
     pub can_stop: bool,
@@ -62,9 +63,15 @@ pub async fn get_labeling_job(name: String) -> Result<JobPageData, AppError> {
     use atelier_core::authz::Action;
     use atelier_core::labeling::{jobs, output};
     let (db, p) = crate::context::db_and_principal()?;
-    let (job, quality) = output::quality(&db, &p, &name).await?;
+    let job = jobs::get_for(&db, &p, &name, Action::GetLabelingJob).await?;
+    let (job, quality) = if jobs::can_job(&p, Action::GetLabelingJobOutput, &job) {
+        let (job, quality) = output::quality(&db, &p, &name).await?;
+        (job, Some(quality))
+    } else {
+        (job, None)
+    };
     let progress = jobs::progress(&db, &job).await?;
-    let charts = quality_charts(&quality);
+    let charts = quality.as_ref().map(quality_charts).unwrap_or_default();
     Ok(JobPageData {
         instructions_html: markdown(&job.instructions),
         can_stop: jobs::can_job(&p, Action::StopLabelingJob, &job),
@@ -267,14 +274,6 @@ fn status_class(status: &str) -> &'static str {
     }
 }
 
-fn percent(part: i64, whole: i64) -> f64 {
-    if whole <= 0 {
-        0.0
-    } else {
-        part as f64 * 100.0 / whole as f64
-    }
-}
-
 /// Labeling jobs: the list and, for those who may, the form to start one.
 #[component]
 pub fn LabelingJobsPage() -> impl IntoView {
@@ -303,7 +302,7 @@ pub fn LabelingJobsPage() -> impl IntoView {
                                             <td>{j.task_type.title()}</td>
                                             <td>{j.teams.join(", ")}</td>
                                             <td>
-                                                <progress max="100" value=percent(done, j.item_count)></progress>
+                                                <progress max="100" value=percent(done as f64, j.item_count as f64)></progress>
                                                 " "{format!("{done} / {}", j.item_count)}
                                             </td>
                                             <td><span class=status_class(&j.status)>{j.status.clone()}</span></td>
@@ -453,7 +452,8 @@ fn JobView(data: JobPageData, stop: ServerAction<StopLabelingJob>) -> impl IntoV
     let progress = data.detail.progress.clone();
     let name = job.name.clone();
     let done = progress.items_done;
-    let output = (job.status != "InProgress").then(|| format!("/api/v1/labeling/jobs/{name}/output"));
+    let output =
+        (job.status != "InProgress" && data.quality.is_some()).then(|| format!("/api/v1/labeling/jobs/{name}/output"));
     let review = (data.can_review && progress.review_pending > 0).then(|| format!("/labeling/{name}/review"));
     let stop_name = name.clone();
     let can_stop = data.can_stop && job.status == "InProgress";
@@ -466,7 +466,7 @@ fn JobView(data: JobPageData, stop: ServerAction<StopLabelingJob>) -> impl IntoV
         </p>
         <section class="card">
             <h2>"Progress"</h2>
-            <progress max="100" value=percent(done, job.item_count)></progress>
+            <progress max="100" value=percent(done as f64, job.item_count as f64)></progress>
             <p data-testid="job-progress">{format!("{done} of {} items labeled · {} annotations · {} skips · {} held now · {} labelers", job.item_count, progress.annotations, progress.skips, progress.held, progress.workers)}</p>
             {(progress.gold_items > 0).then(|| view! { <p>{format!("{} gold items, answered {} times", progress.gold_items, progress.gold_answers)}</p> })}
             {(progress.review_pending + progress.reviewed > 0).then(|| view! { <p>{format!("Review: {} waiting, {} done", progress.review_pending, progress.reviewed)}</p> })}
@@ -487,7 +487,7 @@ fn JobView(data: JobPageData, stop: ServerAction<StopLabelingJob>) -> impl IntoV
             }).collect::<Vec<_>>().join(" · ")}</p>
             {(!job.instructions.is_empty()).then(|| view! { <h2>"Instructions"</h2><div class="markdown" inner_html=data.instructions_html.clone()></div> })}
         </section>
-        <QualityView quality=data.quality charts=data.charts/>
+        {data.quality.map(|quality| view! { <QualityView quality charts=data.charts/> })}
     }
 }
 

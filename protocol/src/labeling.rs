@@ -393,6 +393,15 @@ pub struct Task {
     pub text: Option<String>,
 }
 
+/// The answer to "next task": a task, or none left for the caller now.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NextTask {
+    pub task: Option<Task>,
+    /// The job's status: nothing is handed out unless it is InProgress.
+    pub job_status: String,
+}
+
 /// What a submission did.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

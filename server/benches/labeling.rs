@@ -185,8 +185,8 @@ async fn run() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let mut handles = Vec::new();
-    for token in tokens.iter().cloned() {
-        let router = router.clone();
+    for token in &tokens {
+        let (router, token) = (router.clone(), token.clone());
         handles.push(tokio::spawn(async move {
             let (mut nexts, mut submits) = (Vec::new(), Vec::new());
             while Instant::now() < deadline {

@@ -228,6 +228,12 @@ async fn a_team_labels_a_text_job_into_an_output_manifest() {
     let r = next(&app, &dan, "sentiment", None).await.json();
     assert_eq!((r["task"].clone(), r["job_status"].clone()), (Value::Null, json!("Completed")));
 
+    // Labelers label; the output and the quality report are for the job's owners.
+    for path in ["output", "quality"] {
+        let r =
+            app.call(Method::GET, &format!("/api/v1/labeling/jobs/sentiment/{path}"), Auth::Bearer(&dan), None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{path}: {}", r.text());
+    }
     let r = app.call(Method::GET, "/api/v1/labeling/jobs/sentiment/output", Auth::Bearer(&admin), None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     assert_eq!(r.header("content-type").as_deref(), Some("application/x-ndjson"));
@@ -314,6 +320,22 @@ async fn many_labelers_at_once_never_over_assign_an_item() {
     assert!(counts.iter().all(|(_, n)| *n == 3), "{counts:?}");
     let detail = app.call(Method::GET, "/api/v1/labeling/jobs/crowd-job", Auth::Bearer(&admin), None).await.json();
     assert_eq!(detail["job"]["status"], "Completed", "{detail}");
+
+    // Had the last submission's request died before consolidating, the job would sit
+    // at InProgress with nothing left: the next read consolidates it.
+    sqlx::query("UPDATE labeling_jobs SET status = 'InProgress', consolidated_at = NULL, completed_at = NULL")
+        .execute(&app.state.db.pool)
+        .await
+        .expect("undo consolidation");
+    sqlx::query("UPDATE labeling_items SET result = NULL, confidence = NULL")
+        .execute(&app.state.db.pool)
+        .await
+        .expect("undo");
+    let r = app.call(Method::GET, "/api/v1/labeling/jobs/crowd-job/output", Auth::Bearer(&admin), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(manifest_lines(&r).len(), 20);
+    let detail = app.call(Method::GET, "/api/v1/labeling/jobs/crowd-job", Auth::Bearer(&admin), None).await.json();
+    assert_eq!(detail["job"]["status"], "Completed", "{detail}");
 }
 
 #[tokio::test]
@@ -343,6 +365,10 @@ async fn boxes_go_through_review_and_entities_are_checked() {
     assert_eq!((r.status, r.body.as_slice()), (StatusCode::OK, PNG));
     assert_eq!(r.header("content-type").as_deref(), Some("image/png"));
     assert_eq!(app.call(Method::GET, &content, Auth::Bearer(&other), None).await.status, StatusCode::FORBIDDEN);
+    // A labeler of the team sees only the items given to them.
+    let r = app.call(Method::GET, &content, Auth::Bearer(&ben), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert!(r.text().contains("was not given to you"), "{}", r.text());
 
     let size = json!({"width": 200, "height": 100});
     let outside =
@@ -418,29 +444,30 @@ async fn boxes_go_through_review_and_entities_are_checked() {
 
     // Named entities: spans must lie in the text and not overlap.
     let spec = json!({
-        "name": "names", "dataset": "reviews", "task_type": "named_entity", "workers_per_item": 1,
+        "name": "names.v1", "dataset": "reviews", "task_type": "named_entity", "workers_per_item": 1,
         "categories": [{"name": "NUM"}], "teams": ["boxers"],
     });
     assert_eq!(
         app.call(Method::POST, "/api/v1/labeling/jobs", Auth::Bearer(&admin), Some(spec)).await.status,
         StatusCode::CREATED
     );
-    let task = next(&app, &ann, "names", None).await.json()["task"].clone();
+    let task = next(&app, &ann, "names.v1", None).await.json()["task"].clone();
     let chars = task["text"].as_str().expect("text").chars().count();
     let id = task["id"].as_str().expect("id").to_string();
-    let r =
-        submit(&app, &ann, "names", &id, json!({"entities": [{"label": "NUM", "start": 2, "end": chars + 1}]})).await;
+    let r = submit(&app, &ann, "names.v1", &id, json!({"entities": [{"label": "NUM", "start": 2, "end": chars + 1}]}))
+        .await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
-    let r = submit(&app, &ann, "names", &id, json!({"entities": [{"label": "NUM", "start": 7, "end": 8}]})).await;
+    let r = submit(&app, &ann, "names.v1", &id, json!({"entities": [{"label": "NUM", "start": 7, "end": 8}]})).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    label_all(&app, &ann, "names", |_| json!({"entities": []})).await;
-    let r = app.call(Method::GET, "/api/v1/labeling/jobs/names/output", Auth::Bearer(&admin), None).await;
+    label_all(&app, &ann, "names.v1", |_| json!({"entities": []})).await;
+    let r = app.call(Method::GET, "/api/v1/labeling/jobs/names.v1/output", Auth::Bearer(&admin), None).await;
     let lines = manifest_lines(&r);
+    // The label attribute defaults to the job name with "." made "-".
     assert_eq!(
-        lines[0]["names"]["annotations"]["entities"],
+        lines[0]["names-v1"]["annotations"]["entities"],
         json!([{"label": "NUM", "startOffset": 7, "endOffset": 8}])
     );
-    assert_eq!(lines[0]["names-metadata"]["confidence"], 0.0, "one worker confirms nothing");
+    assert_eq!(lines[0]["names-v1-metadata"]["confidence"], 0.0, "one worker confirms nothing");
 
     // Stopping a job consolidates what it has; it stays Stopped and hands out nothing.
     let spec = json!({

@@ -63,7 +63,7 @@ pub const BUILTINS: &[Builtin] = &[
     {"Sid": "Decide", "Effect": "Allow", "Action": ["models:ApproveModelVersion", "models:RejectModelVersion"], "Resource": "atelier:models:group/*/version/*"},
     {"Sid": "NotOwnVersions", "Effect": "Deny", "Action": ["models:ApproveModelVersion", "models:RejectModelVersion"], "Resource": "*",
      "Condition": {"StringEquals": {"atelier:ResourceCreator": "${atelier:username}"}}},
-    {"Sid": "ReviewLabels", "Effect": "Allow", "Action": ["labeling:ListLabelingJobs", "labeling:GetLabelingJob", "labeling:ListTasks", "labeling:ReviewAnnotations"], "Resource": "*"}
+    {"Sid": "ReviewLabels", "Effect": "Allow", "Action": ["labeling:ListLabelingJobs", "labeling:GetLabelingJob", "labeling:ListTasks", "labeling:ReviewAnnotations", "labeling:GetLabelingJobOutput"], "Resource": "*"}
   ]
 }"#,
     },

@@ -94,6 +94,7 @@ catalogue! {
         ListTasks, Read, "atelier:labeling:job/{job}", "List the tasks of a labeling job";
         SubmitAnnotation, Write, "atelier:labeling:job/{job}", "Work on a task and submit an annotation";
         ReviewAnnotations, Write, "atelier:labeling:job/{job}", "Review and correct low-agreement annotations";
+        GetLabelingJobOutput, Read, "atelier:labeling:job/{job}", "Download a labeling job's output manifest and read its quality report";
         ListTeams, Read, "atelier:labeling:team/*", "List work teams";
         ManageTeam, Write, "atelier:labeling:team/{team}", "Create a work team or change its members";
     }

@@ -3,7 +3,7 @@
 //! teams as `atelier:WorkTeam` (the built-in Labeler policy allows a user the jobs of
 //! the groups they belong to).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use atelier_protocol::labeling::{hotkeys, Answer, Category, LabelingJob, LabelingJobSpec, MyWork, Progress, TaskType};
 use serde::Serialize;
@@ -50,6 +50,7 @@ pub struct Job {
     pub created_by: String,
     pub created_at: i64,
     pub completed_at: Option<i64>,
+    pub consolidated_at: Option<i64>,
     #[sqlx(skip)]
     pub teams: Vec<String>,
 }
@@ -88,7 +89,7 @@ impl Job {
 
 pub(crate) const JOB_COLUMNS: &str = "j.id, j.name, j.dataset_id, d.name AS dataset, j.task_type, j.label_attribute, \
     j.categories, j.instructions, j.workers_per_item, j.task_time_limit_secs, j.gold_share, j.review_below, j.status, \
-    j.item_count, j.remaining, j.created_by, j.created_at, j.completed_at";
+    j.item_count, j.remaining, j.created_by, j.created_at, j.completed_at, j.consolidated_at";
 pub(crate) const JOB_FROM: &str = "labeling_jobs j JOIN datasets d ON d.id = j.dataset_id";
 
 /// The resource name of a job (its teams are added per check, see [`authorize_job`]).
@@ -96,34 +97,42 @@ pub fn resource(job: &Job) -> Resource {
     Resource::new(format!("atelier:labeling:job/{}", job.name)).created_by(job.created_by.clone())
 }
 
+/// The first of the job's teams for which the policies allow `action`.
+fn allowing_team<'a>(p: &Principal, action: Action, job: &'a Job) -> Option<&'a String> {
+    let base = resource(job);
+    job.teams.iter().find(|t| p.can(action, &base.clone().for_team(t.as_str())))
+}
+
 /// Authorizes `action` on a job for whichever of its teams the policies allow (a
 /// labeler in one of a job's two teams may work on it); one decision is recorded.
 pub fn authorize_job(p: &Principal, action: Action, job: &Job) -> CoreResult<()> {
-    let base = resource(job);
-    let team = job.teams.iter().find(|t| p.can(action, &base.clone().for_team(t.as_str()))).or(job.teams.first());
-    let resource = match team {
-        Some(t) => base.for_team(t.clone()),
-        None => base,
+    let resource = match allowing_team(p, action, job).or(job.teams.first()) {
+        Some(t) => resource(job).for_team(t.clone()),
+        None => resource(job),
     };
     authorize(p, action, &resource)
 }
 
-/// Whether `action` would be allowed on the job; for filtering lists.
+/// Whether `action` would be allowed on the job; for filtering lists and showing
+/// controls, never instead of [`authorize_job`].
 pub fn can_job(p: &Principal, action: Action, job: &Job) -> bool {
-    let base = resource(job);
-    job.teams.iter().any(|t| p.can(action, &base.clone().for_team(t.as_str())))
+    allowing_team(p, action, job).is_some()
 }
 
 async fn with_teams(db: &Db, mut jobs: Vec<Job>) -> CoreResult<Vec<Job>> {
     let rows: Vec<(String, String)> =
         sqlx::query_as("SELECT job_id, team FROM labeling_job_teams ORDER BY team").fetch_all(&db.pool).await?;
+    let mut teams: HashMap<String, Vec<String>> = HashMap::new();
+    for (job, team) in rows {
+        teams.entry(job).or_default().push(team);
+    }
     for job in &mut jobs {
-        job.teams = rows.iter().filter(|(id, _)| *id == job.id).map(|(_, t)| t.clone()).collect();
+        job.teams = teams.remove(&job.id).unwrap_or_default();
     }
     Ok(jobs)
 }
 
-async fn find(db: &Db, name: &str) -> CoreResult<Job> {
+pub(crate) async fn find(db: &Db, name: &str) -> CoreResult<Job> {
     let job: Option<Job> = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM {JOB_FROM} WHERE j.name = $1"))
         .bind(name)
         .fetch_optional(&db.pool)
@@ -165,22 +174,24 @@ pub async fn my_work(db: &Db, p: &Principal) -> CoreResult<Vec<MyWork>> {
     .bind(IN_PROGRESS)
     .fetch_all(&db.pool)
     .await?;
-    let mut out = Vec::new();
-    for job in with_teams(db, jobs).await? {
-        if !job.teams.iter().any(|t| groups.contains(t)) || !can_job(p, Action::SubmitAnnotation, &job) {
-            continue;
-        }
-        let counts: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT status, CAST(COUNT(*) AS BIGINT) FROM labeling_tasks WHERE job_id = $1 AND worker_id = $2 GROUP BY status",
-        )
-        .bind(&job.id)
-        .bind(&p.user.id)
-        .fetch_all(&db.pool)
-        .await?;
-        let count = |s: &str| counts.iter().find(|(status, _)| status == s).map_or(0, |(_, n)| *n);
-        out.push(MyWork { submitted: count("submitted"), skipped: count("skipped"), job: job.info() });
-    }
-    Ok(out)
+    let counts: Vec<(String, String, i64)> = sqlx::query_as(
+        "SELECT job_id, status, CAST(COUNT(*) AS BIGINT) FROM labeling_tasks WHERE worker_id = $1 GROUP BY job_id, status",
+    )
+    .bind(&p.user.id)
+    .fetch_all(&db.pool)
+    .await?;
+    let count =
+        |job: &str, status: &str| counts.iter().find(|(j, s, _)| j == job && s == status).map_or(0, |(_, _, n)| *n);
+    Ok(with_teams(db, jobs)
+        .await?
+        .into_iter()
+        .filter(|job| job.teams.iter().any(|t| groups.contains(t)) && can_job(p, Action::SubmitAnnotation, job))
+        .map(|job| MyWork {
+            submitted: count(&job.id, "submitted"),
+            skipped: count(&job.id, "skipped"),
+            job: job.info(),
+        })
+        .collect())
 }
 
 /// Checks the categories: named, distinct, at most one-character hotkeys that do not
@@ -246,7 +257,11 @@ pub async fn create(db: &Db, p: &Principal, spec: &LabelingJobSpec) -> CoreResul
         ));
     }
     let categories = check_categories(task, &spec.categories)?;
-    let attribute = spec.label_attribute.as_deref().map(str::trim).filter(|a| !a.is_empty()).unwrap_or(&name);
+    // The default attribute is the job name with what an attribute cannot hold as `-`.
+    let default_attribute: String =
+        name.chars().take(127).map(|c| if c.is_ascii_alphanumeric() { c } else { '-' }).collect();
+    let attribute =
+        spec.label_attribute.as_deref().map(str::trim).filter(|a| !a.is_empty()).unwrap_or(&default_attribute);
     if attribute.len() > 127
         || !attribute.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
         || attribute.ends_with("-metadata")
@@ -313,8 +328,7 @@ pub async fn create(db: &Db, p: &Principal, spec: &LabelingJobSpec) -> CoreResul
             .map_err(|e| CoreError::invalid("gold", format!("gold item {}: {e}", g.item)))?;
         gold.push((g.item, encode(&g.answer)?));
     }
-    let item_count = dataset.item_count - gold.len() as i64;
-    if item_count < 1 {
+    if dataset.item_count <= gold.len() as i64 {
         return Err(CoreError::invalid(
             "dataset",
             format!("dataset {} has no items to label besides gold items", dataset.name),
@@ -326,7 +340,7 @@ pub async fn create(db: &Db, p: &Principal, spec: &LabelingJobSpec) -> CoreResul
     let inserted = sqlx::query(
         "INSERT INTO labeling_jobs (id, name, dataset_id, task_type, label_attribute, categories, instructions, \
          workers_per_item, task_time_limit_secs, gold_share, review_below, status, item_count, remaining, created_by, \
-         created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $13, $14, $15)",
+         created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, 0, 0, $13, $14)",
     )
     .bind(&id)
     .bind(&name)
@@ -340,7 +354,6 @@ pub async fn create(db: &Db, p: &Principal, spec: &LabelingJobSpec) -> CoreResul
     .bind(gold_share)
     .bind(spec.review_below)
     .bind(IN_PROGRESS)
-    .bind(item_count)
     .bind(&p.user.username)
     .bind(now())
     .execute(&mut *tx)
@@ -358,23 +371,33 @@ pub async fn create(db: &Db, p: &Principal, spec: &LabelingJobSpec) -> CoreResul
             .execute(&mut *tx)
             .await?;
     }
-    // The items present now; a batch appended later does not change the job.
-    sqlx::query(
+    // The items present now; a batch appended later does not change the job. The
+    // counts come from the rows copied, not from the dataset read before.
+    let copied = sqlx::query(
         "INSERT INTO labeling_items (job_id, item_seq, done, held, open) \
          SELECT $1, seq, 0, 0, 1 FROM dataset_items WHERE dataset_id = $2",
     )
     .bind(&id)
     .bind(&dataset.id)
     .execute(&mut *tx)
-    .await?;
+    .await?
+    .rows_affected() as i64;
     for (seq, answer) in &gold {
-        sqlx::query("UPDATE labeling_items SET gold = $1, open = 0 WHERE job_id = $2 AND item_seq = $3")
+        let marked = sqlx::query("UPDATE labeling_items SET gold = $1, open = 0 WHERE job_id = $2 AND item_seq = $3")
             .bind(answer)
             .bind(&id)
             .bind(seq)
             .execute(&mut *tx)
             .await?;
+        if marked.rows_affected() != 1 {
+            return Err(CoreError::invalid("gold", format!("gold item {seq} is not in {}", dataset.name)));
+        }
     }
+    sqlx::query("UPDATE labeling_jobs SET item_count = $1, remaining = $1 WHERE id = $2")
+        .bind(copied - gold.len() as i64)
+        .bind(&id)
+        .execute(&mut *tx)
+        .await?;
     tx.commit().await?;
     p.note_change(format!(
         "created {} labeling job {name} over {} for {}",
@@ -442,28 +465,35 @@ pub async fn progress(db: &Db, job: &Job) -> CoreResult<Progress> {
 /// Stops a job: nothing more is handed out, held tasks are released, and what was
 /// labeled is consolidated (items with fewer annotations than asked included).
 pub async fn stop(db: &Db, p: &Principal, name: &str) -> CoreResult<Job> {
-    let mut job = get_for(db, p, name, Action::StopLabelingJob).await?;
+    let job = get_for(db, p, name, Action::StopLabelingJob).await?;
+    let mut tx = db.pool.begin().await?;
     let stopped = sqlx::query("UPDATE labeling_jobs SET status = $1, completed_at = $2 WHERE id = $3 AND status = $4")
         .bind(STOPPED)
         .bind(now())
         .bind(&job.id)
         .bind(IN_PROGRESS)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
     if stopped.rows_affected() == 0 {
         return Err(CoreError::Conflict(format!("labeling job {name} is {}, not in progress", job.status)));
     }
     sqlx::query("DELETE FROM labeling_tasks WHERE job_id = $1 AND status = 'held'")
         .bind(&job.id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
     sqlx::query("UPDATE labeling_items SET held = 0, open = 0 WHERE job_id = $1")
         .bind(&job.id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await?;
-    // Consolidation keeps a stopped job's status.
-    job.status = STOPPED.to_string();
-    super::output::consolidate(db, &job).await?;
+    tx.commit().await?;
     p.note_change(format!("stopped labeling job {name}"));
-    find(db, name).await
+    // Should consolidation fail here, the job is consolidated on its next read.
+    super::output::ensure_consolidated(db, find(db, name).await?).await
+}
+
+/// Checks an answer against the job's task type, categories and the item (a span must
+/// lie in the text).
+pub(crate) async fn check_answer(db: &Db, job: &Job, seq: i64, answer: &Answer, field: &'static str) -> CoreResult<()> {
+    let chars = item_text_chars(db, &job.dataset_id, seq).await?;
+    answer.validate(job.task_type(), &job.categories(), chars).map_err(|e| CoreError::invalid(field, e))
 }

@@ -83,8 +83,8 @@ async fn annotations(db: &Db, job: &Job) -> CoreResult<Vec<Annotated>> {
 }
 
 /// Consolidates the job's annotations into one outcome per item with a confidence,
-/// queues low-confidence items for review, and sets the job's status (Reviewing or
-/// Completed; a stopped job stays Stopped). Returns the status.
+/// queues low-confidence items for review, and moves an in-progress job on (Reviewing
+/// or Completed; a stopped job stays Stopped). Returns the status.
 pub async fn consolidate(db: &Db, job: &Job) -> CoreResult<String> {
     let annotated = annotations(db, job).await?;
     let outcomes = consolidate_answers(job, &annotated);
@@ -111,14 +111,31 @@ pub async fn consolidate(db: &Db, job: &Job) -> CoreResult<String> {
         other => other,
     }
     .to_string();
-    sqlx::query("UPDATE labeling_jobs SET status = $1, completed_at = COALESCE(completed_at, $2) WHERE id = $3")
-        .bind(&status)
-        .bind(now())
-        .bind(&job.id)
-        .execute(&mut *tx)
-        .await?;
+    // Conditional on the status read, so a Stop that came in between is not undone.
+    sqlx::query(
+        "UPDATE labeling_jobs SET status = $1, completed_at = COALESCE(completed_at, $2), consolidated_at = $2 \
+         WHERE id = $3 AND status = $4",
+    )
+    .bind(&status)
+    .bind(now())
+    .bind(&job.id)
+    .bind(&job.status)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(status)
+}
+
+/// The job with its labeling over but not consolidated yet (the request that finished
+/// or stopped it failed before consolidating) is consolidated now; others are
+/// returned as they are.
+pub async fn ensure_consolidated(db: &Db, job: Job) -> CoreResult<Job> {
+    let over = job.status == STOPPED || (job.status == IN_PROGRESS && job.remaining == 0);
+    if job.consolidated_at.is_some() || !over {
+        return Ok(job);
+    }
+    consolidate(db, &job).await?;
+    jobs::find(db, &job.name).await
 }
 
 /// Item -> (outcome, confidence of the item).
@@ -126,131 +143,111 @@ fn consolidate_answers(job: &Job, annotated: &[Annotated]) -> BTreeMap<i64, (Out
     let task = job.task_type();
     let categories: Vec<String> = job.categories().into_iter().map(|c| c.name).collect();
     let class = |name: &str| categories.iter().position(|c| c == name);
-    let mut items: Vec<i64> = annotated.iter().map(|(seq, ..)| *seq).collect();
-    items.dedup();
-    let item_index: HashMap<i64, usize> = items.iter().enumerate().map(|(n, s)| (*s, n)).collect();
     let mut workers: Vec<&str> = annotated.iter().map(|(_, w, _)| w.as_str()).collect();
     workers.sort();
     workers.dedup();
     let worker_index = |w: &str| workers.binary_search(&w).unwrap_or(0);
+    // Each item's annotations, grouped once (they arrive ordered by item).
+    let mut by_item: BTreeMap<i64, Vec<(usize, &Answer)>> = BTreeMap::new();
+    for (seq, w, a) in annotated {
+        by_item.entry(*seq).or_default().push((worker_index(w), a));
+    }
+    let items: Vec<i64> = by_item.keys().copied().collect();
     let mut out = BTreeMap::new();
-    match task {
-        TaskType::ImageClassification | TaskType::TextClassification => {
-            let labels: Vec<cons::Annotation> = annotated
-                .iter()
-                .filter_map(|(seq, w, a)| Some((item_index[seq], worker_index(w), class(a.label.as_deref()?)?)))
-                .collect();
-            let (results, _) = cons::classification(&labels, items.len(), categories.len());
-            for (n, result) in results.into_iter().enumerate() {
-                if let Some(r) = result {
-                    let answer = Answer { label: Some(categories[r.class].clone()), ..Default::default() };
-                    out.insert(items[n], (Outcome { answer, confidences: vec![] }, r.confidence));
-                }
+    if task.is_single_label() {
+        let labels: Vec<cons::Annotation> = by_item
+            .values()
+            .enumerate()
+            .flat_map(|(n, answers)| {
+                answers.iter().filter_map(move |(w, a)| Some((n, *w, class(a.label.as_deref()?)?)))
+            })
+            .collect();
+        let (results, _) = cons::classification(&labels, items.len(), categories.len());
+        for (n, result) in results.into_iter().enumerate() {
+            if let Some(r) = result {
+                let answer = Answer { label: Some(categories[r.class].clone()), ..Default::default() };
+                out.insert(items[n], (Outcome { answer, confidences: vec![] }, r.confidence));
             }
         }
-        TaskType::ImageMultiLabel | TaskType::TextMultiLabel => {
-            let selections: Vec<(usize, usize, Vec<usize>)> = annotated
-                .iter()
-                .map(|(seq, w, a)| {
-                    let chosen = a.labels.iter().flatten().filter_map(|l| class(l)).collect();
-                    (item_index[seq], worker_index(w), chosen)
-                })
-                .collect();
-            for (n, result) in cons::multi_label(&selections, items.len(), categories.len()).into_iter().enumerate() {
-                let Some(chosen) = result else { continue };
-                let answer = Answer {
-                    labels: Some(chosen.iter().map(|(c, _)| categories[*c].clone()).collect()),
-                    ..Default::default()
-                };
-                let confidences = chosen.iter().map(|(_, c)| *c).collect();
-                let outcome = Outcome { answer, confidences };
-                let confidence = share_agreeing(task, &outcome.answer, annotated, items[n]);
-                out.insert(items[n], (outcome, confidence));
-            }
-        }
-        TaskType::BoundingBox => {
-            for &seq in &items {
-                let mine: Vec<&Annotated> = annotated.iter().filter(|(s, ..)| *s == seq).collect();
-                let drawn: Vec<(usize, BoundingBox)> = mine
+        return out;
+    }
+    for (&seq, answers) in &by_item {
+        let workers = answers.len();
+        let (answer, confidences) = match task {
+            TaskType::ImageMultiLabel | TaskType::TextMultiLabel => {
+                let selections: Vec<(usize, usize, Vec<usize>)> = answers
                     .iter()
-                    .flat_map(|(_, w, a)| {
-                        a.boxes.iter().flatten().filter_map(|b| Some((worker_index(w), bbox(b, class(&b.label)?))))
+                    .map(|(w, a)| (0, *w, a.labels.iter().flatten().filter_map(|l| class(l)).collect()))
+                    .collect();
+                let chosen = cons::multi_label(&selections, 1, categories.len()).pop().flatten().unwrap_or_default();
+                let labels = chosen.iter().map(|(c, _)| categories[*c].clone()).collect();
+                (Answer { labels: Some(labels), ..Default::default() }, chosen.iter().map(|(_, c)| *c).collect())
+            }
+            TaskType::BoundingBox => {
+                let drawn: Vec<(usize, BoundingBox)> = answers
+                    .iter()
+                    .flat_map(|(w, a)| a.boxes.iter().flatten().filter_map(|b| Some((*w, bbox(b, class(&b.label)?)))))
+                    .collect();
+                let kept = cons::boxes(&drawn, workers, BOX_MIN_IOU);
+                let boxes = kept
+                    .iter()
+                    .map(|k| LabeledBox {
+                        label: categories[k.bbox.class].clone(),
+                        left: k.bbox.left,
+                        top: k.bbox.top,
+                        width: k.bbox.width,
+                        height: k.bbox.height,
                     })
                     .collect();
-                let kept = cons::boxes(&drawn, mine.len(), BOX_MIN_IOU);
-                let size = most_common(mine.iter().filter_map(|(_, _, a)| a.image_size));
-                let answer = Answer {
-                    boxes: Some(
-                        kept.iter()
-                            .map(|k| LabeledBox {
-                                label: categories[k.bbox.class].clone(),
-                                left: k.bbox.left,
-                                top: k.bbox.top,
-                                width: k.bbox.width,
-                                height: k.bbox.height,
-                            })
-                            .collect(),
-                    ),
-                    image_size: size,
-                    ..Default::default()
-                };
-                let outcome = Outcome { answer, confidences: kept.iter().map(|k| k.confidence).collect() };
-                let confidence = object_confidence(&outcome, mine.len(), task, annotated, seq);
-                out.insert(seq, (outcome, confidence));
+                let size = most_common(answers.iter().filter_map(|(_, a)| a.image_size));
+                let answer = Answer { boxes: Some(boxes), image_size: size, ..Default::default() };
+                (answer, kept.iter().map(|k| k.confidence).collect())
             }
-        }
-        TaskType::NamedEntity => {
-            for &seq in &items {
-                let mine: Vec<&Annotated> = annotated.iter().filter(|(s, ..)| *s == seq).collect();
-                let marked: Vec<(usize, Span)> = mine
+            _ => {
+                let marked: Vec<(usize, Span)> = answers
                     .iter()
-                    .flat_map(|(_, w, a)| {
-                        a.entities.iter().flatten().filter_map(|e| {
-                            Some((worker_index(w), Span { start: e.start, end: e.end, label: class(&e.label)? }))
-                        })
+                    .flat_map(|(w, a)| {
+                        a.entities
+                            .iter()
+                            .flatten()
+                            .filter_map(|e| Some((*w, Span { start: e.start, end: e.end, label: class(&e.label)? })))
                     })
                     .collect();
-                let kept = cons::spans(&marked, mine.len());
-                let answer = Answer {
-                    entities: Some(
-                        kept.iter()
-                            .map(|k| Entity {
-                                label: categories[k.span.label].clone(),
-                                start: k.span.start,
-                                end: k.span.end,
-                            })
-                            .collect(),
-                    ),
-                    ..Default::default()
-                };
-                let outcome = Outcome { answer, confidences: kept.iter().map(|k| k.confidence).collect() };
-                let confidence = object_confidence(&outcome, mine.len(), task, annotated, seq);
-                out.insert(seq, (outcome, confidence));
+                let kept = without_overlaps(cons::spans(&marked, workers));
+                let entities = kept
+                    .iter()
+                    .map(|k| Entity { label: categories[k.span.label].clone(), start: k.span.start, end: k.span.end })
+                    .collect();
+                (Answer { entities: Some(entities), ..Default::default() }, kept.iter().map(|k| k.confidence).collect())
             }
-        }
+        };
+        let outcome = Outcome { answer, confidences };
+        // Multi-label: the share of workers whose set is the result. Objects: their mean
+        // confidence, or with none kept the share of workers who saw none.
+        let confidence = if workers < 2 {
+            0.0
+        } else if task.is_multi_label() || outcome.confidences.is_empty() {
+            answers.iter().filter(|(_, a)| answers_match(task, a, &outcome.answer)).count() as f64 / workers as f64
+        } else {
+            outcome.confidences.iter().sum::<f64>() / outcome.confidences.len() as f64
+        };
+        out.insert(seq, (outcome, confidence));
     }
     out
 }
 
-/// An item's confidence from its objects' confidences; with no object kept, the share
-/// of workers who agreed there was none.
-fn object_confidence(outcome: &Outcome, workers: usize, task: TaskType, annotated: &[Annotated], seq: i64) -> f64 {
-    if workers < 2 {
-        0.0
-    } else if outcome.confidences.is_empty() {
-        share_agreeing(task, &outcome.answer, annotated, seq)
-    } else {
-        outcome.confidences.iter().sum::<f64>() / outcome.confidences.len() as f64
+/// Spans that overlap (one worker's overlapping marks can start two clusters) are
+/// resolved in favour of the more confident; the rest stay in text order.
+fn without_overlaps(mut spans: Vec<cons::ConsolidatedSpan>) -> Vec<cons::ConsolidatedSpan> {
+    spans.sort_by(|a, b| b.confidence.total_cmp(&a.confidence).then(a.span.start.cmp(&b.span.start)));
+    let mut kept: Vec<cons::ConsolidatedSpan> = Vec::new();
+    for s in spans {
+        if kept.iter().all(|k| s.span.end <= k.span.start || s.span.start >= k.span.end) {
+            kept.push(s);
+        }
     }
-}
-
-/// The share of the item's workers whose answer matches `answer` (0 with one worker).
-fn share_agreeing(task: TaskType, answer: &Answer, annotated: &[Annotated], seq: i64) -> f64 {
-    let mine: Vec<&Answer> = annotated.iter().filter(|(s, ..)| *s == seq).map(|(_, _, a)| a).collect();
-    if mine.len() < 2 {
-        return 0.0;
-    }
-    mine.iter().filter(|a| answers_match(task, a, answer)).count() as f64 / mine.len() as f64
+    kept.sort_by_key(|k| k.span.start);
+    kept
 }
 
 fn most_common(sizes: impl Iterator<Item = ImageSize>) -> Option<ImageSize> {
@@ -267,7 +264,7 @@ fn most_common(sizes: impl Iterator<Item = ImageSize>) -> Option<ImageSize> {
 /// The review queue: consolidated items below the job's confidence threshold, least
 /// confident first.
 pub async fn review_queue(db: &Db, p: &Principal, name: &str, limit: i64) -> CoreResult<(Job, Vec<ReviewItem>)> {
-    let job = get_for(db, p, name, Action::ReviewAnnotations).await?;
+    let job = ensure_consolidated(db, get_for(db, p, name, Action::ReviewAnnotations).await?).await?;
     let rows: Vec<(i64, String, Option<String>, String, f64)> = sqlx::query_as(
         "SELECT i.item_seq, d.name, d.text, i.result, i.confidence FROM labeling_items i \
          JOIN dataset_items d ON d.dataset_id = $1 AND d.seq = i.item_seq \
@@ -321,8 +318,7 @@ pub async fn review(db: &Db, p: &Principal, name: &str, seq: i64, answer: &Answe
             None => CoreError::Conflict(format!("item {seq} is not in the review queue")),
         });
     }
-    let chars = jobs::item_text_chars(db, &job.dataset_id, seq).await?;
-    answer.validate(job.task_type(), &job.categories(), chars).map_err(|e| CoreError::invalid("answer", e))?;
+    jobs::check_answer(db, &job, seq, answer, "answer").await?;
     let before: Option<Outcome> = result.and_then(|r| serde_json::from_str(&r).ok());
     let verdict = match before {
         Some(b) if answers_match(job.task_type(), &b.answer, answer) => "confirmed",
@@ -373,7 +369,21 @@ pub async fn output_manifest(
     p: &Principal,
     name: &str,
 ) -> CoreResult<(Job, impl Stream<Item = Result<Bytes, CoreError>> + Send + 'static)> {
-    let job = get_for(db, p, name, Action::GetLabelingJob).await?;
+    let job = get_for(db, p, name, Action::GetLabelingJobOutput).await?;
+    let job = ensure_consolidated(db, job).await?;
+    let lines = manifest_lines(db, &job, false)?;
+    Ok((job, lines))
+}
+
+/// The manifest's lines, page by page. `file_names`: images are referred to by their
+/// file name (as a training channel holds them), not by the reference they were
+/// imported with.
+fn manifest_lines(
+    db: &Db,
+    job: &Job,
+    file_names: bool,
+) -> CoreResult<impl Stream<Item = Result<Bytes, CoreError>> + Send + 'static> {
+    let name = &job.name;
     if job.status == IN_PROGRESS {
         let left = job.remaining;
         return Err(CoreError::Conflict(format!(
@@ -382,7 +392,7 @@ pub async fn output_manifest(
         )));
     }
     let db = db.clone();
-    let writer = ManifestWriter::new(&job);
+    let writer = ManifestWriter::new(job, file_names);
     let state = (db, job.clone(), writer, 0i64, false);
     let stream = futures::stream::try_unfold(state, |(db, job, writer, after, finished)| async move {
         if finished {
@@ -408,7 +418,7 @@ pub async fn output_manifest(
         }
         Ok(Some((Bytes::from(chunk), (db, job, writer, last.unwrap_or(after), finished))))
     });
-    Ok((job, stream))
+    Ok(stream)
 }
 
 /// (item_seq, result, confidence, review, item name, text, source_ref)
@@ -421,10 +431,11 @@ struct ManifestWriter {
     categories: Vec<String>,
     job_name: String,
     creation_date: String,
+    file_names: bool,
 }
 
 impl ManifestWriter {
-    fn new(job: &Job) -> Self {
+    fn new(job: &Job, file_names: bool) -> Self {
         let at = job.completed_at.unwrap_or_else(now);
         let creation_date = time::OffsetDateTime::from_unix_timestamp(at)
             .ok()
@@ -436,6 +447,7 @@ impl ManifestWriter {
             categories: job.categories().into_iter().map(|c| c.name).collect(),
             job_name: format!("labeling-job/{}", job.name),
             creation_date,
+            file_names,
         }
     }
 
@@ -455,7 +467,10 @@ impl ManifestWriter {
         let mut line = Map::new();
         match text {
             Some(t) => line.insert("source".into(), json!(t)),
-            None => line.insert("source-ref".into(), json!(source_ref.as_deref().unwrap_or(name))),
+            None => {
+                let reference = source_ref.as_deref().filter(|_| !self.file_names).unwrap_or(name);
+                line.insert("source-ref".into(), json!(reference))
+            }
         };
         line.insert("dataset-item".into(), json!(seq));
         let mut meta = Map::new();
@@ -523,7 +538,7 @@ impl ManifestWriter {
 const MAX_PAIRS: usize = 20;
 
 pub async fn quality(db: &Db, p: &Principal, name: &str) -> CoreResult<(Job, Quality)> {
-    let job = get_for(db, p, name, Action::GetLabelingJob).await?;
+    let job = ensure_consolidated(db, get_for(db, p, name, Action::GetLabelingJobOutput).await?).await?;
     let task = job.task_type();
     let classes: Vec<String> = job.categories().into_iter().map(|c| c.name).collect();
     // (worker, item, status, gold, answer, leased_at, finished_at, duration_ms)
@@ -673,14 +688,15 @@ pub async fn channel_files(
     p: &Principal,
     name: &str,
 ) -> CoreResult<Vec<(String, String)>> {
-    let (job, lines) = output_manifest(db, p, name).await?;
+    let job = ensure_consolidated(db, get_for(db, p, name, Action::GetLabelingJobOutput).await?).await?;
+    // The images come from the dataset: its reader only.
+    crate::datasets::get(db, p, &job.dataset).await?;
     if job.item_count > MAX_CHANNEL_ITEMS {
         return Err(CoreError::invalid(
             "spec",
             format!("labeling job {name} has {} items; a channel takes at most {MAX_CHANNEL_ITEMS}", job.item_count),
         ));
     }
-    let manifest: Vec<Bytes> = lines.try_collect().await?;
     let images: Vec<(String, String)> = sqlx::query_as(
         "SELECT d.artifact_id, d.name FROM labeling_items i JOIN dataset_items d ON d.dataset_id = $1 AND d.seq = i.item_seq \
          WHERE i.job_id = $2 AND i.result IS NOT NULL AND d.artifact_id IS NOT NULL ORDER BY i.item_seq",
@@ -698,7 +714,7 @@ pub async fn channel_files(
     }
     let manifest_name = format!("{name}.manifest");
     let new = NewArtifact { name: &manifest_name, kind: kind::UPLOAD, job_id: None, created_by: &p.user.username };
-    let body = futures::stream::iter(manifest.into_iter().map(Ok::<Bytes, String>));
+    let body = manifest_lines(db, &job, true)?.map_err(|e| e.to_string());
     let stored = store.put(db, new, body, u64::MAX).await?;
     let mut out = vec![(stored.id, manifest_name)];
     out.extend(images);
@@ -739,6 +755,7 @@ mod tests {
             created_by: "a".into(),
             created_at: 0,
             completed_at: None,
+            consolidated_at: None,
             teams: vec![],
         }
     }
@@ -775,10 +792,22 @@ mod tests {
     }
 
     #[test]
+    fn overlapping_spans_keep_the_more_confident() {
+        let span = |start, end, confidence| cons::ConsolidatedSpan {
+            span: Span { start, end, label: 0 },
+            confidence,
+            support: 1,
+        };
+        let kept = without_overlaps(vec![span(0, 5, 0.4), span(3, 8, 0.9), span(10, 12, 0.1)]);
+        let starts: Vec<usize> = kept.iter().map(|k| k.span.start).collect();
+        assert_eq!(starts, vec![3, 10]);
+    }
+
+    #[test]
     fn manifest_lines_follow_ground_truth() {
         let mut j = job(TaskType::NamedEntity);
         j.completed_at = Some(0);
-        let writer = ManifestWriter::new(&j);
+        let writer = ManifestWriter::new(&j, false);
         let outcome = Outcome {
             answer: Answer {
                 entities: Some(vec![Entity { label: "person".into(), start: 0, end: 3 }]),

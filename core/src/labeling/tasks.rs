@@ -29,7 +29,8 @@ const CANDIDATES: i64 = 16;
 /// would otherwise all race for the same first open item and retry. Servers sharing a
 /// database stay correct through the conditional update.
 static LEASING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-/// When each job's expired holds were last swept (once a second is plenty).
+/// When each job's expired holds were last swept (once a second is plenty); entries
+/// older than an hour are dropped.
 static SWEPT: Mutex<Option<HashMap<String, i64>>> = Mutex::new(None);
 
 fn must_be_open(job: &Job) -> CoreResult<()> {
@@ -53,11 +54,14 @@ async fn view(db: &Db, job: &Job, id: String, item_seq: i64, expires_at: i64) ->
 }
 
 /// The principal's next task in the job, or `None` when there is nothing left for
-/// them now. A task they already hold comes first (a reload continues where they
-/// were), except `besides`: the page asks for the task after the one on screen. A job
-/// that is no longer in progress hands out nothing.
+/// them now. A task they already hold comes first, its hold renewed (a reload
+/// continues where they were; the preloaded task gets its full time once shown),
+/// except `besides`: the page asks for the task after the one on screen. A job that
+/// is no longer in progress hands out nothing.
 pub async fn next(db: &Db, p: &Principal, name: &str, besides: Option<&str>) -> CoreResult<(Job, Option<Task>)> {
     let job = get_for(db, p, name, Action::SubmitAnnotation).await?;
+    // A job whose last annotation's request failed before consolidating finishes now.
+    let job = super::output::ensure_consolidated(db, job).await?;
     if job.status != IN_PROGRESS {
         return Ok((job, None));
     }
@@ -66,9 +70,11 @@ pub async fn next(db: &Db, p: &Principal, name: &str, besides: Option<&str>) -> 
 }
 
 async fn lease(db: &Db, p: &Principal, job: &Job, besides: Option<&str>) -> CoreResult<Option<Task>> {
+    let _one_at_a_time = LEASING.lock().await;
     let now = now();
-    let held: Vec<(String, i64, i64)> = sqlx::query_as(
-        "SELECT id, item_seq, expires_at FROM labeling_tasks \
+    let expires = now + job.task_time_limit_secs;
+    let held: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT id, item_seq FROM labeling_tasks \
          WHERE job_id = $1 AND worker_id = $2 AND status = 'held' AND expires_at > $3 ORDER BY leased_at, id",
     )
     .bind(&job.id)
@@ -76,21 +82,18 @@ async fn lease(db: &Db, p: &Principal, job: &Job, besides: Option<&str>) -> Core
     .bind(now)
     .fetch_all(&db.pool)
     .await?;
-    if let Some((id, seq, expires)) = held.iter().find(|(id, ..)| Some(id.as_str()) != besides) {
-        return view(db, job, id.clone(), *seq, *expires).await.map(Some);
+    if let Some((id, seq)) = held.iter().find(|(id, ..)| Some(id.as_str()) != besides) {
+        sqlx::query("UPDATE labeling_tasks SET expires_at = $1 WHERE id = $2 AND status = 'held'")
+            .bind(expires)
+            .bind(id)
+            .execute(&db.pool)
+            .await?;
+        return view(db, job, id.clone(), *seq, expires).await.map(Some);
     }
     if held.len() >= MAX_HELD {
         return Ok(None);
     }
-    let _one_at_a_time = LEASING.lock().await;
     sweep(db, job, now).await?;
-    let expires = now + job.task_time_limit_secs;
-    if job.gold_share > 0.0 && rand::thread_rng().gen_bool(job.gold_share.clamp(0.0, 1.0)) {
-        if let Some(seq) = gold_for(db, job, &p.user.id).await? {
-            let id = hold(db, job, p, seq, true, now, expires).await?;
-            return view(db, job, id, seq, expires).await.map(Some);
-        }
-    }
     // Items are handed out in dataset order, so few are ever partly done: the open
     // items this worker already labeled, which the query steps over, stay few.
     for _ in 0..4 {
@@ -105,26 +108,41 @@ async fn lease(db: &Db, p: &Principal, job: &Job, besides: Option<&str>) -> Core
         .fetch_all(&db.pool)
         .await?;
         if candidates.is_empty() {
+            // Gold items are mixed into real work, never handed out alone.
             return Ok(None);
+        }
+        if job.gold_share > 0.0 && rand::thread_rng().gen_bool(job.gold_share.clamp(0.0, 1.0)) {
+            if let Some(seq) = gold_for(db, job, &p.user.id).await? {
+                let mut tx = db.pool.begin().await?;
+                if let Some(id) = insert_task(&mut tx, job, p, seq, true, now, expires).await? {
+                    tx.commit().await?;
+                    return view(db, job, id, seq, expires).await.map(Some);
+                }
+            }
         }
         for seq in candidates {
             let mut tx = db.pool.begin().await?;
+            // Only while the job is in progress, so a Stop that just committed wins.
             let taken = sqlx::query(
                 "UPDATE labeling_items SET held = held + 1, \
                  open = CASE WHEN done + held + 1 >= $1 THEN 0 ELSE 1 END \
-                 WHERE job_id = $2 AND item_seq = $3 AND open = 1",
+                 WHERE job_id = $2 AND item_seq = $3 AND open = 1 \
+                 AND EXISTS (SELECT 1 FROM labeling_jobs WHERE id = $2 AND status = $4)",
             )
             .bind(job.workers_per_item)
             .bind(&job.id)
             .bind(seq)
+            .bind(IN_PROGRESS)
             .execute(&mut *tx)
             .await?;
             if taken.rows_affected() == 0 {
                 continue;
             }
-            let id = insert_task(&mut tx, job, p, seq, false, now, expires).await?;
-            tx.commit().await?;
-            return view(db, job, id, seq, expires).await.map(Some);
+            // Another server may have given this worker the item a moment ago.
+            if let Some(id) = insert_task(&mut tx, job, p, seq, false, now, expires).await? {
+                tx.commit().await?;
+                return view(db, job, id, seq, expires).await.map(Some);
+            }
         }
     }
     Ok(None)
@@ -143,13 +161,6 @@ async fn gold_for(db: &Db, job: &Job, worker_id: &str) -> CoreResult<Option<i64>
     .await?)
 }
 
-async fn hold(db: &Db, job: &Job, p: &Principal, seq: i64, gold: bool, now: i64, expires: i64) -> CoreResult<String> {
-    let mut tx = db.pool.begin().await?;
-    let id = insert_task(&mut tx, job, p, seq, gold, now, expires).await?;
-    tx.commit().await?;
-    Ok(id)
-}
-
 async fn insert_task(
     tx: &mut sqlx::Transaction<'static, sqlx::Any>,
     job: &Job,
@@ -158,9 +169,9 @@ async fn insert_task(
     gold: bool,
     now: i64,
     expires: i64,
-) -> CoreResult<String> {
+) -> CoreResult<Option<String>> {
     let id = uuid::Uuid::now_v7().to_string();
-    sqlx::query(
+    let inserted = sqlx::query(
         "INSERT INTO labeling_tasks (id, job_id, item_seq, worker_id, worker, status, gold, leased_at, expires_at) \
          VALUES ($1, $2, $3, $4, $5, 'held', $6, $7, $8)",
     )
@@ -173,8 +184,12 @@ async fn insert_task(
     .bind(now)
     .bind(expires)
     .execute(&mut **tx)
-    .await?;
-    Ok(id)
+    .await;
+    match inserted {
+        Ok(_) => Ok(Some(id)),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Releases the job's holds whose time limit has passed, so their items can go to
@@ -185,6 +200,9 @@ async fn sweep(db: &Db, job: &Job, now: i64) -> CoreResult<()> {
         let swept = swept.get_or_insert_with(HashMap::new);
         if swept.get(&job.id).is_some_and(|&at| at >= now) {
             return Ok(());
+        }
+        if swept.len() > 1000 {
+            swept.retain(|_, at| now - *at < 3600);
         }
         swept.insert(job.id.clone(), now);
     }
@@ -251,8 +269,7 @@ pub async fn submit(
         return repeat(stored, status);
     }
     must_be_open(&job)?;
-    let chars = jobs::item_text_chars(db, &job.dataset_id, seq).await?;
-    answer.validate(job.task_type(), &job.categories(), chars).map_err(|e| CoreError::invalid("answer", e))?;
+    jobs::check_answer(db, &job, seq, answer, "answer").await?;
     let duration = duration_ms.map(|d| d.clamp(0, 86_400_000));
 
     let mut tx = db.pool.begin().await?;
@@ -329,10 +346,26 @@ pub async fn skip(db: &Db, p: &Principal, name: &str, task_id: &str) -> CoreResu
     Ok(())
 }
 
-/// The content of one of a job's items, for those who may work on or review the job
-/// (labelers are not given the dataset itself).
+/// The content of one of a job's items: for labelers, only items they were given
+/// (they are not given the dataset itself); for reviewers and owners, any.
 pub async fn item_artifact(db: &Db, p: &Principal, name: &str, seq: i64) -> CoreResult<(String, String)> {
     let job = get_for(db, p, name, Action::ListTasks).await?;
+    // Labelers see the items they were given; reviewers and owners see any.
+    let sees_all =
+        jobs::can_job(p, Action::ReviewAnnotations, &job) || jobs::can_job(p, Action::GetLabelingJobOutput, &job);
+    if !sees_all {
+        let given: Option<i64> = sqlx::query_scalar(
+            "SELECT item_seq FROM labeling_tasks WHERE job_id = $1 AND item_seq = $2 AND worker_id = $3",
+        )
+        .bind(&job.id)
+        .bind(seq)
+        .bind(&p.user.id)
+        .fetch_optional(&db.pool)
+        .await?;
+        if given.is_none() {
+            return Err(CoreError::Forbidden(format!("item {seq} of {name} was not given to you")));
+        }
+    }
     let row: Option<(Option<String>, String)> = sqlx::query_as(
         "SELECT d.artifact_id, d.media_type FROM labeling_items i JOIN dataset_items d \
          ON d.dataset_id = $1 AND d.seq = i.item_seq WHERE i.job_id = $2 AND i.item_seq = $3",

@@ -3,7 +3,7 @@
 
 use atelier_core::labeling::{jobs, output, tasks};
 use atelier_protocol::labeling::{
-    Answer, LabelingJob, LabelingJobDetail, LabelingJobSpec, MyWork, Quality, ReviewItem, Submitted, Task,
+    Answer, LabelingJob, LabelingJobDetail, LabelingJobSpec, MyWork, NextTask, Quality, ReviewItem, Submitted,
 };
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -28,14 +28,6 @@ pub struct NextTaskRequest {
     /// next one). Without it, a task the caller holds comes back first.
     #[serde(default)]
     pub besides: Option<String>,
-}
-
-/// The next task, or none left for the caller now.
-#[derive(Debug, Serialize, ToSchema)]
-pub struct NextTask {
-    pub task: Option<Task>,
-    /// The job's status: nothing is handed out unless it is InProgress.
-    pub job_status: String,
 }
 
 /// Body of `POST .../tasks/{task}/submit`.
