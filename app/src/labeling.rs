@@ -457,6 +457,30 @@ fn JobView(data: JobPageData, stop: ServerAction<StopLabelingJob>) -> impl IntoV
     let review = (data.can_review && progress.review_pending > 0).then(|| format!("/labeling/{name}/review"));
     let stop_name = name.clone();
     let can_stop = data.can_stop && job.status == "InProgress";
+    // Sections are type-erased (`into_any`): one nested view type for the whole page
+    // overflows the compiler's query depth in release builds.
+    let categories = view! {
+        <section class="card">
+            <h2>"Categories"</h2>
+            <p>{job.categories.iter().zip(atelier_protocol::labeling::hotkeys(&job.categories)).map(|(c, k)| match k {
+                Some(k) => format!("{} ({k})", c.name),
+                None => c.name.clone(),
+            }).collect::<Vec<_>>().join(" · ")}</p>
+            {(!job.instructions.is_empty()).then(|| view! { <h2>"Instructions"</h2><div class="markdown" inner_html=data.instructions_html.clone()></div> })}
+        </section>
+    }
+    .into_any();
+    let quality = data.quality.map(|quality| view! { <QualityView quality charts=data.charts/> }.into_any());
+    let actions = view! {
+        <div class="actions">
+            {output.map(|href| view! { <a class="button primary" href=href download=format!("{name}.manifest") data-testid="download-output">"Download output manifest"</a> })}
+            {review.map(|href| view! { <a class="button" href=href>"Open review queue"</a> })}
+            {can_stop.then(|| view! {
+                <button class="danger" on:click=move |_| { stop.dispatch(StopLabelingJob { name: stop_name.clone() }); }>"Stop job"</button>
+            })}
+        </div>
+    }
+    .into_any();
     view! {
         <h1>{job.name.clone()}" "<span class=status_class(&job.status) data-testid="job-status">{job.status.clone()}</span></h1>
         <p class="muted">
@@ -470,24 +494,11 @@ fn JobView(data: JobPageData, stop: ServerAction<StopLabelingJob>) -> impl IntoV
             <p data-testid="job-progress">{format!("{done} of {} items labeled · {} annotations · {} skips · {} held now · {} labelers", job.item_count, progress.annotations, progress.skips, progress.held, progress.workers)}</p>
             {(progress.gold_items > 0).then(|| view! { <p>{format!("{} gold items, answered {} times", progress.gold_items, progress.gold_answers)}</p> })}
             {(progress.review_pending + progress.reviewed > 0).then(|| view! { <p>{format!("Review: {} waiting, {} done", progress.review_pending, progress.reviewed)}</p> })}
-            <div class="actions">
-                {output.map(|href| view! { <a class="button primary" href=href download=format!("{name}.manifest") data-testid="download-output">"Download output manifest"</a> })}
-                {review.map(|href| view! { <a class="button" href=href>"Open review queue"</a> })}
-                {can_stop.then(|| view! {
-                    <button class="danger" on:click=move |_| { stop.dispatch(StopLabelingJob { name: stop_name.clone() }); }>"Stop job"</button>
-                })}
-            </div>
+            {actions}
             {move || stop.value().get().and_then(|r| r.err()).map(|e| view! { <p class="error">{e.message}</p> })}
         </section>
-        <section class="card">
-            <h2>"Categories"</h2>
-            <p>{job.categories.iter().zip(atelier_protocol::labeling::hotkeys(&job.categories)).map(|(c, k)| match k {
-                Some(k) => format!("{} ({k})", c.name),
-                None => c.name.clone(),
-            }).collect::<Vec<_>>().join(" · ")}</p>
-            {(!job.instructions.is_empty()).then(|| view! { <h2>"Instructions"</h2><div class="markdown" inner_html=data.instructions_html.clone()></div> })}
-        </section>
-        {data.quality.map(|quality| view! { <QualityView quality charts=data.charts/> })}
+        {categories}
+        {quality}
     }
 }
 
@@ -523,7 +534,7 @@ fn QualityView(quality: Quality, charts: Vec<String>) -> impl IntoView {
                         }).collect_view()}
                     </tbody>
                 </table>
-            })}
+            }.into_any())}
             {(quality.fleiss_kappa.is_some() || quality.krippendorff_alpha.is_some()).then(|| view! {
                 <p data-testid="agreement">{format!("Fleiss' kappa {} · Krippendorff's alpha {}", stat(quality.fleiss_kappa), stat(quality.krippendorff_alpha))}</p>
             })}
@@ -537,7 +548,7 @@ fn QualityView(quality: Quality, charts: Vec<String>) -> impl IntoView {
                         }).collect_view()}
                     </tbody>
                 </table>
-            })}
+            }.into_any())}
             {quality.confusion.clone().map(|matrix| view! {
                 <h3>"Confusion (rows: consolidated label, columns: labeler's answer)"</h3>
                 <table class="table confusion" data-testid="confusion">
@@ -548,10 +559,11 @@ fn QualityView(quality: Quality, charts: Vec<String>) -> impl IntoView {
                         }).collect_view()}
                     </tbody>
                 </table>
-            })}
+            }.into_any())}
             {charts.into_iter().map(|svg| view! { <div class="chart" inner_html=svg></div> }).collect_view()}
         </section>
     }
+    .into_any()
 }
 
 /// The review queue: low-confidence items, each with every labeler's answer; the

@@ -199,8 +199,9 @@ pub fn resource_facts(resource: &Resource) -> Facts {
 /// changes are noted for the audit log.
 pub fn authorize(principal: &Principal, action: Action, resource: &Resource) -> CoreResult<()> {
     let decision = principal.decide(action, resource)?;
-    // Allowed reads are not audited; allowed writes and every denial are.
-    if !decision.allowed || action.is_write() {
+    // Allowed reads and data-plane writes are not audited; other allowed writes and
+    // every denial are.
+    if !decision.allowed || (action.is_write() && !action.is_data_plane()) {
         principal.lock().push(Noted {
             action,
             resource: resource.name.clone(),

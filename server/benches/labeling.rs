@@ -248,9 +248,10 @@ async fn run() -> anyhow::Result<()> {
         .bind(&job_id)
         .execute(&db.pool)
         .await?;
+    let boss_token = atelier_core::tokens::create(&db, &admin, "bench", None, None).await?.secret;
     let (rss_before, _) = memory_mb();
     let request = Request::get("/api/v1/labeling/jobs/queue1000000-job/output")
-        .header(header::AUTHORIZATION, format!("Bearer {}", tokens[0]))
+        .header(header::AUTHORIZATION, format!("Bearer {boss_token}"))
         .body(Body::empty())?;
     let start = Instant::now();
     let response = router.clone().oneshot(request).await?;

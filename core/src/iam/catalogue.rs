@@ -154,6 +154,13 @@ impl Action {
     pub const fn is_write(self) -> bool {
         matches!(self.def().access, Access::Write)
     }
+
+    /// Data, not configuration: an allowed annotation is recorded as the annotation
+    /// itself (who, when, what), thousands an hour per labeler, so it is not an audit
+    /// event as well; a refused one is.
+    pub const fn is_data_plane(self) -> bool {
+        matches!(self, Action::SubmitAnnotation)
+    }
 }
 
 impl std::fmt::Display for Action {

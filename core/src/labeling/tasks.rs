@@ -65,11 +65,15 @@ pub async fn next(db: &Db, p: &Principal, name: &str, besides: Option<&str>) -> 
     if job.status != IN_PROGRESS {
         return Ok((job, None));
     }
-    let task = lease(db, p, &job, besides).await?;
+    let task = match lease(db, p, &job, besides).await? {
+        Some((id, seq, expires)) => Some(view(db, &job, id, seq, expires).await?),
+        None => None,
+    };
     Ok((job, task))
 }
 
-async fn lease(db: &Db, p: &Principal, job: &Job, besides: Option<&str>) -> CoreResult<Option<Task>> {
+/// Takes (or renews) a hold: (task id, item, expiry).
+async fn lease(db: &Db, p: &Principal, job: &Job, besides: Option<&str>) -> CoreResult<Option<(String, i64, i64)>> {
     let _one_at_a_time = LEASING.lock().await;
     let now = now();
     let expires = now + job.task_time_limit_secs;
@@ -88,7 +92,7 @@ async fn lease(db: &Db, p: &Principal, job: &Job, besides: Option<&str>) -> Core
             .bind(id)
             .execute(&db.pool)
             .await?;
-        return view(db, job, id.clone(), *seq, expires).await.map(Some);
+        return Ok(Some((id.clone(), *seq, expires)));
     }
     if held.len() >= MAX_HELD {
         return Ok(None);
@@ -116,7 +120,7 @@ async fn lease(db: &Db, p: &Principal, job: &Job, besides: Option<&str>) -> Core
                 let mut tx = db.pool.begin().await?;
                 if let Some(id) = insert_task(&mut tx, job, p, seq, true, now, expires).await? {
                     tx.commit().await?;
-                    return view(db, job, id, seq, expires).await.map(Some);
+                    return Ok(Some((id, seq, expires)));
                 }
             }
         }
@@ -141,7 +145,7 @@ async fn lease(db: &Db, p: &Principal, job: &Job, besides: Option<&str>) -> Core
             // Another server may have given this worker the item a moment ago.
             if let Some(id) = insert_task(&mut tx, job, p, seq, false, now, expires).await? {
                 tx.commit().await?;
-                return view(db, job, id, seq, expires).await.map(Some);
+                return Ok(Some((id, seq, expires)));
             }
         }
     }
