@@ -471,14 +471,7 @@ async fn new_dataset(app: &TestApp, token: &str, name: &str, kind: &str, files: 
         return;
     }
     let parts: Vec<(&str, Option<&str>, &[u8])> = files.iter().map(|(n, b)| ("file", Some(*n), *b)).collect();
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(format!("/api/v1/datasets/{name}/batches"))
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .header(header::CONTENT_TYPE, format!("multipart/form-data; boundary={}", common::BOUNDARY))
-        .body(Body::from(common::multipart(&parts)))
-        .expect("request");
-    let r = app.send(request).await;
+    let r = app.upload_batch(token, name, &parts).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
 }
 

@@ -4,8 +4,7 @@
 
 mod common;
 
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use common::{Auth, TestApp};
 use serde_json::{json, Value};
 
@@ -13,22 +12,6 @@ use serde_json::{json, Value};
 const PNG: &[u8] = b"\x89\x50\x4e\x47\x0d\x0a\x1a\x0a\x00\x00\x00\x0d\x49\x48\x44\x52\x00\x00\x00\x01\x00\x00\x00\x01\x08\x02\x00\x00\x00\x90\x77\x53\xde\x00\x00\x00\x0c\x49\x44\x41\x54\x78\x9c\x63\xf8\xcf\xc0\x00\x00\x03\x01\x01\x00\xc9\xfe\x92\xef\x00\x00\x00\x00\x49\x45\x4e\x44\xae\x42\x60\x82";
 /// The start of a JPEG (what the upload checks).
 const JPEG: &[u8] = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00";
-
-async fn upload(
-    app: &TestApp,
-    token: &str,
-    dataset: &str,
-    parts: &[(&str, Option<&str>, &[u8])],
-) -> common::TestResponse {
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(format!("/api/v1/datasets/{dataset}/batches"))
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", format!("multipart/form-data; boundary={}", common::BOUNDARY))
-        .body(Body::from(common::multipart(parts)))
-        .expect("request");
-    app.send(request).await
-}
 
 async fn create(app: &TestApp, token: &str, name: &str, kind: &str) -> common::TestResponse {
     app.call(Method::POST, "/api/v1/datasets", Auth::Bearer(token), Some(json!({"name": name, "kind": kind}))).await
@@ -51,19 +34,19 @@ async fn an_image_dataset_keeps_good_files_and_names_each_bad_one() {
     assert_eq!(r.json()["item_count"], 0);
 
     let manifest = b"{\"source-ref\":\"s3://bucket/pets/cat.png\"}\n{\"source-ref\":\"s3://bucket/pets/missing.png\"}\nnot json\n\n";
-    let r = upload(
-        &app,
-        &token,
-        "pets",
-        &[
-            ("file", Some("cat.png"), PNG),
-            ("file", Some("dog.jpg"), JPEG),
-            ("file", Some("evil.png"), b"<script>alert(1)</script>"),
-            ("file", Some("notes.pdf"), b"%PDF-1.4"),
-            ("file", Some("input.manifest"), manifest),
-        ],
-    )
-    .await;
+    let r = app
+        .upload_batch(
+            &token,
+            "pets",
+            &[
+                ("file", Some("cat.png"), PNG),
+                ("file", Some("dog.jpg"), JPEG),
+                ("file", Some("evil.png"), b"<script>alert(1)</script>"),
+                ("file", Some("notes.pdf"), b"%PDF-1.4"),
+                ("file", Some("input.manifest"), manifest),
+            ],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let batch = r.json();
     assert_eq!(batch["seq"], 1);
@@ -98,7 +81,7 @@ async fn an_image_dataset_keeps_good_files_and_names_each_bad_one() {
     assert!(content.header("content-security-policy").is_some_and(|c| c.contains("sandbox")));
 
     // A second upload appends a batch; items keep their positions.
-    let r = upload(&app, &token, "pets", &[("file", Some("bird.png"), PNG)]).await;
+    let r = app.upload_batch(&token, "pets", &[("file", Some("bird.png"), PNG)]).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     assert_eq!(r.json()["seq"], 2);
     let detail = app.call(Method::GET, "/api/v1/datasets/pets", Auth::Bearer(&token), None).await.json();
@@ -110,10 +93,10 @@ async fn an_image_dataset_keeps_good_files_and_names_each_bad_one() {
     assert_eq!(page.json()[0]["batch"], 2);
 
     // Refusals that leave what is stored untouched.
-    let r = upload(&app, &token, "pets", &[("file", Some("x.png"), PNG), ("colour", None, b"red")]).await;
+    let r = app.upload_batch(&token, "pets", &[("file", Some("x.png"), PNG), ("colour", None, b"red")]).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.text().contains("unknown form field \\\"colour\\\""), "{}", r.text());
-    let r = upload(&app, &token, "pets", &[]).await;
+    let r = app.upload_batch(&token, "pets", &[]).await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert!(r.text().contains("no files were uploaded"), "{}", r.text());
     let detail = app.call(Method::GET, "/api/v1/datasets/pets", Auth::Bearer(&token), None).await.json();
@@ -127,7 +110,10 @@ async fn an_image_dataset_keeps_good_files_and_names_each_bad_one() {
     let r = create(&app, &token, "sounds", "audio").await;
     assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(r.json()["error"]["field"], "kind");
-    assert_eq!(upload(&app, &token, "nowhere", &[("file", Some("a.png"), PNG)]).await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        app.upload_batch(&token, "nowhere", &[("file", Some("a.png"), PNG)]).await.status,
+        StatusCode::NOT_FOUND
+    );
     let missing = app.call(Method::GET, "/api/v1/datasets/pets/items/99/content", Auth::Bearer(&token), None).await;
     assert_eq!(missing.status, StatusCode::NOT_FOUND);
 }
@@ -140,20 +126,24 @@ async fn a_text_dataset_takes_txt_csv_and_json_lines() {
     assert_eq!(create(&app, &token, "reviews", "text").await.status, StatusCode::CREATED);
     let long = "a".repeat(400);
     let csv = format!("id,review\n1,Great film\n2,\n3,\"Quoted, with a comma\"\n4,{long}\n");
-    let r = upload(
-        &app,
-        &token,
-        "reviews",
-        &[
-            ("text_column", None, b"review"),
-            ("file", Some("one.txt"), "A whole document\nover two lines.".as_bytes()),
-            ("file", Some("more.csv"), csv.as_bytes()),
-            ("file", Some("lines.jsonl"), b"{\"text\": \"from text\"}\n{\"source\": \"from source\"}\n{\"x\": 1}\n"),
-            ("file", Some("latin1.txt"), b"caf\xe9"),
-            ("file", Some("pic.png"), PNG),
-        ],
-    )
-    .await;
+    let r = app
+        .upload_batch(
+            &token,
+            "reviews",
+            &[
+                ("text_column", None, b"review"),
+                ("file", Some("one.txt"), "A whole document\nover two lines.".as_bytes()),
+                ("file", Some("more.csv"), csv.as_bytes()),
+                (
+                    "file",
+                    Some("lines.jsonl"),
+                    b"{\"text\": \"from text\"}\n{\"source\": \"from source\"}\n{\"x\": 1}\n",
+                ),
+                ("file", Some("latin1.txt"), b"caf\xe9"),
+                ("file", Some("pic.png"), PNG),
+            ],
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let batch = r.json();
     assert_eq!(batch["item_count"], 6, "{batch}");
@@ -187,13 +177,13 @@ async fn a_text_dataset_takes_txt_csv_and_json_lines() {
     assert_eq!(content.header("content-type").as_deref(), Some("text/plain; charset=utf-8"));
 
     // A named column that does not exist is reported for the file.
-    let r = upload(
-        &app,
-        &token,
-        "reviews",
-        &[("text_column", None, b"body"), ("file", Some("x.csv"), b"id,review\n1,a\n")],
-    )
-    .await;
+    let r = app
+        .upload_batch(
+            &token,
+            "reviews",
+            &[("text_column", None, b"body"), ("file", Some("x.csv"), b"id,review\n1,a\n")],
+        )
+        .await;
     assert_eq!(rejected(&r.json()), ["x.csv: no column named body (columns: id, review)"]);
 }
 
@@ -210,7 +200,7 @@ async fn only_permitted_users_see_and_change_datasets() {
         StatusCode::FORBIDDEN
     );
     assert_eq!(create(&app, &token, "mine", "image").await.status, StatusCode::FORBIDDEN);
-    assert_eq!(upload(&app, &token, "pets", &[("file", Some("a.png"), PNG)]).await.status, StatusCode::FORBIDDEN);
+    assert_eq!(app.upload_batch(&token, "pets", &[("file", Some("a.png"), PNG)]).await.status, StatusCode::FORBIDDEN);
     let scientist = app.create_user_with("sam", &["DataScientist".into()]).await;
     let token = app.token_for(&scientist, None).await;
     assert_eq!(create(&app, &token, "sams", "text").await.status, StatusCode::CREATED);

@@ -92,19 +92,13 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
     .execute(&app.state.db.pool)
     .await
     .expect("test setup");
+    // Two labeling jobs: the REST paths name job-1, the server functions take the name
+    // from the shared form below ("Custom").
     sqlx::query(
         "INSERT INTO labeling_jobs (id, name, dataset_id, task_type, label_attribute, categories, instructions, \
          workers_per_item, task_time_limit_secs, gold_share, status, item_count, remaining, created_by, created_at) \
-         VALUES ('l', 'job-1', 'd', 'image_classification', 'job-1', '[]', '', 3, 300, 0.0, 'InProgress', 1, 1, 'admin', 0)",
-    )
-    .execute(&app.state.db.pool)
-    .await
-    .expect("test setup");
-    // The server functions take the name from the shared form below ("Custom").
-    sqlx::query(
-        "INSERT INTO labeling_jobs (id, name, dataset_id, task_type, label_attribute, categories, instructions, \
-         workers_per_item, task_time_limit_secs, gold_share, status, item_count, remaining, created_by, created_at) \
-         VALUES ('l2', 'Custom', 'd', 'image_classification', 'Custom', '[]', '', 3, 300, 0.0, 'InProgress', 1, 1, 'admin', 0)",
+         VALUES ('l', 'job-1', 'd', 'image_classification', 'job-1', '[]', '', 3, 300, 0.0, 'InProgress', 1, 1, 'admin', 0), \
+                ('l2', 'Custom', 'd', 'image_classification', 'Custom', '[]', '', 3, 300, 0.0, 'InProgress', 1, 1, 'admin', 0)",
     )
     .execute(&app.state.db.pool)
     .await

@@ -6,8 +6,7 @@
 mod common;
 
 use atelier_core::accounts::{self, NewUser};
-use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::{Method, StatusCode};
 use common::{Auth, TestApp, TestResponse};
 use serde_json::{json, Value};
 
@@ -30,17 +29,6 @@ async fn labeler(app: &TestApp, name: &str, groups: &[&str]) -> String {
     app.token_for(&user, None).await
 }
 
-async fn upload(app: &TestApp, token: &str, dataset: &str, parts: &[(&str, Option<&str>, &[u8])]) -> TestResponse {
-    let request = Request::builder()
-        .method(Method::POST)
-        .uri(format!("/api/v1/datasets/{dataset}/batches"))
-        .header("authorization", format!("Bearer {token}"))
-        .header("content-type", format!("multipart/form-data; boundary={}", common::BOUNDARY))
-        .body(Body::from(common::multipart(parts)))
-        .expect("request");
-    app.send(request).await
-}
-
 /// An admin token, groups, and a text dataset `reviews` of `n` items: item k reads
 /// "review k good" for odd k and "review k bad" for even k.
 async fn studio(app: &TestApp, groups: &[&str], n: usize) -> String {
@@ -55,7 +43,7 @@ async fn studio(app: &TestApp, groups: &[&str], n: usize) -> String {
         .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let lines: String = (1..=n).map(|k| format!("{{\"source\": \"review {k} {}\"}}\n", truth(k as i64))).collect();
-    let r = upload(app, &token, "reviews", &[("file", Some("reviews.jsonl"), lines.as_bytes())]).await;
+    let r = app.upload_batch(&token, "reviews", &[("file", Some("reviews.jsonl"), lines.as_bytes())]).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     token
 }
@@ -346,7 +334,7 @@ async fn boxes_go_through_review_and_entities_are_checked() {
         .call(Method::POST, "/api/v1/datasets", Auth::Bearer(&admin), Some(json!({"name": "street", "kind": "image"})))
         .await;
     assert_eq!(r.status, StatusCode::CREATED);
-    let r = upload(&app, &admin, "street", &[("file", Some("a.png"), PNG), ("file", Some("b.png"), PNG)]).await;
+    let r = app.upload_batch(&admin, "street", &[("file", Some("a.png"), PNG), ("file", Some("b.png"), PNG)]).await;
     assert_eq!(r.json()["item_count"], 2, "{}", r.text());
     let spec = json!({
         "name": "cars", "dataset": "street", "task_type": "bounding_box", "workers_per_item": 2,

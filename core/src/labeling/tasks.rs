@@ -219,13 +219,19 @@ async fn sweep(db: &Db, job: &Job, now: i64) -> CoreResult<()> {
     .fetch_all(&mut *tx)
     .await?;
     for (seq, _) in expired.iter().filter(|(_, gold)| *gold == 0) {
-        sqlx::query("UPDATE labeling_items SET held = held - 1, open = 1 WHERE job_id = $1 AND item_seq = $2")
-            .bind(&job.id)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
+        release(&mut tx, job, *seq).await?;
     }
     tx.commit().await?;
+    Ok(())
+}
+
+/// Gives an item back the slot a hold took (the hold expired or was skipped).
+async fn release(tx: &mut sqlx::Transaction<'static, sqlx::Any>, job: &Job, seq: i64) -> CoreResult<()> {
+    sqlx::query("UPDATE labeling_items SET held = held - 1, open = 1 WHERE job_id = $1 AND item_seq = $2")
+        .bind(&job.id)
+        .bind(seq)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -340,11 +346,7 @@ pub async fn skip(db: &Db, p: &Principal, name: &str, task_id: &str) -> CoreResu
             .execute(&mut *tx)
             .await?;
     if updated.rows_affected() == 1 && !gold {
-        sqlx::query("UPDATE labeling_items SET held = held - 1, open = 1 WHERE job_id = $1 AND item_seq = $2")
-            .bind(&job.id)
-            .bind(seq)
-            .execute(&mut *tx)
-            .await?;
+        release(&mut tx, &job, seq).await?;
     }
     tx.commit().await?;
     Ok(())

@@ -170,7 +170,8 @@ pub async fn skip_task(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// An image item of the job, for those who may work on or review it.
+/// An image item of the job: labelers get the items given to them, reviewers and
+/// those who may read the output any item.
 #[utoipa::path(get, path = "/api/v1/labeling/jobs/{job}/items/{seq}/content", tag = "labeling",
     params(("job" = String, Path, description = "Labeling job name"), ("seq" = i64, Path, description = "Item position in the dataset")),
     responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
@@ -185,7 +186,8 @@ pub async fn item_content(
 }
 
 /// The output manifest (JSON Lines, Ground Truth's format): one line per consolidated
-/// item with the label attribute and its `-metadata`. Streamed.
+/// item with the label attribute and its `-metadata`. Streamed. Needs
+/// `labeling:GetLabelingJobOutput`.
 #[utoipa::path(get, path = "/api/v1/labeling/jobs/{job}/output", tag = "labeling",
     params(("job" = String, Path, description = "Labeling job name")),
     responses((status = 200, content_type = "application/x-ndjson", body = String), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]

@@ -141,6 +141,24 @@ impl TestApp {
         atelier_core::tokens::create(&self.state.db, user, "test", None, policy).await.expect("token").secret
     }
 
+    /// Adds a batch to a dataset: `POST /api/v1/datasets/{dataset}/batches` with a
+    /// multipart body of (field, file name, bytes).
+    pub async fn upload_batch(
+        &self,
+        token: &str,
+        dataset: &str,
+        parts: &[(&str, Option<&str>, &[u8])],
+    ) -> TestResponse {
+        let request = Request::builder()
+            .method(axum::http::Method::POST)
+            .uri(format!("/api/v1/datasets/{dataset}/batches"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+            .body(Body::from(multipart(parts)))
+            .expect("request");
+        self.send(request).await
+    }
+
     /// Sends a request through the whole router.
     pub async fn send(&self, request: Request<Body>) -> TestResponse {
         let response = self.router.clone().oneshot(request).await.expect("router is infallible");
