@@ -269,6 +269,19 @@ async fn script_job_runs_with_the_sagemaker_contract() {
     assert_eq!(failed["job"]["state"], "Failed");
     let message = failed["job"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("exit code 1") && message.contains("boom: column x is missing"), "{message}");
+    // A failed job has no model to register.
+    let r = app.call(Method::POST, "/api/v1/model-groups", Auth::Bearer(&token), Some(json!({"name": "m"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = app
+        .call(
+            Method::POST,
+            "/api/v1/model-groups/m/versions",
+            Auth::Bearer(&token),
+            Some(json!({"training_job": "failing"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    assert!(r.text().contains("training job failing is Failed"), "{}", r.text());
     let _ = std::fs::remove_dir_all(work);
 }
 
@@ -579,6 +592,35 @@ async fn a_labeling_jobs_output_trains_a_classifier() {
     let accuracy = done["job"]["final_metrics"]["validation_accuracy"].as_f64().expect("validation accuracy");
     assert!(accuracy >= 0.9, "validation accuracy {accuracy}\n{}", logs(&app, &token, "from-labels").await);
     assert!(done["inputs"]["train (labeling job shapes-1, 25 files)"].is_array(), "{}", done["inputs"]);
+
+    // The model goes into the registry with its job's metrics and lineage; a failed or
+    // unfinished job cannot be registered.
+    let r = app.call(Method::POST, "/api/v1/model-groups", Auth::Bearer(&token), Some(json!({"name": "shapes"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let register = |job: &str| json!({"training_job": job, "description": "colours"});
+    let r = app
+        .call(Method::POST, "/api/v1/model-groups/shapes/versions", Auth::Bearer(&token), Some(register("too-soon")))
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    let r = app
+        .call(Method::POST, "/api/v1/model-groups/shapes/versions", Auth::Bearer(&token), Some(register("from-labels")))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let v = r.json();
+    assert_eq!((v["version"].clone(), v["status"].clone()), (json!(1), json!("PendingManualApproval")));
+    assert_eq!(v["training_job"], "from-labels");
+    assert_eq!(v["format"], "atelier");
+    assert_eq!(v["metrics"]["validation_accuracy"].as_f64(), Some(accuracy));
+    assert_eq!(v["hyperparameters"]["epochs"], "12");
+    assert_eq!(v["lineage"], json!({"datasets": ["shapes"], "labeling_jobs": ["shapes-1"]}));
+    let model = done["artifacts"]
+        .as_array()
+        .expect("artifacts")
+        .iter()
+        .find(|a| a["kind"] == "model")
+        .cloned()
+        .expect("a model artifact");
+    assert_eq!(v["artifact"]["sha256"], model["sha256"]);
     let _ = std::fs::remove_dir_all(work);
 }
 

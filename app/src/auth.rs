@@ -16,6 +16,8 @@ pub struct Me {
     /// What the UI offers this user: links and forms for anything else stay hidden
     /// (the server still checks every request).
     pub can: Vec<Can>,
+    /// Model versions waiting for this user's decision (the count beside "Approvals").
+    pub approvals_waiting: usize,
 }
 
 /// Things the UI shows only to users whose policies allow them.
@@ -38,10 +40,12 @@ pub enum Can {
     CreateDataset,
     ListLabelingJobs,
     CreateLabelingJob,
+    RegisterModelVersion,
+    DecideModelVersions,
 }
 
 impl Can {
-    pub const ALL: [Can; 17] = [
+    pub const ALL: [Can; 19] = [
         Can::ListModelGroups,
         Can::CreateModelGroup,
         Can::ListUsers,
@@ -59,6 +63,8 @@ impl Can {
         Can::CreateDataset,
         Can::ListLabelingJobs,
         Can::CreateLabelingJob,
+        Can::RegisterModelVersion,
+        Can::DecideModelVersions,
     ];
 }
 
@@ -111,12 +117,23 @@ pub async fn get_me() -> Result<Me, AppError> {
                 Can::CreateDataset => (Action::CreateDataset, "atelier:datasets:dataset/*"),
                 Can::ListLabelingJobs => (Action::ListLabelingJobs, "atelier:labeling:job/*"),
                 Can::CreateLabelingJob => (Action::CreateLabelingJob, "atelier:labeling:job/*"),
+                Can::RegisterModelVersion => (Action::RegisterModelVersion, "atelier:models:group/*"),
+                Can::DecideModelVersions => (Action::UpdateModelApprovalStatus, "atelier:models:group/*/version/*"),
             };
             principal.can(action, &Resource::new(resource))
         })
-        .collect();
+        .collect::<Vec<Can>>();
+    // Part of the user's data rather than a resource of its own: the navigation renders
+    // it on every page, and a resource created only for some users would shift the
+    // others' hydration ids.
+    let approvals_waiting = if can.contains(&Can::DecideModelVersions) {
+        let db = crate::context::db()?;
+        atelier_core::models::approvals::inbox(&db, &principal).await.map(|l| l.len()).unwrap_or(0)
+    } else {
+        0
+    };
     let user = principal.user;
-    Ok(Me { can, id: user.id, username: user.username, display_name: user.display_name })
+    Ok(Me { can, approvals_waiting, id: user.id, username: user.username, display_name: user.display_name })
 }
 
 /// Signs in with a username and password, then goes to `next`.

@@ -453,7 +453,8 @@ pub fn DatasetPage() -> impl IntoView {
                 match detail.await {
                     Err(e) => view! { <p class="error">{e.message}</p> }.into_any(),
                     Ok(d) => {
-                        let can_add = crate::auth::can(me, crate::auth::Can::CreateDataset);
+                        // Awaited, not read, so hydration sees what the server rendered.
+                        let can_add = me.0.await.is_ok_and(|m| m.can.contains(&crate::auth::Can::CreateDataset));
                         view! { <DatasetSummary detail=d can_add progress outcome/> }.into_any()
                     }
                 }

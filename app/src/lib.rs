@@ -34,7 +34,7 @@ use crate::datasets::{DatasetItemPage, DatasetPage, DatasetsPage};
 use crate::iam::{GroupPage, GroupsPage, PoliciesPage, PolicyPage, SimulatorPage};
 use crate::labeler::{LabelerPage, MyWorkPage};
 use crate::labeling::{LabelingJobPage, LabelingJobsPage, NewLabelingJobPage, ReviewQueuePage};
-use crate::models::ModelsPage;
+use crate::models::{ApprovalsCount, ApprovalsPage, CompareVersionsPage, ModelGroupPage, ModelVersionPage, ModelsPage};
 use crate::tokens::TokensPage;
 use crate::training::{CompareTrainingJobsPage, NewTrainingJobPage, TrainingJobPage, TrainingJobsPage};
 use crate::users::{UserPage, UsersPage};
@@ -97,6 +97,10 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("work") view=MyWorkPage/>
                     <Route path=path!("work/:name") view=LabelerPage/>
                     <Route path=path!("models") view=ModelsPage/>
+                    <Route path=path!("models/:group") view=ModelGroupPage/>
+                    <Route path=path!("models/:group/compare") view=CompareVersionsPage/>
+                    <Route path=path!("models/:group/versions/:version") view=ModelVersionPage/>
+                    <Route path=path!("approvals") view=ApprovalsPage/>
                     <Route path=path!("training") view=TrainingJobsPage/>
                     <Route path=path!("training/new") view=NewTrainingJobPage/>
                     <Route path=path!("training/compare") view=CompareTrainingJobsPage/>
@@ -160,6 +164,9 @@ fn AppShell() -> impl IntoView {
                     </Show>
                     <Show when=move || may(Can::ListModelGroups)>
                         <A href="/models">"Models"</A>
+                    </Show>
+                    <Show when=move || may(Can::DecideModelVersions)>
+                        <A href="/approvals">"Approvals" <ApprovalsCount/></A>
                     </Show>
                     <Show when=move || may(Can::ListNodes)>
                         <A href="/compute">"Compute"</A>

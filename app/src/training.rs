@@ -743,7 +743,12 @@ pub fn TrainingJobPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 match detail.await {
                     Err(e) => view! { <p class="error">{e.message}</p> }.into_any(),
-                    Ok(d) => view! { <JobSummary detail=d stop me/> }.into_any(),
+                    Ok(d) => {
+                        // Awaited here, not read: a directly loaded page hydrates with the
+                        // same answer the server rendered with.
+                        let me = me.0.await.ok();
+                        view! { <JobSummary detail=d stop me/> }.into_any()
+                    }
                 }
             })}
         </Transition>
@@ -763,10 +768,17 @@ pub fn TrainingJobPage() -> impl IntoView {
 }
 
 #[component]
-fn JobSummary(detail: TrainingJobDetail, stop: ServerAction<StopTrainingJob>, me: crate::CurrentUser) -> impl IntoView {
+fn JobSummary(
+    detail: TrainingJobDetail,
+    stop: ServerAction<StopTrainingJob>,
+    me: Option<crate::auth::Me>,
+) -> impl IntoView {
     let j = detail.job;
     let active = !j.state.is_terminal();
-    let can_stop = active && !j.stop_requested && crate::auth::can(me, crate::auth::Can::CreateTrainingJob);
+    let may = |what| me.as_ref().is_some_and(|m| m.can.contains(&what));
+    let can_stop = active && !j.stop_requested && may(crate::auth::Can::CreateTrainingJob);
+    let register = (j.state == JobState::Completed && may(crate::auth::Can::RegisterModelVersion))
+        .then(|| view! { <crate::models::RegisterFromJob job=j.name.clone()/> }.into_any());
     let clone_href = format!("/training/new?clone={}", j.name);
     let name = j.name.clone();
     let hps = j
@@ -794,7 +806,9 @@ fn JobSummary(detail: TrainingJobDetail, stop: ServerAction<StopTrainingJob>, me
         <h1>{j.name.clone()} " " <span class=state_class(j.state) data-testid="job-state">{j.state.as_str()}</span></h1>
         {(!j.message.is_empty()).then(|| view! { <p class="message" data-testid="job-message">{j.message.clone()}</p> })}
         {j.wait_reason.clone().map(|w| view! { <p class="muted" data-testid="wait-reason">"Waiting: " {w}</p> })}
-        <p>
+        // A <div>, not a <p>: a <form> inside a <p> closes it in the browser's parser,
+        // and hydration then finds another tree than the server rendered.
+        <div class="actions">
             <a class="button" href=clone_href>"Clone"</a>
             {can_stop.then(|| view! {
                 <ActionForm action=stop attr:class="inline">
@@ -802,7 +816,7 @@ fn JobSummary(detail: TrainingJobDetail, stop: ServerAction<StopTrainingJob>, me
                     <button type="submit" class="danger">"Stop"</button>
                 </ActionForm>
             })}
-        </p>
+        </div>
         <dl class="facts">
             <dt>"Algorithm"</dt><dd>{algorithm}</dd>
             <dt>"Resources"</dt><dd>{resources}</dd>
@@ -840,6 +854,7 @@ fn JobSummary(detail: TrainingJobDetail, stop: ServerAction<StopTrainingJob>, me
                 </table>
             }.into_any()
         }}
+        {register}
         <h2>"Timeline"</h2>
         <table class="table" data-testid="timeline">
             <thead><tr><th>"When"</th><th>"Attempt"</th><th>"State"</th><th>"Node"</th><th>"Note"</th></tr></thead>

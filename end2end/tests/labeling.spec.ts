@@ -52,9 +52,18 @@ async function upload(page: Page, dataset: string, name: string, mimeType: strin
   expect(response.ok(), await response.text()).toBeTruthy();
 }
 
+/** Browser errors per page (a panic in the WASM code shows up here), for failure messages. */
+const problems = new WeakMap<Page, string[]>();
+
 async function labelerPage(browser: Browser, username: string): Promise<Page> {
   const context = await browser.newContext();
   const page = await context.newPage();
+  const seen: string[] = [];
+  problems.set(page, seen);
+  page.on('console', (m) => {
+    if (m.type() === 'error') seen.push(m.text().slice(0, 500));
+  });
+  page.on('pageerror', (e) => seen.push(String(e).slice(0, 500)));
   await signIn(page, username, PASSWORD);
   return page;
 }
@@ -66,13 +75,17 @@ async function taskId(page: Page) {
 
 /** Waits until the page shows another task than `previous`, or says none is left. */
 async function settled(page: Page, previous: string | null) {
-  await expect
-    .poll(async () => {
-      if (await page.getByTestId('idle').isVisible()) return true;
-      const task = page.getByTestId('task');
-      return (await task.count()) > 0 && (await task.getAttribute('data-task')) !== previous;
-    })
-    .toBe(true);
+  try {
+    await expect
+      .poll(async () => {
+        if (await page.getByTestId('idle').isVisible()) return true;
+        const task = page.getByTestId('task');
+        return (await task.count()) > 0 && (await task.getAttribute('data-task')) !== previous;
+      })
+      .toBe(true);
+  } catch (e) {
+    throw new Error(`${e}\nbrowser errors: ${(problems.get(page) ?? []).join('\n') || 'none'}`);
+  }
 }
 
 /** Opens the job from "My work". */

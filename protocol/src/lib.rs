@@ -6,6 +6,7 @@
 //! heartbeats and a long-poll for work, so a node behind NAT works.
 
 pub mod labeling;
+pub mod models;
 
 use std::collections::BTreeMap;
 

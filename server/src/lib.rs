@@ -10,6 +10,7 @@ pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod middleware;
+pub mod mlflow;
 pub mod router;
 pub mod state;
 

@@ -178,6 +178,12 @@ async fn anonymous(
     }
     let summary = format!("not signed in: {} {path}", request.method());
     audit_anonymous(state, &path, summary, ip, request_id).await;
+    if path.starts_with(crate::mlflow::PREFIX) {
+        return crate::mlflow::MlflowError::from(CoreError::Unauthenticated(
+            "send an API token: set MLFLOW_TRACKING_TOKEN".into(),
+        ))
+        .into_response();
+    }
     if path.starts_with("/api/v1/") {
         return ApiError::from(CoreError::Unauthenticated(
             "Sign in, or send an API token as 'Authorization: Bearer <token>'.".into(),

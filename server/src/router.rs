@@ -67,6 +67,7 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::serve))
         .route("/pkg/{*path}", get(assets::serve))
         .merge(api::router())
+        .merge(crate::mlflow::router())
         .merge(crate::agent::router())
         .leptos_routes_with_context(&state, generate_route_list(App), leptos_context, move || shell(options.clone()))
         .fallback(fallback)

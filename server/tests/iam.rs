@@ -42,6 +42,12 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
             json!({"username": "admin", "action": "iam:GetUser", "resource": "atelier:iam:user/admin"})
         }
         "/api/v1/model-groups" => json!({"name": "newmodel"}),
+        "/api/v1/model-groups/{group}" | "/api/v1/model-groups/{group}/versions/{version}" => {
+            json!({"description": "d"})
+        }
+        "/api/v1/model-groups/{group}/versions" => json!({"artifact": "a1"}),
+        "/api/v1/model-groups/{group}/versions/{version}/approval" => json!({"status": "Approved", "comment": "c"}),
+        "/api/v1/model-groups/{group}/aliases/{alias}" => json!({"version": 1}),
         "/api/v1/datasets" => json!({"name": "newdataset", "kind": "image"}),
         "/api/v1/compute/nodes" => json!({"name": "newnode"}),
         "/api/v1/labeling/jobs" => json!({
@@ -133,6 +139,8 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
                 .replace("{node}", "gpu-1")
                 .replace("{job}", "job-1")
                 .replace("/model-groups/{group}", "/model-groups/fraud")
+                .replace("{version}", "1")
+                .replace("{alias}", "champion")
                 .replace("{dataset}", "photos")
                 .replace("{seq}", "1")
                 .replace("{task}", "t1")
@@ -151,6 +159,24 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         }
     }
     assert!(checked >= 30, "only {checked} REST operations found");
+
+    // The MLflow-compatible API: refused the same way, in MLflow's error shape.
+    for (method, op) in atelier_server::mlflow::OPERATIONS {
+        let method = Method::from_bytes(method.as_bytes()).expect("an HTTP method");
+        let path = format!("{}{op}?name=fraud&version=1&alias=champion", atelier_server::mlflow::PREFIX);
+        let body = (method != Method::GET).then(|| {
+            json!({"name": "fraud", "new_name": "f2", "version": "1", "alias": "champion", "key": "k", "value": "v",
+                   "source": "atelier:artifact/a1", "description": "d"})
+        });
+        let anonymous = app.call(method.clone(), &path, Auth::None, body.clone()).await;
+        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "anonymous {method} {path}");
+        assert_eq!(anonymous.json()["error_code"], "UNAUTHENTICATED", "{method} {path}");
+        let before = deny_events(&app, "mallory").await;
+        let response = app.call(method.clone(), &path, Auth::Bearer(&token), body).await;
+        assert_eq!(response.status, StatusCode::FORBIDDEN, "{method} {path}: {}", response.text());
+        assert_eq!(response.json()["error_code"], "PERMISSION_DENIED");
+        assert!(deny_events(&app, "mallory").await > before, "{method} {path}: denial not audited");
+    }
 
     // Server functions: the same through the session, with a form that carries every
     // argument any of them takes.
@@ -186,6 +212,11 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         ("page", "1"),
         ("seq", "1"),
         ("task", "t1"),
+        ("status", "Approved"),
+        ("comment", "c"),
+        ("expected_status", "PendingManualApproval"),
+        ("training_job", "job-1"),
+        ("required_approvals", "1"),
     ];
     // Server functions that take JSON (nested arguments), with a body each.
     let json_bodies: Vec<(&str, Value)> = vec![
@@ -492,7 +523,7 @@ async fn the_simulator_explains_decisions_including_separation_of_duties() {
     let simulate = |context: Value| {
         let (app, token) = (&app, token.clone());
         async move {
-            let body = json!({"username": "rita", "action": "models:ApproveModelVersion",
+            let body = json!({"username": "rita", "action": "models:UpdateModelApprovalStatus",
                 "resource": "atelier:models:group/fraud/version/3", "context": context});
             app.call(Method::POST, "/api/v1/iam/simulate", Auth::Bearer(&token), Some(body)).await
         }

@@ -32,7 +32,8 @@ pub const BUILTINS: &[Builtin] = &[
   "Statement": [
     {"Sid": "Build", "Effect": "Allow",
      "Action": ["datasets:*", "labeling:*", "training:*", "notebooks:*", "endpoints:*",
-                "models:List*", "models:Get*", "models:CreateModelGroup", "models:RegisterModelVersion",
+                "models:List*", "models:Get*", "models:CreateModelGroup", "models:UpdateModelGroup", "models:DeleteModelGroup",
+                "models:RegisterModelVersion", "models:UpdateModelVersion", "models:DeleteModelVersion",
                 "compute:ListNodes", "compute:GetNode"],
      "Resource": "*"},
     {"Sid": "SeeColleagues", "Effect": "Allow", "Action": ["iam:ListUsers", "iam:ListGroups", "iam:GetCatalogue"], "Resource": "*"}
@@ -60,8 +61,8 @@ pub const BUILTINS: &[Builtin] = &[
   "Version": "2012-10-17",
   "Statement": [
     {"Sid": "ReadModels", "Effect": "Allow", "Action": ["models:List*", "models:Get*", "training:List*", "training:Get*", "datasets:List*", "datasets:Get*"], "Resource": "*"},
-    {"Sid": "Decide", "Effect": "Allow", "Action": ["models:ApproveModelVersion", "models:RejectModelVersion"], "Resource": "atelier:models:group/*/version/*"},
-    {"Sid": "NotOwnVersions", "Effect": "Deny", "Action": ["models:ApproveModelVersion", "models:RejectModelVersion"], "Resource": "*",
+    {"Sid": "Decide", "Effect": "Allow", "Action": "models:UpdateModelApprovalStatus", "Resource": "atelier:models:group/*/version/*"},
+    {"Sid": "NotOwnVersions", "Effect": "Deny", "Action": "models:UpdateModelApprovalStatus", "Resource": "*",
      "Condition": {"StringEquals": {"atelier:ResourceCreator": "${atelier:username}"}}},
     {"Sid": "ReviewLabels", "Effect": "Allow", "Action": ["labeling:ListLabelingJobs", "labeling:GetLabelingJob", "labeling:ListTasks", "labeling:ReviewAnnotations", "labeling:GetLabelingJobOutput"], "Resource": "*"}
   ]
@@ -164,8 +165,7 @@ mod tests {
                 "models:GetModelGroup",
                 "models:ListModelVersions",
                 "models:GetModelVersion",
-                "models:ApproveModelVersion",
-                "models:RejectModelVersion",
+                "models:UpdateModelApprovalStatus",
             ],
         ),
         (
@@ -220,9 +220,13 @@ mod tests {
                 "models:ListModelGroups",
                 "models:GetModelGroup",
                 "models:CreateModelGroup",
+                "models:DeleteModelGroup",
                 "models:ListModelVersions",
                 "models:GetModelVersion",
                 "models:RegisterModelVersion",
+                "models:UpdateModelGroup",
+                "models:UpdateModelVersion",
+                "models:DeleteModelVersion",
                 "endpoints:ListEndpoints",
                 "endpoints:GetEndpoint",
                 "endpoints:CreateEndpoint",
@@ -279,7 +283,7 @@ mod tests {
         let reviewer = compiled("Reviewer");
         let mut own = Facts::new("atelier:models:group/fraud/version/3");
         own.set("atelier:ResourceCreator", "alice");
-        let e = reviewer.evaluate(Action::ApproveModelVersion, &own).expect("test input");
+        let e = reviewer.evaluate(Action::UpdateModelApprovalStatus, &own).expect("test input");
         assert_eq!(e.outcome, crate::iam::Outcome::ExplicitDeny);
         assert_eq!(e.decided_by[0].sid.as_deref(), Some("NotOwnVersions"));
     }

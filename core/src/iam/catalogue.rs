@@ -112,8 +112,11 @@ catalogue! {
         ListModelVersions, Read, "atelier:models:group/{group}", "List a group's model versions";
         GetModelVersion, Read, "atelier:models:group/{group}/version/{version}", "View a model version";
         RegisterModelVersion, Write, "atelier:models:group/{group}", "Register a model version";
-        ApproveModelVersion, Write, "atelier:models:group/{group}/version/{version}", "Approve a model version";
-        RejectModelVersion, Write, "atelier:models:group/{group}/version/{version}", "Reject a model version";
+        UpdateModelGroup, Write, "atelier:models:group/{group}", "Change a model group's description, tags or name (a rename is also checked as CreateModelGroup on the new name)";
+        UpdateApprovalRequirements, Write, "atelier:models:group/{group}", "Change how many distinct approvals a group's versions need";
+        UpdateModelVersion, Write, "atelier:models:group/{group}/version/{version}", "Change a version's description, tags or aliases";
+        DeleteModelVersion, Write, "atelier:models:group/{group}/version/{version}", "Delete a model version";
+        UpdateModelApprovalStatus, Write, "atelier:models:group/{group}/version/{version}", "Approve or reject a model version";
     }
     "endpoints" {
         ListEndpoints, Read, "atelier:endpoints:endpoint/*", "List endpoints";

@@ -428,8 +428,8 @@ mod tests {
         let c = compile(&[(
             "Reviewer",
             &format!(
-                r#"{{{V},"Statement":[{{"Effect":"Allow","Action":"models:ApproveModelVersion","Resource":"*"}},
-                {{"Sid":"NotOwn","Effect":"Deny","Action":"models:ApproveModelVersion","Resource":"*",
+                r#"{{{V},"Statement":[{{"Effect":"Allow","Action":"models:UpdateModelApprovalStatus","Resource":"*"}},
+                {{"Sid":"NotOwn","Effect":"Deny","Action":"models:UpdateModelApprovalStatus","Resource":"*",
                   "Condition":{{"StringEquals":{{"atelier:ResourceCreator":"${{atelier:username}}"}}}}}}]}}"#
             ),
         )]);
@@ -437,8 +437,8 @@ mod tests {
         own.set("atelier:ResourceCreator", "alice");
         let mut other = Facts::new("atelier:models:group/fraud/version/3");
         other.set("atelier:ResourceCreator", "bob");
-        assert_eq!(decide(&c, Action::ApproveModelVersion, &own), Outcome::ExplicitDeny);
-        assert_eq!(decide(&c, Action::ApproveModelVersion, &other), Outcome::Allow);
+        assert_eq!(decide(&c, Action::UpdateModelApprovalStatus, &own), Outcome::ExplicitDeny);
+        assert_eq!(decide(&c, Action::UpdateModelApprovalStatus, &other), Outcome::Allow);
     }
 
     #[test]

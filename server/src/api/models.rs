@@ -1,16 +1,21 @@
-//! `/api/v1/model-groups`: the model registry's groups.
+//! `/api/v1/model-groups` and `/api/v1/model-approvals`: the model registry — groups,
+//! versions, approval decisions and their timeline, aliases, and the reviewer inbox.
 
-use app::models::ModelGroupInfo;
-use atelier_core::models;
+use std::collections::BTreeMap;
+
+use atelier_core::models::{self, approvals, versions, NewGroup};
+use atelier_protocol::models::{Decision, ModelGroup, ModelVersion, PendingVersion, RegisterVersion, VersionEvent};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::response::Response;
 use axum::Json;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
+use super::training::artifact_response;
 use super::{ApiJson, Auth};
 use crate::state::AppState;
 
@@ -21,42 +26,279 @@ pub struct CreateModelGroupRequest {
     pub name: String,
     #[serde(default)]
     pub description: String,
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
+    /// Distinct approvals a version needs (1-10, default 1).
+    #[serde(default)]
+    pub required_approvals: Option<i64>,
 }
 
-/// Model groups the caller may read.
+/// Body of `PATCH /api/v1/model-groups/{group}`: what is given changes.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateModelGroupRequest {
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Replaces all tags.
+    #[serde(default)]
+    pub tags: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    pub required_approvals: Option<i64>,
+    /// A new name.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// Body of `PATCH .../versions/{version}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVersionRequest {
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Replaces all tags.
+    #[serde(default)]
+    pub tags: Option<BTreeMap<String, String>>,
+}
+
+/// Body of `PUT .../aliases/{alias}`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AliasRequest {
+    pub version: i64,
+}
+
+/// The status a decision led to.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Decided {
+    pub status: String,
+}
+
+type GroupPath = Path<String>;
+type VersionPath = Path<(String, i64)>;
+
+/// Model groups the caller may read, with their latest and approved versions.
 #[utoipa::path(get, path = "/api/v1/model-groups", tag = "models",
-    responses((status = 200, body = Vec<ModelGroupInfo>), (status = 403, body = ErrorBody)))]
-pub async fn list_groups(
-    State(state): State<AppState>,
-    Auth(principal): Auth,
-) -> Result<Json<Vec<ModelGroupInfo>>, ApiError> {
-    Ok(Json(models::list_groups(&state.db, &principal).await?.into_iter().map(ModelGroupInfo::from).collect()))
+    responses((status = 200, body = Vec<ModelGroup>), (status = 403, body = ErrorBody)))]
+pub async fn list_groups(State(state): State<AppState>, Auth(p): Auth) -> Result<Json<Vec<ModelGroup>>, ApiError> {
+    Ok(Json(models::list_groups(&state.db, &p).await?))
 }
 
 /// Creates a model group.
 #[utoipa::path(post, path = "/api/v1/model-groups", tag = "models", request_body = CreateModelGroupRequest,
-    responses((status = 201, body = ModelGroupInfo), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody)))]
+    responses((status = 201, body = ModelGroup), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_group(
     State(state): State<AppState>,
-    Auth(principal): Auth,
+    Auth(p): Auth,
     ApiJson(body): ApiJson<CreateModelGroupRequest>,
-) -> Result<(StatusCode, Json<ModelGroupInfo>), ApiError> {
-    let group = models::create_group(&state.db, &principal, &body.name, &body.description).await?;
-    Ok((StatusCode::CREATED, Json(group.into())))
+) -> Result<(StatusCode, Json<ModelGroup>), ApiError> {
+    let new = NewGroup {
+        name: &body.name,
+        description: &body.description,
+        tags: body.tags,
+        required_approvals: body.required_approvals,
+    };
+    Ok((StatusCode::CREATED, Json(models::create_group(&state.db, &p, new).await?)))
 }
 
 /// One model group.
 #[utoipa::path(get, path = "/api/v1/model-groups/{group}", tag = "models",
     params(("group" = String, Path, description = "Model group name")),
-    responses((status = 200, body = ModelGroupInfo), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+    responses((status = 200, body = ModelGroup), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
 pub async fn get_group(
     State(state): State<AppState>,
-    Auth(principal): Auth,
-    Path(group): Path<String>,
-) -> Result<Json<ModelGroupInfo>, ApiError> {
-    Ok(Json(models::get_group(&state.db, &principal, &group).await?.into()))
+    Auth(p): Auth,
+    Path(group): GroupPath,
+) -> Result<Json<ModelGroup>, ApiError> {
+    Ok(Json(models::get_group(&state.db, &p, &group).await?))
+}
+
+/// Changes a group's description, tags, quorum or name.
+#[utoipa::path(patch, path = "/api/v1/model-groups/{group}", tag = "models", request_body = UpdateModelGroupRequest,
+    params(("group" = String, Path, description = "Model group name")),
+    responses((status = 200, body = ModelGroup), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update_group(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(group): GroupPath,
+    ApiJson(body): ApiJson<UpdateModelGroupRequest>,
+) -> Result<Json<ModelGroup>, ApiError> {
+    let mut view = models::update_group(
+        &state.db,
+        &p,
+        &group,
+        body.description.as_deref(),
+        body.tags.as_ref(),
+        body.required_approvals,
+    )
+    .await?;
+    if let Some(new_name) = body.name.filter(|n| *n != group) {
+        view = models::rename_group(&state.db, &p, &group, &new_name).await?;
+    }
+    Ok(Json(view))
+}
+
+/// Deletes a group and all its versions.
+#[utoipa::path(delete, path = "/api/v1/model-groups/{group}", tag = "models",
+    params(("group" = String, Path, description = "Model group name")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_group(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(group): GroupPath,
+) -> Result<StatusCode, ApiError> {
+    models::delete_group(&state.db, &p, &group).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A group's versions, newest first.
+#[utoipa::path(get, path = "/api/v1/model-groups/{group}/versions", tag = "models",
+    params(("group" = String, Path, description = "Model group name")),
+    responses((status = 200, body = Vec<ModelVersion>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_versions(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(group): GroupPath,
+) -> Result<Json<Vec<ModelVersion>>, ApiError> {
+    Ok(Json(versions::list(&state.db, &p, &group).await?))
+}
+
+/// Registers a version from a completed training job or an uploaded artifact; it
+/// starts `PendingManualApproval`.
+#[utoipa::path(post, path = "/api/v1/model-groups/{group}/versions", tag = "models", request_body = RegisterVersion,
+    params(("group" = String, Path, description = "Model group name")),
+    responses((status = 201, body = ModelVersion), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn register_version(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(group): GroupPath,
+    ApiJson(body): ApiJson<RegisterVersion>,
+) -> Result<(StatusCode, Json<ModelVersion>), ApiError> {
+    Ok((StatusCode::CREATED, Json(versions::register(&state.db, &p, &group, body).await?)))
+}
+
+/// One version.
+#[utoipa::path(get, path = "/api/v1/model-groups/{group}/versions/{version}", tag = "models",
+    params(("group" = String, Path, description = "Model group name"), ("version" = i64, Path, description = "Version number")),
+    responses((status = 200, body = ModelVersion), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_version(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((group, version)): VersionPath,
+) -> Result<Json<ModelVersion>, ApiError> {
+    Ok(Json(versions::get(&state.db, &p, &group, version).await?))
+}
+
+/// Changes a version's description or tags.
+#[utoipa::path(patch, path = "/api/v1/model-groups/{group}/versions/{version}", tag = "models", request_body = UpdateVersionRequest,
+    params(("group" = String, Path, description = "Model group name"), ("version" = i64, Path, description = "Version number")),
+    responses((status = 200, body = ModelVersion), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update_version(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((group, version)): VersionPath,
+    ApiJson(body): ApiJson<UpdateVersionRequest>,
+) -> Result<Json<ModelVersion>, ApiError> {
+    Ok(Json(versions::update(&state.db, &p, &group, version, body.description.as_deref(), body.tags.as_ref()).await?))
+}
+
+/// Deletes a version.
+#[utoipa::path(delete, path = "/api/v1/model-groups/{group}/versions/{version}", tag = "models",
+    params(("group" = String, Path, description = "Model group name"), ("version" = i64, Path, description = "Version number")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_version(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((group, version)): VersionPath,
+) -> Result<StatusCode, ApiError> {
+    versions::delete(&state.db, &p, &group, version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Approves or rejects a version (`models:UpdateModelApprovalStatus`). A group with a
+/// quorum needs that many distinct approvals; a stale `expected_status` or a
+/// concurrent decision is 409.
+#[utoipa::path(post, path = "/api/v1/model-groups/{group}/versions/{version}/approval", tag = "models", request_body = Decision,
+    params(("group" = String, Path, description = "Model group name"), ("version" = i64, Path, description = "Version number")),
+    responses((status = 200, body = Decided), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn decide(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((group, version)): VersionPath,
+    ApiJson(body): ApiJson<Decision>,
+) -> Result<Json<Decided>, ApiError> {
+    let status = approvals::decide(&state.db, &p, &group, version, &body).await?;
+    Ok(Json(Decided { status }))
+}
+
+/// A version's timeline: registration and every decision, oldest first.
+#[utoipa::path(get, path = "/api/v1/model-groups/{group}/versions/{version}/timeline", tag = "models",
+    params(("group" = String, Path, description = "Model group name"), ("version" = i64, Path, description = "Version number")),
+    responses((status = 200, body = Vec<VersionEvent>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn timeline(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((group, version)): VersionPath,
+) -> Result<Json<Vec<VersionEvent>>, ApiError> {
+    Ok(Json(approvals::timeline(&state.db, &p, &group, version).await?))
+}
+
+/// A version's model artifact, streamed.
+#[utoipa::path(get, path = "/api/v1/model-groups/{group}/versions/{version}/artifact", tag = "models",
+    params(("group" = String, Path, description = "Model group name"), ("version" = i64, Path, description = "Version number")),
+    responses((status = 200, content_type = "application/octet-stream", body = Vec<u8>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn download(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((group, version)): VersionPath,
+) -> Result<Response, ApiError> {
+    let row = versions::get_for(&state.db, &p, &group, version, atelier_core::authz::Action::GetModelVersion).await?;
+    let artifact = atelier_core::artifacts::get(&state.db, &row.artifact_id).await?;
+    artifact_response(&state, artifact).await
+}
+
+/// Points an alias of the group at a version.
+#[utoipa::path(put, path = "/api/v1/model-groups/{group}/aliases/{alias}", tag = "models", request_body = AliasRequest,
+    params(("group" = String, Path, description = "Model group name"), ("alias" = String, Path, description = "Alias")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn set_alias(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((group, alias)): Path<(String, String)>,
+    ApiJson(body): ApiJson<AliasRequest>,
+) -> Result<StatusCode, ApiError> {
+    versions::set_alias(&state.db, &p, &group, &alias, body.version).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes an alias.
+#[utoipa::path(delete, path = "/api/v1/model-groups/{group}/aliases/{alias}", tag = "models",
+    params(("group" = String, Path, description = "Model group name"), ("alias" = String, Path, description = "Alias")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_alias(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((group, alias)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    versions::delete_alias(&state.db, &p, &group, &alias).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// The reviewer inbox: pending versions the caller may decide on, oldest first.
+#[utoipa::path(get, path = "/api/v1/model-approvals", tag = "models",
+    responses((status = 200, body = Vec<PendingVersion>), (status = 403, body = ErrorBody)))]
+pub async fn inbox(State(state): State<AppState>, Auth(p): Auth) -> Result<Json<Vec<PendingVersion>>, ApiError> {
+    Ok(Json(approvals::inbox(&state.db, &p).await?))
 }
 
 pub fn routes() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().routes(routes!(list_groups, create_group)).routes(routes!(get_group))
+    OpenApiRouter::new()
+        .routes(routes!(list_groups, create_group))
+        .routes(routes!(get_group, update_group, delete_group))
+        .routes(routes!(list_versions, register_version))
+        .routes(routes!(get_version, update_version, delete_version))
+        .routes(routes!(decide))
+        .routes(routes!(timeline))
+        .routes(routes!(download))
+        .routes(routes!(set_alias, delete_alias))
+        .routes(routes!(inbox))
 }

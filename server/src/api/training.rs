@@ -200,6 +200,11 @@ pub async fn download_artifact(
 ) -> Result<Response, ApiError> {
     let artifact = artifacts::get(&state.db, &id).await?;
     jobs::read_artifact_check(&state.db, &p, &artifact).await?;
+    artifact_response(&state, artifact).await
+}
+
+/// An artifact's bytes as a download, with its size and SHA-256 in the headers.
+pub async fn artifact_response(state: &AppState, artifact: artifacts::Artifact) -> Result<Response, ApiError> {
     let stream = state.artifacts.get(&artifact.id).await?;
     let disposition = format!("attachment; filename=\"{}\"", artifact.name.replace(['"', '\\'], "_"));
     Ok((
