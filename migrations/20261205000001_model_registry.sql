@@ -6,6 +6,8 @@ ALTER TABLE model_groups ADD COLUMN required_approvals BIGINT NOT NULL DEFAULT 1
 -- JSON object of tag -> value.
 ALTER TABLE model_groups ADD COLUMN tags TEXT NOT NULL DEFAULT '{}';
 ALTER TABLE model_groups ADD COLUMN updated_at BIGINT NOT NULL DEFAULT 0;
+-- The number the next version gets: numbers are never reused, even after a delete.
+ALTER TABLE model_groups ADD COLUMN next_version BIGINT NOT NULL DEFAULT 1;
 
 CREATE TABLE model_versions (
     id TEXT PRIMARY KEY,
@@ -64,3 +66,36 @@ CREATE TABLE model_aliases (
     version_id TEXT NOT NULL REFERENCES model_versions(id) ON DELETE CASCADE,
     PRIMARY KEY (group_id, alias)
 );
+
+-- Webhooks: URLs told about new versions and status changes, for one group or (with
+-- no group) for every group.
+CREATE TABLE model_webhooks (
+    id TEXT PRIMARY KEY,
+    group_id TEXT REFERENCES model_groups(id) ON DELETE CASCADE,
+    url TEXT NOT NULL,
+    -- the HMAC-SHA256 key deliveries are signed with
+    secret TEXT NOT NULL,
+    -- JSON list: model_version.created, model_version.status_changed
+    events TEXT NOT NULL,
+    created_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL
+);
+
+-- Each event for each webhook, retried with backoff until delivered or given up.
+CREATE TABLE webhook_deliveries (
+    id TEXT PRIMARY KEY,
+    webhook_id TEXT NOT NULL REFERENCES model_webhooks(id) ON DELETE CASCADE,
+    event TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    -- pending, delivered, failed
+    status TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    -- milliseconds
+    next_attempt_at BIGINT NOT NULL,
+    last_status BIGINT,
+    last_error TEXT NOT NULL DEFAULT '',
+    created_at BIGINT NOT NULL,
+    delivered_at BIGINT
+);
+CREATE INDEX webhook_deliveries_due ON webhook_deliveries (status, next_attempt_at);
+CREATE INDEX webhook_deliveries_webhook ON webhook_deliveries (webhook_id, created_at);

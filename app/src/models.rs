@@ -2,7 +2,9 @@
 //! from a training job), one version (metrics against the approved one, lineage,
 //! timeline, the reviewer's decision) and the reviewer inbox.
 
-use atelier_protocol::models::{ModelGroup, ModelVersion, PendingVersion, VersionEvent, APPROVED, PENDING, REJECTED};
+use atelier_protocol::models::{
+    Delivery, ModelGroup, ModelVersion, PendingVersion, VersionEvent, Webhook, APPROVED, PENDING, REJECTED,
+};
 use leptos::prelude::*;
 use leptos_router::hooks::{use_params_map, use_query_map};
 use serde::{Deserialize, Serialize};
@@ -118,6 +120,32 @@ pub async fn register_model_from_job(
         ..Default::default()
     };
     Ok(versions::register(&db, &p, group.trim(), request).await?.version)
+}
+
+/// A group's webhooks with their latest deliveries.
+#[server]
+pub async fn group_webhooks(group: String) -> Result<Vec<(Webhook, Vec<Delivery>)>, AppError> {
+    use atelier_core::models::webhooks;
+    let (db, p) = crate::context::db_and_principal()?;
+    let mut out = Vec::new();
+    for hook in webhooks::list(&db, &p, Some(&group)).await? {
+        let recent = webhooks::deliveries(&db, &p, &hook.id, 5).await?;
+        out.push((hook, recent));
+    }
+    Ok(out)
+}
+
+/// Adds a webhook to a group for both events; returns its signing secret.
+#[server]
+pub async fn add_webhook(group: String, url: String) -> Result<String, AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    Ok(atelier_core::models::webhooks::create(&db, &p, Some(&group), &url, &[]).await?.1)
+}
+
+#[server]
+pub async fn remove_webhook(id: String) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    Ok(atelier_core::models::webhooks::delete(&db, &p, &id).await?)
 }
 
 #[server]
@@ -303,6 +331,65 @@ fn GroupSummary(detail: GroupDetail, picked: RwSignal<Vec<i64>>) -> impl IntoVie
         <p>
             <a class="button" href=compare_href class:disabled=move || picked.get().len() < 2 data-testid="compare-versions">"Compare selected"</a>
         </p>
+        <GroupWebhooks group/>
+    }
+}
+
+/// The group's webhooks, for those who may manage them (others see nothing).
+#[component]
+fn GroupWebhooks(group: String) -> impl IntoView {
+    let add = ServerAction::<AddWebhook>::new();
+    let remove = ServerAction::<RemoveWebhook>::new();
+    let key = group.clone();
+    let hooks =
+        Resource::new(move || (key.clone(), add.version().get(), remove.version().get()), |(g, ..)| group_webhooks(g));
+    let error = Signal::derive(move || add.value().get().and_then(Result::err));
+    let secret = move || add.value().get().and_then(Result::ok);
+    view! {
+        <Transition fallback=|| ()>
+            {move || {
+                let group = group.clone();
+                Suspend::new(async move {
+                    // Without permission the section is left out.
+                    let list = hooks.await.ok()?;
+                    let rows = list.into_iter().map(|(h, recent)| {
+                        let last = recent.first().map(|d| format!("{} ({} attempts{})", d.status, d.attempts,
+                            d.last_status.map(|s| format!(", HTTP {s}")).unwrap_or_default())).unwrap_or_else(|| "no deliveries yet".into());
+                        view! {
+                            <tr>
+                                <td><code>{h.url.clone()}</code></td>
+                                <td>{h.events.join(", ")}</td>
+                                <td data-testid="webhook-last">{last}</td>
+                                <td>
+                                    <ActionForm action=remove attr:class="inline">
+                                        <input type="hidden" name="id" value=h.id.clone()/>
+                                        <button type="submit" class="secondary">"Remove"</button>
+                                    </ActionForm>
+                                </td>
+                            </tr>
+                        }
+                    }).collect_view();
+                    Some(view! {
+                        <h2>"Webhooks"</h2>
+                        <table class="table" data-testid="webhooks">
+                            <thead><tr><th>"URL"</th><th>"Events"</th><th>"Last delivery"</th><th></th></tr></thead>
+                            <tbody>{rows}</tbody>
+                        </table>
+                        <ActionForm action=add attr:class="card form">
+                            <input type="hidden" name="group" value=group/>
+                            <label for="webhook-url">"Webhook URL"</label>
+                            <input id="webhook-url" name="url" type="url" required placeholder="https://ci.example.com/atelier"/>
+                            <FieldError error field="url"/>
+                            <FormError error/>
+                            <button type="submit" class="primary">"Add webhook"</button>
+                        </ActionForm>
+                        {move || secret().map(|s| view! {
+                            <p class="notice">"Signing secret (shown once): " <code data-testid="webhook-secret">{s}</code></p>
+                        })}
+                    }.into_any())
+                })
+            }}
+        </Transition>
     }
 }
 
@@ -412,6 +499,15 @@ pub fn ModelVersionPage() -> impl IntoView {
     };
     let decide = ServerAction::<DecideModelVersion>::new();
     let detail = Resource::new(move || (key(), decide.version().get()), |((g, v), _)| get_model_version(g, v));
+    // A decision changes the inbox count in the navigation.
+    let me = expect_context::<crate::CurrentUser>();
+    Effect::new(move |previous: Option<usize>| {
+        let decided = decide.version().get();
+        if previous.is_some_and(|p| p != decided) {
+            me.0.refetch();
+        }
+        decided
+    });
     view! {
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {

@@ -727,15 +727,29 @@ pub fn TrainingJobPage() -> impl IntoView {
     let name = move || params.read().get("name").unwrap_or_default();
     let stop = ServerAction::<StopTrainingJob>::new();
     let tick = RwSignal::new(0u32);
+    let detail = Resource::new(move || (name(), stop.version().get(), tick.get()), |(n, _, _)| get_training_job(n));
+    let ended_seen = StoredValue::new(false);
     Effect::new(move |_| {
-        let handle = set_interval_with_handle(move || tick.update(|t| *t += 1), std::time::Duration::from_secs(2));
+        // A job that ended does not change: after one last refresh of the log and the
+        // charts, the page stops asking (and stops redrawing the forms on it, such as
+        // "Register model").
+        let follow = move || {
+            let ended =
+                detail.try_get_untracked().flatten().and_then(Result::ok).is_some_and(|d| d.job.state.is_terminal());
+            if !ended {
+                tick.update(|t| *t += 1);
+            } else if !ended_seen.get_value() {
+                ended_seen.set_value(true);
+                tick.update(|t| *t = (*t / 3 + 1) * 3);
+            }
+        };
+        let handle = set_interval_with_handle(follow, std::time::Duration::from_secs(2));
         on_cleanup(move || {
             if let Ok(h) = handle {
                 h.clear();
             }
         });
     });
-    let detail = Resource::new(move || (name(), stop.version().get(), tick.get()), |(n, _, _)| get_training_job(n));
     let chart = Resource::new(move || (name(), tick.get() / 3), |(n, _)| training_chart(vec![n]));
     let me = expect_context::<crate::CurrentUser>();
     view! {

@@ -84,7 +84,8 @@ async function settled(page: Page, previous: string | null) {
       })
       .toBe(true);
   } catch (e) {
-    throw new Error(`${e}\nbrowser errors: ${(problems.get(page) ?? []).join('\n') || 'none'}`);
+    const shown = await page.locator('.error').allTextContents();
+    throw new Error(`${e}\npage errors: ${shown.join(' | ') || 'none'}\nbrowser errors: ${(problems.get(page) ?? []).join('\n') || 'none'}`);
   }
 }
 
@@ -138,6 +139,8 @@ test('a team labels an image job from the keyboard and the output manifest downl
   expect(await lara.evaluate(() => (window as unknown as { pwned?: number }).pwned)).toBeUndefined();
   const skipped = await itemName(lara);
   const first = await taskId(lara);
+  // The next item is held and its image preloaded before the first key is pressed.
+  await expect(lara.locator('img.preload')).toHaveCount(1);
   await lara.keyboard.press('s');
   await settled(lara, first);
   expect(await itemName(lara)).not.toBe(skipped);

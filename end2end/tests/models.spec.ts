@@ -85,6 +85,8 @@ test('a data scientist registers a version from a training job; another user app
   await expect(rhea.getByTestId('version-status')).toHaveText('Approved');
   await expect(rhea.getByTestId('version-timeline')).toContainText('loss is fine for a first version');
   await expect(rhea.getByTestId('decision').getByRole('button', { name: 'Approve' })).toHaveCount(0);
+  // The count in the navigation follows the decision.
+  await expect(rhea.getByTestId('approvals-count')).toHaveCount(0);
 
   // The registry shows the approved version; Rhea's inbox is empty.
   await dmitri.goto('/models');

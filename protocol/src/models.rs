@@ -162,3 +162,37 @@ pub struct PendingVersion {
     pub metrics: BTreeMap<String, f64>,
     pub training_job: Option<String>,
 }
+
+/// A registry webhook (its secret is shown only when it is created).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Webhook {
+    pub id: String,
+    /// The group it watches; none for every group.
+    pub group: Option<String>,
+    pub url: String,
+    /// `model_version.created`, `model_version.status_changed`.
+    pub events: Vec<String>,
+    pub created_by: String,
+    pub created_at: i64,
+}
+
+/// One event's delivery to one webhook.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    pub event: String,
+    /// The JSON body sent.
+    pub payload: String,
+    /// `pending`, `delivered` or `failed` (given up).
+    pub status: String,
+    pub attempts: i64,
+    /// Milliseconds since the epoch.
+    pub next_attempt_at: i64,
+    /// The HTTP status of the last attempt, if it got an answer.
+    pub last_status: Option<i64>,
+    pub last_error: String,
+    pub created_at: i64,
+    pub delivered_at: Option<i64>,
+}

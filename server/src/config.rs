@@ -87,6 +87,11 @@ pub struct Config {
     #[arg(long, env = "ATELIER_STOP_GRACE_SECS", default_value_t = 10, global = true)]
     pub stop_grace_secs: u64,
 
+    /// A failed webhook delivery is retried after this many milliseconds, doubling for
+    /// each further attempt (at most an hour apart, 8 attempts in all).
+    #[arg(long, env = "ATELIER_WEBHOOK_RETRY_BASE_MS", default_value_t = 2000, global = true)]
+    pub webhook_retry_base_ms: u64,
+
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "ATELIER_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
@@ -136,6 +141,7 @@ impl Config {
             max_body_bytes: 16 * 1024 * 1024,
             request_timeout_secs: 60,
             log_format: "text".into(),
+            webhook_retry_base_ms: 2000,
             artifact_dir: None,
             artifact_store: None,
             max_upload_bytes: 10 * 1024 * 1024 * 1024,

@@ -13,6 +13,7 @@ pub mod middleware;
 pub mod mlflow;
 pub mod router;
 pub mod state;
+pub mod webhooks;
 
 pub use router::app;
 pub use state::AppState;

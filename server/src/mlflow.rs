@@ -73,6 +73,12 @@ impl IntoResponse for MlflowError {
 
 type Answer = Result<Json<Value>, MlflowError>;
 
+/// An MLflow path Atelier does not serve, as MLflow says it (clients fall back on it).
+pub fn endpoint_not_found(path: &str) -> Response {
+    let body = json!({"error_code": "ENDPOINT_NOT_FOUND", "message": format!("{path} is not part of the MLflow API Atelier serves")});
+    (StatusCode::NOT_FOUND, Json(body)).into_response()
+}
+
 /// Request fields: the JSON body, or for GETs the query string (MLflow's client sends
 /// GET parameters that way).
 fn body<T: for<'de> Deserialize<'de>>(bytes: &Bytes) -> Result<T, MlflowError> {
@@ -108,8 +114,9 @@ fn version_json(v: &ModelVersion) -> Value {
 }
 
 async fn model_json(state: &AppState, p: &Principal, g: &ModelGroup) -> Result<Value, MlflowError> {
+    // A latest version a policy hides is left out rather than failing the group.
     let latest = match g.latest_version {
-        Some(n) => vec![version_json(&versions::get(&state.db, p, &g.name, n).await?)],
+        Some(n) => versions::get(&state.db, p, &g.name, n).await.ok().map(|v| version_json(&v)).into_iter().collect(),
         None => Vec::new(),
     };
     Ok(json!({
@@ -201,16 +208,33 @@ async fn delete_model(State(state): State<AppState>, Auth(p): Auth, bytes: Bytes
     Ok(Json(json!({})))
 }
 
-#[derive(Deserialize)]
+/// Search parameters. The client repeats `order_by` for several keys, so the query is
+/// read as pairs; the first key orders.
+#[derive(Default)]
 struct Search {
-    #[serde(default)]
     filter: Option<String>,
-    #[serde(default)]
     max_results: Option<String>,
-    #[serde(default)]
     order_by: Option<String>,
-    #[serde(default)]
     page_token: Option<String>,
+}
+
+impl Search {
+    fn from_pairs(pairs: Vec<(String, String)>) -> Search {
+        let mut s = Search::default();
+        for (key, value) in pairs {
+            let slot = match key.as_str() {
+                "filter" => &mut s.filter,
+                "max_results" => &mut s.max_results,
+                "order_by" => &mut s.order_by,
+                "page_token" => &mut s.page_token,
+                _ => continue,
+            };
+            if slot.is_none() {
+                *slot = Some(value);
+            }
+        }
+        s
+    }
 }
 
 /// A page of `items` from the offset in `page_token`; the next token if more remain.
@@ -228,11 +252,17 @@ fn page<T>(items: Vec<T>, q: &Search, default_max: usize) -> Result<(Vec<T>, Opt
     };
     let total = items.len();
     let page: Vec<T> = items.into_iter().skip(offset).take(max).collect();
-    let next = (offset + max < total).then(|| (offset + max).to_string());
+    let end = offset.saturating_add(max);
+    let next = (end < total).then(|| end.to_string());
     Ok((page, next))
 }
 
-async fn search_models(State(state): State<AppState>, Auth(p): Auth, Query(q): Query<Search>) -> Answer {
+async fn search_models(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Answer {
+    let q = Search::from_pairs(pairs);
     let filter = filter::parse(q.filter.as_deref().unwrap_or(""))?;
     let mut groups: Vec<ModelGroup> =
         models::list_groups(&state.db, &p).await?.into_iter().filter(|g| filter.matches_group(g)).collect();
@@ -423,7 +453,12 @@ async fn delete_version_tag(State(state): State<AppState>, Auth(p): Auth, bytes:
     Ok(Json(json!({})))
 }
 
-async fn search_versions(State(state): State<AppState>, Auth(p): Auth, Query(q): Query<Search>) -> Answer {
+async fn search_versions(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Query(pairs): Query<Vec<(String, String)>>,
+) -> Answer {
+    let q = Search::from_pairs(pairs);
     let filter = filter::parse(q.filter.as_deref().unwrap_or(""))?;
     let groups: Vec<String> = match filter.exact_name() {
         Some(name) => vec![name.to_string()],
@@ -570,6 +605,9 @@ mod filter {
     }
 
     pub fn parse(text: &str) -> Result<Filter, MlflowError> {
+        if text.len() > 4096 {
+            return Err(invalid("filter must be at most 4096 bytes"));
+        }
         let mut clauses = Vec::new();
         let mut rest = text.trim();
         while !rest.is_empty() {
@@ -605,11 +643,10 @@ mod filter {
             if rest.is_empty() {
                 break;
             }
-            let (and, tail) = rest.split_at(rest.len().min(3));
-            if !and.eq_ignore_ascii_case("and") {
-                return Err(bad(text));
+            match (rest.get(..3), rest.get(3..)) {
+                (Some(and), Some(tail)) if and.eq_ignore_ascii_case("and") => rest = tail.trim_start(),
+                _ => return Err(bad(text)),
             }
-            rest = tail.trim_start();
         }
         Ok(Filter { clauses })
     }
@@ -620,22 +657,29 @@ mod filter {
         ))
     }
 
-    /// SQL LIKE: `%` any run, `_` one character.
+    /// SQL LIKE: `%` any run, `_` one character. Dynamic programming over the
+    /// pattern, O(pattern × text) whatever the pattern (no recursion to exhaust).
     fn like(pattern: &str, text: &str, fold: bool) -> bool {
         let (p, t): (Vec<char>, Vec<char>) = if fold {
             (pattern.to_lowercase().chars().collect(), text.to_lowercase().chars().collect())
         } else {
             (pattern.chars().collect(), text.chars().collect())
         };
-        fn go(p: &[char], t: &[char]) -> bool {
-            match p.split_first() {
-                None => t.is_empty(),
-                Some(('%', rest)) => (0..=t.len()).any(|i| go(rest, &t[i..])),
-                Some(('_', rest)) => !t.is_empty() && go(rest, &t[1..]),
-                Some((c, rest)) => t.first() == Some(c) && go(rest, &t[1..]),
+        // matches[j]: the pattern so far matches the first j characters of the text.
+        let mut matches = vec![false; t.len() + 1];
+        matches[0] = true;
+        for c in &p {
+            let mut next = vec![false; t.len() + 1];
+            for j in 0..=t.len() {
+                next[j] = match c {
+                    '%' => matches[j] || (j > 0 && next[j - 1]),
+                    '_' => j > 0 && matches[j - 1],
+                    c => j > 0 && matches[j - 1] && t[j - 1] == *c,
+                };
             }
+            matches = next;
         }
-        go(&p, &t)
+        matches[t.len()]
     }
 
     impl Clause {
@@ -705,6 +749,11 @@ mod filter {
             assert!(parse("owner = 'x'").is_err());
             assert!(parse("name = 'unterminated").is_err());
             assert!(parse("").expect("empty filter").exact_name().is_none());
+            assert!(parse("name='x' éé").is_err(), "multi-byte junk after a clause is an error, not a panic");
+            // Many wildcards cost time linear in their number, not exponential.
+            let many = "%a".repeat(60) + "b";
+            assert!(!like(&many, &"a".repeat(128), false));
+            assert!(like("%a%b", "xxaxxb", false));
         }
     }
 }

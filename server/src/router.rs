@@ -42,6 +42,9 @@ pub fn app(state: AppState) -> Router {
     let fallback = move |request: Request| {
         let render_page = render_page.clone();
         async move {
+            if request.uri().path().starts_with(crate::mlflow::PREFIX) {
+                return crate::mlflow::endpoint_not_found(request.uri().path());
+            }
             if request.uri().path().starts_with("/api/") {
                 return ApiError(atelier_core::CoreError::NotFound("API route")).into_response();
             }

@@ -48,6 +48,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         "/api/v1/model-groups/{group}/versions" => json!({"artifact": "a1"}),
         "/api/v1/model-groups/{group}/versions/{version}/approval" => json!({"status": "Approved", "comment": "c"}),
         "/api/v1/model-groups/{group}/aliases/{alias}" => json!({"version": 1}),
+        "/api/v1/model-webhooks" => json!({"url": "http://127.0.0.1:9/hook"}),
         "/api/v1/datasets" => json!({"name": "newdataset", "kind": "image"}),
         "/api/v1/compute/nodes" => json!({"name": "newnode"}),
         "/api/v1/labeling/jobs" => json!({
@@ -217,6 +218,7 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         ("expected_status", "PendingManualApproval"),
         ("training_job", "job-1"),
         ("required_approvals", "1"),
+        ("url", "http://127.0.0.1:9/hook"),
     ];
     // Server functions that take JSON (nested arguments), with a body each.
     let json_bodies: Vec<(&str, Value)> = vec![

@@ -297,4 +297,120 @@ async fn aliases_tags_and_deletion() {
     let r = call(&app, Method::GET, "/api/v1/model-groups/ranker/versions/1/artifact", &ds, None).await;
     assert_eq!(r.status, StatusCode::OK);
     assert_eq!(r.text(), "model ranker 0");
+
+    // A deleted version's number is not handed out again.
+    let artifact = upload(&app, &ds, b"again").await;
+    let r = call(&app, Method::POST, "/api/v1/model-groups/ranker/versions", &ds, Some(json!({"artifact": artifact})))
+        .await;
+    assert_eq!(r.json()["version"], 3, "{}", r.text());
+
+    // Someone without access to the registry cannot tell which groups exist.
+    let outsider = user(&app, "olga", &["Labeler"]).await;
+    for group in ["ranker", "no-such-group"] {
+        let r = call(&app, Method::GET, &format!("/api/v1/model-groups/{group}/versions"), &outsider, None).await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{group}: {}", r.text());
+    }
+}
+
+/// What the test receiver saw: (event header, signature header, body).
+type Received = std::sync::Arc<std::sync::Mutex<Vec<(String, String, String)>>>;
+
+/// A webhook receiver on a loopback port that answers 500 to its first `failures`
+/// requests, then 200.
+async fn receiver(failures: usize) -> (String, Received) {
+    use axum::routing::post;
+    let seen: Received = Default::default();
+    let log = seen.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(move |headers: axum::http::HeaderMap, body: String| {
+            let log = log.clone();
+            async move {
+                let header = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or_default().to_string();
+                let mut seen = log.lock().expect("receiver log");
+                seen.push((header("x-atelier-event"), header("x-atelier-signature"), body));
+                if seen.len() <= failures {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("http://{addr}/hook"), seen)
+}
+
+#[tokio::test]
+async fn webhooks_are_signed_retried_and_their_history_kept() {
+    let app = TestApp::with_config(|c| c.webhook_retry_base_ms = 20).await;
+    atelier_server::webhooks::spawn_deliverer(app.state.clone());
+    let ds = user(&app, "dana", &["DataScientist"]).await;
+    let rita = user(&app, "rita", &["Reviewer"]).await;
+    let (url, seen) = receiver(2).await;
+    let r = call(&app, Method::POST, "/api/v1/model-groups", &ds, Some(json!({"name": "hooked"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+
+    // Bad webhooks are refused naming the field; reviewers do not manage webhooks.
+    let r = call(&app, Method::POST, "/api/v1/model-webhooks", &ds, Some(json!({"group": "hooked", "url": "ftp://x"})))
+        .await;
+    assert_eq!(r.json()["error"]["field"], "url", "{}", r.text());
+    let r = call(
+        &app,
+        Method::POST,
+        "/api/v1/model-webhooks",
+        &ds,
+        Some(json!({"group": "hooked", "url": url, "events": ["model.deleted"]})),
+    )
+    .await;
+    assert_eq!(r.json()["error"]["field"], "events", "{}", r.text());
+    let r = call(&app, Method::GET, "/api/v1/model-webhooks?group=hooked", &rita, None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+
+    let r = call(&app, Method::POST, "/api/v1/model-webhooks", &ds, Some(json!({"group": "hooked", "url": url}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let hook = r.json()["webhook"]["id"].as_str().expect("id").to_string();
+    let secret = r.json()["secret"].as_str().expect("secret").to_string();
+    let artifact = upload(&app, &ds, b"weights").await;
+    let r = call(&app, Method::POST, "/api/v1/model-groups/hooked/versions", &ds, Some(json!({"artifact": artifact})))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = decide(&app, &rita, "hooked", 1, json!({"status": "Approved", "comment": "ok"})).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // Both events arrive; the first attempts failed (500) and were retried.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let history = loop {
+        let r = call(&app, Method::GET, &format!("/api/v1/model-webhooks/{hook}/deliveries"), &ds, None).await;
+        let list = r.json().as_array().cloned().unwrap_or_default();
+        if list.len() == 2 && list.iter().all(|d| d["status"] == "delivered") {
+            break list;
+        }
+        assert!(std::time::Instant::now() < deadline, "deliveries did not complete: {}", r.text());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let attempts: i64 = history.iter().map(|d| d["attempts"].as_i64().unwrap_or(0)).sum();
+    assert_eq!(attempts, 4, "two failed attempts, then one each: {history:?}");
+    assert!(history.iter().all(|d| d["last_status"] == 200));
+    let seen = seen.lock().expect("receiver log").clone();
+    assert_eq!(seen.len(), 4);
+    let mut events: Vec<&str> = seen.iter().skip(2).map(|(e, ..)| e.as_str()).collect();
+    events.sort();
+    assert_eq!(events, ["model_version.created", "model_version.status_changed"]);
+    for (_, signature, body) in &seen {
+        assert_eq!(*signature, atelier_core::models::webhooks::signature(&secret, body.as_bytes()));
+        assert!(signature.starts_with("sha256=") && signature.len() == 7 + 64, "{signature}");
+    }
+    let changed = seen.iter().find(|(e, ..)| e == "model_version.status_changed").expect("status event");
+    let body: Value = serde_json::from_str(&changed.2).expect("JSON body");
+    assert_eq!(
+        (body["data"]["from"].clone(), body["data"]["to"].clone()),
+        (json!("PendingManualApproval"), json!("Approved"))
+    );
+    // Signed with the secret, so another key does not verify.
+    assert_ne!(changed.1, atelier_core::models::webhooks::signature("whsec_other", changed.2.as_bytes()));
 }

@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: requests/s and latency of the signed-in home page (SSR) and of
 //! `/healthz` under 32 concurrent connections (wrk), the bundle size, the
 //! authorization bench (`server/benches/authz.rs`), the scheduler and dispatch
-//! benches, the labeling bench and the built-in training throughput against PyTorch (`TORCH_PYTHON`). Figures are printed for the issue
+//! benches, the labeling and registry benches and the built-in training throughput against PyTorch (`TORCH_PYTHON`). Figures are printed for the issue
 //! note; nothing here asserts a speed.
 
 use std::io::Write;
@@ -40,6 +40,7 @@ pub fn run() -> Result<()> {
         ("atelier-agent", "tabular"),
         ("atelier-core", "consolidation"),
         ("atelier-server", "labeling"),
+        ("atelier-server", "registry"),
     ] {
         crate::util::exec(crate::util::cargo().args(["bench", "-p", package, "--bench", bench]))?;
     }

@@ -36,6 +36,7 @@ pub const BUILTINS: &[Builtin] = &[
                 "models:RegisterModelVersion", "models:UpdateModelVersion", "models:DeleteModelVersion",
                 "compute:ListNodes", "compute:GetNode"],
      "Resource": "*"},
+    {"Sid": "GroupWebhooks", "Effect": "Allow", "Action": "models:ManageWebhooks", "Resource": "atelier:models:group/*"},
     {"Sid": "SeeColleagues", "Effect": "Allow", "Action": ["iam:ListUsers", "iam:ListGroups", "iam:GetCatalogue"], "Resource": "*"}
   ]
 }"#,
@@ -227,6 +228,7 @@ mod tests {
                 "models:UpdateModelGroup",
                 "models:UpdateModelVersion",
                 "models:DeleteModelVersion",
+                "models:ManageWebhooks",
                 "endpoints:ListEndpoints",
                 "endpoints:GetEndpoint",
                 "endpoints:CreateEndpoint",

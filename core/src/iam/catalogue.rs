@@ -116,6 +116,7 @@ catalogue! {
         UpdateApprovalRequirements, Write, "atelier:models:group/{group}", "Change how many distinct approvals a group's versions need";
         UpdateModelVersion, Write, "atelier:models:group/{group}/version/{version}", "Change a version's description, tags or aliases";
         DeleteModelVersion, Write, "atelier:models:group/{group}/version/{version}", "Delete a model version";
+        ManageWebhooks, Write, "atelier:models:group/{group}", "Add, list and remove a group's webhooks and see their deliveries (on atelier:models:studio: the studio-wide ones, which see every group)";
         UpdateModelApprovalStatus, Write, "atelier:models:group/{group}/version/{version}", "Approve or reject a model version";
     }
     "endpoints" {

@@ -144,6 +144,13 @@ pub async fn decide(db: &Db, p: &Principal, group: &str, version: i64, decision:
         .execute(&mut *tx)
         .await?;
     }
+    if new_status != row.status {
+        let payload = serde_json::json!({
+            "group": row.group_name, "version": row.version, "from": row.status, "to": new_status,
+            "by": p.user.username, "comment": comment,
+        });
+        super::webhooks::enqueue(&mut tx, &row.group_id, super::webhooks::STATUS_CHANGED, &payload).await?;
+    }
     tx.commit().await?;
     let verb = if target == APPROVED { "approved" } else { "rejected" };
     p.note_change(format!("{verb} version {version} of model group {group}; now {new_status}"));

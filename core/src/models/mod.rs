@@ -4,6 +4,7 @@
 
 pub mod approvals;
 pub mod versions;
+pub mod webhooks;
 
 use std::collections::BTreeMap;
 
@@ -57,6 +58,15 @@ pub(crate) async fn find_group(db: &Db, name: &str) -> CoreResult<ModelGroup> {
             .fetch_optional(&db.pool)
             .await?;
     group.ok_or(CoreError::NotFound("model group"))
+}
+
+/// A group for someone who may do `action` on it: asked by name first, so a refusal
+/// does not tell whether the group exists.
+pub(crate) async fn group_for(db: &Db, p: &Principal, name: &str, action: Action) -> CoreResult<ModelGroup> {
+    authorize(p, action, &named(name))?;
+    let group = find_group(db, name).await?;
+    authorize(p, action, &group_resource(&group))?;
+    Ok(group)
 }
 
 /// Groups in wire form, with their latest and approved versions and aliases.
@@ -195,27 +205,24 @@ pub async fn update_group(
     tags: Option<&BTreeMap<String, String>>,
     required_approvals: Option<i64>,
 ) -> CoreResult<GroupView> {
-    authorize(p, Action::UpdateModelGroup, &named(name))?;
-    let group = find_group(db, name).await?;
-    authorize(p, Action::UpdateModelGroup, &group_resource(&group))?;
-    let description = description.map(versions::validate_description).transpose()?.unwrap_or(group.description.clone());
-    let tags = match tags {
-        Some(t) => {
-            versions::validate_tags(t)?;
-            t.clone()
-        }
-        None => group.tag_map(),
-    };
-    let required = required_approvals.map(validate_quorum).transpose()?.unwrap_or(group.required_approvals);
-    if required != group.required_approvals {
+    let group = group_for(db, p, name, Action::UpdateModelGroup).await?;
+    let description = description.map(versions::validate_description).transpose()?;
+    if let Some(t) = tags {
+        versions::validate_tags(t)?;
+    }
+    let tags = tags.map(|t| serde_json::to_string(t).map_err(CoreError::internal)).transpose()?;
+    let required = required_approvals.map(validate_quorum).transpose()?;
+    if required.is_some() {
         // Governance, not housekeeping: a separate action, so builders cannot lower it.
         authorize(p, Action::UpdateApprovalRequirements, &group_resource(&group))?;
     }
+    // Only what was given is written, so concurrent edits of other fields survive.
     sqlx::query(
-        "UPDATE model_groups SET description = $1, tags = $2, required_approvals = $3, updated_at = $4 WHERE id = $5",
+        "UPDATE model_groups SET description = COALESCE($1, description), tags = COALESCE($2, tags), \
+         required_approvals = COALESCE($3, required_approvals), updated_at = $4 WHERE id = $5",
     )
-    .bind(&description)
-    .bind(serde_json::to_string(&tags).map_err(CoreError::internal)?)
+    .bind(description)
+    .bind(tags)
     .bind(required)
     .bind(now())
     .bind(&group.id)

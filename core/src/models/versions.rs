@@ -7,7 +7,7 @@ use atelier_protocol::models::{ArtifactRef, InferenceSpec, Lineage, ModelVersion
 use atelier_protocol::{Algorithm, JobState};
 use sqlx::Row;
 
-use super::{find_group, group_resource, ModelGroup};
+use super::{group_for, ModelGroup};
 use crate::artifacts::{self, kind};
 use crate::authz::{authorize, Action, Principal, Resource};
 use crate::compute::jobs;
@@ -219,8 +219,7 @@ pub(super) fn placeholders(n: usize) -> String {
 
 /// A group's versions, newest first.
 pub async fn list(db: &Db, p: &Principal, group: &str) -> CoreResult<Vec<ModelVersion>> {
-    let group = find_group(db, group).await?;
-    authorize(p, Action::ListModelVersions, &group_resource(&group))?;
+    let group = group_for(db, p, group, Action::ListModelVersions).await?;
     let rows: Vec<VersionRow> =
         sqlx::query_as(&format!("{VERSION_SELECT} WHERE v.group_id = $1 ORDER BY v.version DESC"))
             .bind(&group.id)
@@ -298,31 +297,38 @@ async fn from_job(db: &Db, p: &Principal, name: &str) -> CoreResult<FromJob> {
     })
 }
 
+/// An uploaded model (or a job's model artifact) the caller may read.
+async fn from_artifact(db: &Db, p: &Principal, id: &str, field: &'static str) -> CoreResult<FromJob> {
+    let artifact =
+        artifacts::get(db, id).await.map_err(|_| CoreError::invalid(field, format!("artifact {id} does not exist")))?;
+    jobs::read_artifact_check(db, p, &artifact)
+        .await
+        .map_err(|_| CoreError::invalid(field, format!("you may not read artifact {id}")))?;
+    if artifact.kind != kind::UPLOAD && artifact.kind != kind::MODEL {
+        return Err(CoreError::invalid(
+            field,
+            format!("artifact {id} is a {} artifact; register an uploaded model or a job's model", artifact.kind),
+        ));
+    }
+    Ok(FromJob {
+        job_id: String::new(),
+        artifact_id: artifact.id,
+        format: "archive",
+        hyperparameters: BTreeMap::new(),
+        metrics: BTreeMap::new(),
+        lineage: Lineage::default(),
+    })
+}
+
 /// Registers a new version (`PendingManualApproval`) in `group`.
 pub async fn register(db: &Db, p: &Principal, group: &str, req: RegisterVersion) -> CoreResult<ModelVersion> {
-    let group = find_group(db, group).await?;
-    authorize(p, Action::RegisterModelVersion, &group_resource(&group))?;
+    let group = group_for(db, p, group, Action::RegisterModelVersion).await?;
     let description = validate_description(&req.description)?;
     validate_tags(&req.tags)?;
     validate_inference(&req.inference)?;
     let origin = match (&req.training_job, &req.artifact) {
         (Some(job), None) => from_job(db, p, job).await?,
-        (None, Some(id)) => {
-            let artifact = artifacts::get(db, id)
-                .await
-                .map_err(|_| CoreError::invalid("artifact", format!("artifact {id} does not exist")))?;
-            jobs::read_artifact_check(db, p, &artifact)
-                .await
-                .map_err(|_| CoreError::invalid("artifact", format!("you may not read artifact {id}")))?;
-            FromJob {
-                job_id: String::new(),
-                artifact_id: artifact.id,
-                format: "archive",
-                hyperparameters: BTreeMap::new(),
-                metrics: BTreeMap::new(),
-                lineage: Lineage::default(),
-            }
-        }
+        (None, Some(id)) => from_artifact(db, p, id, "artifact").await?,
         _ => {
             return Err(CoreError::invalid(
                 "training_job",
@@ -343,8 +349,7 @@ pub async fn register_from_source(
     description: &str,
     tags: &BTreeMap<String, String>,
 ) -> CoreResult<ModelVersion> {
-    let group_row = find_group(db, group).await?;
-    authorize(p, Action::RegisterModelVersion, &group_resource(&group_row))?;
+    let group_row = group_for(db, p, group, Action::RegisterModelVersion).await?;
     let description = validate_description(description)?;
     validate_tags(tags)?;
     let origin = if let Some(job) = source.strip_prefix("atelier:training-job/") {
@@ -356,20 +361,7 @@ pub async fn register_from_source(
                 format!("source {source:?} is not an Atelier model: use atelier:artifact/<id> or atelier:training-job/<name>"),
             )
         })?;
-        let artifact = artifacts::get(db, id)
-            .await
-            .map_err(|_| CoreError::invalid("source", format!("artifact {id} does not exist")))?;
-        jobs::read_artifact_check(db, p, &artifact)
-            .await
-            .map_err(|_| CoreError::invalid("source", format!("you may not read artifact {id}")))?;
-        FromJob {
-            job_id: String::new(),
-            artifact_id: artifact.id,
-            format: "archive",
-            hyperparameters: BTreeMap::new(),
-            metrics: BTreeMap::new(),
-            lineage: Lineage::default(),
-        }
+        from_artifact(db, p, id, "source").await?
     };
     insert(db, p, &group_row, origin, description, tags, &InferenceSpec::default(), source).await
 }
@@ -399,61 +391,58 @@ async fn insert(
 ) -> CoreResult<ModelVersion> {
     let id = uuid::Uuid::new_v4().to_string();
     let at = now();
-    // Version numbers are MAX + 1, computed in the INSERT itself (one statement, so a
-    // write from the start on SQLite); on PostgreSQL two registrations racing for one
-    // number hit the UNIQUE (group, version) constraint and one retries.
-    for _ in 0..5 {
-        let mut tx = db.pool.begin().await?;
-        let inserted: Result<i64, _> = sqlx::query_scalar(
-            "INSERT INTO model_versions (id, group_id, version, status, artifact_id, format, training_job_id, \
-             hyperparameters, metrics, lineage, inference, source, description, tags, created_by, created_at, updated_at) \
-             SELECT $1, $2, CAST(COALESCE(MAX(version), 0) + 1 AS BIGINT), $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, \
-             $13, $14, $15, $15 FROM model_versions WHERE group_id = $2 RETURNING version",
-        )
-        .bind(&id)
-        .bind(&group.id)
-        .bind(PENDING)
-        .bind(&origin.artifact_id)
-        .bind(origin.format)
-        .bind((!origin.job_id.is_empty()).then_some(origin.job_id.as_str()))
-        .bind(encode(&origin.hyperparameters))
-        .bind(encode(&origin.metrics))
-        .bind(encode(&origin.lineage))
-        .bind(encode(inference))
-        .bind(source)
-        .bind(&description)
-        .bind(encode(tags))
-        .bind(&p.user.username)
-        .bind(at)
-        .fetch_one(&mut *tx)
-        .await;
-        let next = match inserted.map_err(CoreError::from) {
-            Err(CoreError::Conflict(_)) => continue,
-            Err(e) => return Err(e),
-            Ok(n) => n,
-        };
-        sqlx::query(
-            "INSERT INTO model_version_events (version_id, round, ts_ms, actor, kind, status, comment) \
-             VALUES ($1, 0, $2, $3, 'registered', $4, '')",
-        )
-        .bind(&id)
-        .bind(crate::compute::now_ms())
-        .bind(&p.user.username)
-        .bind(PENDING)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("UPDATE model_groups SET updated_at = $1 WHERE id = $2")
-            .bind(at)
-            .bind(&group.id)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        p.note_change(format!("registered version {next} of model group {}", group.name));
-        let row = find(db, &group.name, next).await?.ok_or(CoreError::NotFound("model version"))?;
-        let mut wire = wires(db, vec![row]).await?;
-        return wire.pop().ok_or(CoreError::NotFound("model version"));
-    }
-    Err(CoreError::Conflict(format!("model group {} is busy registering versions; try again", group.name)))
+    let mut tx = db.pool.begin().await?;
+    // The group's counter hands out the number: taking it is the transaction's first
+    // statement, a write, so concurrent registrations queue on the group's row.
+    let next: i64 = sqlx::query_scalar(
+        "UPDATE model_groups SET next_version = next_version + 1, updated_at = $1 WHERE id = $2 RETURNING next_version - 1",
+    )
+    .bind(at)
+    .bind(&group.id)
+    .fetch_one(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO model_versions (id, group_id, version, status, artifact_id, format, training_job_id, \
+         hyperparameters, metrics, lineage, inference, source, description, tags, created_by, created_at, updated_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $16)",
+    )
+    .bind(&id)
+    .bind(&group.id)
+    .bind(next)
+    .bind(PENDING)
+    .bind(&origin.artifact_id)
+    .bind(origin.format)
+    .bind((!origin.job_id.is_empty()).then_some(origin.job_id.as_str()))
+    .bind(encode(&origin.hyperparameters))
+    .bind(encode(&origin.metrics))
+    .bind(encode(&origin.lineage))
+    .bind(encode(inference))
+    .bind(source)
+    .bind(&description)
+    .bind(encode(tags))
+    .bind(&p.user.username)
+    .bind(at)
+    .execute(&mut *tx)
+    .await?;
+    sqlx::query(
+        "INSERT INTO model_version_events (version_id, round, ts_ms, actor, kind, status, comment) \
+         VALUES ($1, 0, $2, $3, 'registered', $4, '')",
+    )
+    .bind(&id)
+    .bind(crate::compute::now_ms())
+    .bind(&p.user.username)
+    .bind(PENDING)
+    .execute(&mut *tx)
+    .await?;
+    let event = serde_json::json!({
+        "group": group.name, "version": next, "status": PENDING, "created_by": p.user.username,
+        "description": description, "format": origin.format, "metrics": origin.metrics, "lineage": origin.lineage,
+    });
+    super::webhooks::enqueue(&mut tx, &group.id, super::webhooks::VERSION_CREATED, &event).await?;
+    tx.commit().await?;
+    p.note_change(format!("registered version {next} of model group {}", group.name));
+    let row = find(db, &group.name, next).await?.ok_or(CoreError::NotFound("model version"))?;
+    wires(db, vec![row]).await?.pop().ok_or(CoreError::NotFound("model version"))
 }
 
 /// A JSON column's text (maps and plain structs always serialize).
@@ -471,21 +460,21 @@ pub async fn update(
     tags: Option<&BTreeMap<String, String>>,
 ) -> CoreResult<ModelVersion> {
     let row = get_for(db, p, group, version, Action::UpdateModelVersion).await?;
-    let description = description.map(validate_description).transpose()?.unwrap_or(row.description.clone());
-    let tags = match tags {
-        Some(t) => {
-            validate_tags(t)?;
-            t.clone()
-        }
-        None => row.tag_map(),
-    };
-    sqlx::query("UPDATE model_versions SET description = $1, tags = $2, updated_at = $3 WHERE id = $4")
-        .bind(&description)
-        .bind(encode(&tags))
-        .bind(now())
-        .bind(&row.id)
-        .execute(&db.pool)
-        .await?;
+    let description = description.map(validate_description).transpose()?;
+    if let Some(t) = tags {
+        validate_tags(t)?;
+    }
+    // Only what was given is written, so a concurrent tag edit survives a description change.
+    sqlx::query(
+        "UPDATE model_versions SET description = COALESCE($1, description), tags = COALESCE($2, tags), updated_at = $3 \
+         WHERE id = $4",
+    )
+    .bind(description)
+    .bind(tags.map(encode))
+    .bind(now())
+    .bind(&row.id)
+    .execute(&db.pool)
+    .await?;
     p.note_change(format!("updated version {version} of model group {group}"));
     get(db, p, group, version).await
 }
@@ -535,27 +524,38 @@ pub async fn set_tag(
 pub async fn set_alias(db: &Db, p: &Principal, group: &str, alias: &str, version: i64) -> CoreResult<()> {
     validate_alias(alias)?;
     let row = get_for(db, p, group, version, Action::UpdateModelVersion).await?;
-    let mut tx = db.pool.begin().await?;
-    sqlx::query("DELETE FROM model_aliases WHERE group_id = $1 AND alias = $2")
-        .bind(&row.group_id)
-        .bind(alias)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query("INSERT INTO model_aliases (group_id, alias, version_id) VALUES ($1, $2, $3)")
-        .bind(&row.group_id)
-        .bind(alias)
-        .bind(&row.id)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    // Moving an alias changes the version it named too.
+    if let Some(current) = aliased(db, &row.group_id, alias).await? {
+        authorize(p, Action::UpdateModelVersion, &resource(group, current.0, &current.1))?;
+    }
+    sqlx::query(
+        "INSERT INTO model_aliases (group_id, alias, version_id) VALUES ($1, $2, $3) \
+         ON CONFLICT (group_id, alias) DO UPDATE SET version_id = excluded.version_id",
+    )
+    .bind(&row.group_id)
+    .bind(alias)
+    .bind(&row.id)
+    .execute(&db.pool)
+    .await?;
     p.note_change(format!("alias {alias} of model group {group} now names version {version}"));
     Ok(())
 }
 
+/// The version an alias names: (number, creator).
+async fn aliased(db: &Db, group_id: &str, alias: &str) -> CoreResult<Option<(i64, String)>> {
+    Ok(sqlx::query_as(
+        "SELECT v.version, v.created_by FROM model_aliases a JOIN model_versions v ON v.id = a.version_id \
+         WHERE a.group_id = $1 AND a.alias = $2",
+    )
+    .bind(group_id)
+    .bind(alias)
+    .fetch_optional(&db.pool)
+    .await?)
+}
+
 /// The version `alias` names.
 pub async fn by_alias(db: &Db, p: &Principal, group: &str, alias: &str) -> CoreResult<ModelVersion> {
-    let g = find_group(db, group).await?;
-    authorize(p, Action::GetModelGroup, &group_resource(&g))?;
+    let g = group_for(db, p, group, Action::GetModelGroup).await?;
     let version: Option<i64> = sqlx::query_scalar(
         "SELECT v.version FROM model_aliases a JOIN model_versions v ON v.id = a.version_id \
          WHERE a.group_id = $1 AND a.alias = $2",
@@ -569,8 +569,9 @@ pub async fn by_alias(db: &Db, p: &Principal, group: &str, alias: &str) -> CoreR
 }
 
 pub async fn delete_alias(db: &Db, p: &Principal, group: &str, alias: &str) -> CoreResult<()> {
-    let g = find_group(db, group).await?;
-    authorize(p, Action::UpdateModelGroup, &group_resource(&g))?;
+    let g = group_for(db, p, group, Action::GetModelGroup).await?;
+    let (version, creator) = aliased(db, &g.id, alias).await?.ok_or(CoreError::NotFound("alias"))?;
+    authorize(p, Action::UpdateModelVersion, &resource(group, version, &creator))?;
     let deleted = sqlx::query("DELETE FROM model_aliases WHERE group_id = $1 AND alias = $2")
         .bind(&g.id)
         .bind(alias)

@@ -3,14 +3,16 @@
 
 use std::collections::BTreeMap;
 
-use atelier_core::models::{self, approvals, versions, NewGroup};
-use atelier_protocol::models::{Decision, ModelGroup, ModelVersion, PendingVersion, RegisterVersion, VersionEvent};
-use axum::extract::{Path, State};
+use atelier_core::models::{self, approvals, versions, webhooks, NewGroup};
+use atelier_protocol::models::{
+    Decision, Delivery, ModelGroup, ModelVersion, PendingVersion, RegisterVersion, VersionEvent, Webhook,
+};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use axum::Json;
 use serde::{Deserialize, Serialize};
-use utoipa::ToSchema;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -65,6 +67,33 @@ pub struct UpdateVersionRequest {
 #[serde(deny_unknown_fields)]
 pub struct AliasRequest {
     pub version: i64,
+}
+
+/// Body of `POST /api/v1/model-webhooks`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateWebhookRequest {
+    /// The model group to watch; omit for every group (studio-wide).
+    #[serde(default)]
+    pub group: Option<String>,
+    pub url: String,
+    /// `model_version.created` and/or `model_version.status_changed` (default: both).
+    #[serde(default)]
+    pub events: Vec<String>,
+}
+
+/// A new webhook with its signing secret, shown only now.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct CreatedWebhook {
+    pub webhook: Webhook,
+    /// Deliveries carry `X-Atelier-Signature: sha256=<hex HMAC-SHA256 of the body under this secret>`.
+    pub secret: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct WebhookScope {
+    /// A model group; omit for the studio-wide webhooks.
+    pub group: Option<String>,
 }
 
 /// The status a decision led to.
@@ -290,6 +319,54 @@ pub async fn inbox(State(state): State<AppState>, Auth(p): Auth) -> Result<Json<
     Ok(Json(approvals::inbox(&state.db, &p).await?))
 }
 
+/// Adds a webhook for a group (or every group); deliveries are signed and retried.
+#[utoipa::path(post, path = "/api/v1/model-webhooks", tag = "models", request_body = CreateWebhookRequest,
+    responses((status = 201, body = CreatedWebhook), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_webhook(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(body): ApiJson<CreateWebhookRequest>,
+) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
+    let (webhook, secret) = webhooks::create(&state.db, &p, body.group.as_deref(), &body.url, &body.events).await?;
+    Ok((StatusCode::CREATED, Json(CreatedWebhook { webhook, secret })))
+}
+
+/// The webhooks of a group, or the studio-wide ones.
+#[utoipa::path(get, path = "/api/v1/model-webhooks", tag = "models", params(WebhookScope),
+    responses((status = 200, body = Vec<Webhook>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_webhooks(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Query(q): Query<WebhookScope>,
+) -> Result<Json<Vec<Webhook>>, ApiError> {
+    Ok(Json(webhooks::list(&state.db, &p, q.group.as_deref()).await?))
+}
+
+/// Removes a webhook (its pending deliveries are dropped).
+#[utoipa::path(delete, path = "/api/v1/model-webhooks/{id}", tag = "models",
+    params(("id" = String, Path, description = "Webhook id")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_webhook(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    webhooks::delete(&state.db, &p, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// A webhook's deliveries, newest first: status, attempts, the last answer.
+#[utoipa::path(get, path = "/api/v1/model-webhooks/{id}/deliveries", tag = "models",
+    params(("id" = String, Path, description = "Webhook id")),
+    responses((status = 200, body = Vec<Delivery>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn deliveries(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<Delivery>>, ApiError> {
+    Ok(Json(webhooks::deliveries(&state.db, &p, &id, 100).await?))
+}
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_groups, create_group))
@@ -301,4 +378,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(download))
         .routes(routes!(set_alias, delete_alias))
         .routes(routes!(inbox))
+        .routes(routes!(create_webhook, list_webhooks))
+        .routes(routes!(delete_webhook))
+        .routes(routes!(deliveries))
 }
