@@ -179,28 +179,31 @@ pub async fn wires(db: &Db, rows: Vec<VersionRow>) -> CoreResult<Vec<ModelVersio
         return Ok(Vec::new());
     }
     let ids: Vec<&str> = rows.iter().map(|r| r.id.as_str()).collect();
-    let list = placeholders(ids.len());
     let mut approvals = std::collections::HashMap::new();
-    let sql1 = format!(
-        "SELECT e.version_id, CAST(COUNT(*) AS BIGINT) AS n FROM model_version_events e \
-         JOIN model_versions v ON v.id = e.version_id \
-         WHERE e.kind = 'approve' AND e.round = v.approval_round AND e.version_id IN ({list}) GROUP BY e.version_id"
-    );
-    let mut q = sqlx::query(&sql1);
-    for id in &ids {
-        q = q.bind(*id);
-    }
-    for row in q.fetch_all(&db.pool).await? {
-        approvals.insert(row.try_get::<String, _>("version_id")?, row.try_get::<i64, _>("n")?);
-    }
     let mut aliases: std::collections::HashMap<String, Vec<String>> = std::collections::HashMap::new();
-    let sql2 = format!("SELECT version_id, alias FROM model_aliases WHERE version_id IN ({list}) ORDER BY alias");
-    let mut q = sqlx::query(&sql2);
-    for id in &ids {
-        q = q.bind(*id);
-    }
-    for row in q.fetch_all(&db.pool).await? {
-        aliases.entry(row.try_get("version_id")?).or_default().push(row.try_get("alias")?);
+    // In chunks: databases bound the number of parameters in one statement.
+    for chunk in ids.chunks(500) {
+        let list = placeholders(chunk.len());
+        let sql = format!(
+            "SELECT e.version_id, CAST(COUNT(*) AS BIGINT) AS n FROM model_version_events e \
+             JOIN model_versions v ON v.id = e.version_id \
+             WHERE e.kind = 'approve' AND e.round = v.approval_round AND e.version_id IN ({list}) GROUP BY e.version_id"
+        );
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for row in q.fetch_all(&db.pool).await? {
+            approvals.insert(row.try_get::<String, _>("version_id")?, row.try_get::<i64, _>("n")?);
+        }
+        let sql = format!("SELECT version_id, alias FROM model_aliases WHERE version_id IN ({list}) ORDER BY alias");
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(*id);
+        }
+        for row in q.fetch_all(&db.pool).await? {
+            aliases.entry(row.try_get("version_id")?).or_default().push(row.try_get("alias")?);
+        }
     }
     Ok(rows
         .into_iter()
