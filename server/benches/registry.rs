@@ -1,7 +1,7 @@
 //! Registry read throughput: `cargo bench -p atelier-server --bench registry` (also run
 //! by `cargo xtask bench`). Prints figures for the issue note; asserts nothing.
 //!
-//! A group of 10,000 versions on the embedded SQLite database; 64 clients at once send
+//! A group of 10,000 versions on the embedded SQLite database; 64 clients (4 for searches) at once send
 //! requests through the whole stack in process (bearer token, policies, audit): the
 //! REST get-version, MLflow's `model-versions/get`, and MLflow's
 //! `model-versions/search` for the group (one page of 100). `BENCH_SECONDS` (default
@@ -28,13 +28,15 @@ const VERSIONS: i64 = 10_000;
 /// The path of the n-th request.
 type PathFn = Box<dyn Fn(u64) -> String + Send + Sync>;
 const CLIENTS: usize = 64;
+/// Searches read the whole group each: fewer at once.
+const SEARCHERS: usize = 4;
 
 fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(run())
 }
 
-async fn get(router: &Router, token: &str, path: &str) -> (StatusCode, Duration) {
+async fn get(router: &Router, token: &str, path: &str) -> (StatusCode, Duration, Vec<u8>) {
     let request = Request::get(path)
         .header(header::AUTHORIZATION, format!("Bearer {token}"))
         .body(Body::empty())
@@ -42,30 +44,31 @@ async fn get(router: &Router, token: &str, path: &str) -> (StatusCode, Duration)
     let start = Instant::now();
     let response = router.clone().oneshot(request).await.expect("response");
     let status = response.status();
-    let _ = response.into_body().collect().await;
-    (status, start.elapsed())
+    let body = response.into_body().collect().await.map(|b| b.to_bytes().to_vec()).unwrap_or_default();
+    (status, start.elapsed(), body)
 }
 
-/// Requests/s, p50 and p99 of `path(n)` for `seconds` with [`CLIENTS`] at once.
+/// Requests/s, p50 and p99 of `path(n)` for `seconds` with `clients` at once.
 async fn measure(
     router: &Router,
     token: &str,
     seconds: u64,
+    clients: usize,
     path: impl Fn(u64) -> String + Send + Sync + 'static,
 ) -> (f64, Duration, Duration) {
     let path = Arc::new(path);
     let stop = Arc::new(AtomicBool::new(false));
     let start = Instant::now();
-    let mut clients = Vec::new();
-    for c in 0..CLIENTS {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
         let (router, token, path, stop) = (router.clone(), token.to_string(), path.clone(), stop.clone());
-        clients.push(tokio::spawn(async move {
+        tasks.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut n = c as u64 * 7919;
             while !stop.load(Ordering::Relaxed) {
                 n = n.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                let (status, took) = get(&router, &token, &path(n >> 33)).await;
-                assert_eq!(status, StatusCode::OK);
+                let (status, took, body) = get(&router, &token, &path(n >> 33)).await;
+                assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
                 latencies.push(took);
             }
             latencies
@@ -74,7 +77,7 @@ async fn measure(
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
-    for c in clients {
+    for c in tasks {
         all.extend(c.await.expect("client"));
     }
     let elapsed = start.elapsed().as_secs_f64();
@@ -122,29 +125,30 @@ async fn run() -> anyhow::Result<()> {
     tx.commit().await?;
 
     println!();
-    println!(
-        "Registry reads, {VERSIONS} versions in one group, {CLIENTS} clients, {seconds} s each (SQLite, in process):"
-    );
+    println!("Registry reads, {VERSIONS} versions in one group, {seconds} s each (SQLite, in process):");
     println!("| request | requests/s | p50 | p99 |");
     println!("|---|---|---|---|");
-    let rows: [(&str, PathFn); 3] = [
+    let rows: [(&str, usize, PathFn); 3] = [
         (
             "GET /api/v1/model-groups/fraud/versions/{n}",
+            CLIENTS,
             Box::new(|n| format!("/api/v1/model-groups/fraud/versions/{}", n % VERSIONS as u64 + 1)),
         ),
         (
             "GET /api/2.0/mlflow/model-versions/get",
+            CLIENTS,
             Box::new(|n| format!("/api/2.0/mlflow/model-versions/get?name=fraud&version={}", n % VERSIONS as u64 + 1)),
         ),
         (
             "GET /api/2.0/mlflow/model-versions/search (name='fraud', 100 per page)",
+            SEARCHERS,
             Box::new(|_| "/api/2.0/mlflow/model-versions/search?filter=name%3D%27fraud%27&max_results=100".to_string()),
         ),
     ];
-    for (label, path) in rows {
-        let (rps, p50, p99) = measure(&router, &token, seconds, path).await;
+    for (label, clients, path) in rows {
+        let (rps, p50, p99) = measure(&router, &token, seconds, clients, path).await;
         println!(
-            "| {label} | {rps:.0} | {:.2} ms | {:.2} ms |",
+            "| {label}, {clients} clients | {rps:.0} | {:.2} ms | {:.2} ms |",
             p50.as_secs_f64() * 1000.0,
             p99.as_secs_f64() * 1000.0
         );
