@@ -124,12 +124,16 @@ impl Client {
 
     /// Streams an input artifact of the job into `dest`.
     pub async fn download(&self, job_id: &str, attempt: i64, artifact_id: &str, dest: &Path) -> anyhow::Result<u64> {
-        let response = self
-            .http
-            .get(self.url(&format!("/jobs/{job_id}/inputs/{artifact_id}?attempt={attempt}")))
-            .bearer_auth(&self.token)
-            .send()
-            .await?;
+        self.fetch(&format!("/jobs/{job_id}/inputs/{artifact_id}?attempt={attempt}"), dest).await
+    }
+
+    /// Streams the model artifact of an instance placed on this node into `dest`.
+    pub async fn download_model(&self, instance_id: &str, dest: &Path) -> anyhow::Result<u64> {
+        self.fetch(&format!("/instances/{instance_id}/artifact"), dest).await
+    }
+
+    async fn fetch(&self, path: &str, dest: &Path) -> anyhow::Result<u64> {
+        let response = self.http.get(self.url(path)).bearer_auth(&self.token).send().await?;
         let response = Self::check(response).await?;
         let mut file = tokio::fs::File::create(dest).await.with_context(|| format!("creating {}", dest.display()))?;
         let mut stream = response.bytes_stream();

@@ -14,6 +14,8 @@ pub mod builtin;
 pub mod client;
 pub mod inventory;
 pub mod runner;
+pub mod serve;
+pub mod serving;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -60,6 +62,10 @@ pub struct Args {
     /// How often a running job's `checkpoints/` is synced to the server.
     #[arg(long, env = "ATELIER_CHECKPOINT_SECS", default_value_t = 10)]
     pub checkpoint_secs: u64,
+    /// The address model servers listen on, and the server sends invocations to: this
+    /// node's address as the server reaches it (the local agent's is loopback).
+    #[arg(long, env = "ATELIER_ADVERTISE_HOST", default_value = "127.0.0.1")]
+    pub advertise_host: String,
 }
 
 /// Sub-commands besides running the agent.
@@ -69,6 +75,20 @@ pub enum Command {
     /// itself; it reads the SageMaker-style environment).
     #[command(hide = true)]
     Builtin { name: String },
+    /// Serves a built-in algorithm's trained model over HTTP (SageMaker's `/ping` and
+    /// `/invocations`); the agent starts this itself for an endpoint.
+    #[command(hide = true)]
+    Serve {
+        /// The model directory: `model.safetensors` and `model.json`.
+        #[arg(long)]
+        model_dir: PathBuf,
+        /// The address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        /// The port to listen on.
+        #[arg(long)]
+        port: u16,
+    },
 }
 
 fn parse_label(raw: &str) -> Result<(String, String), String> {
@@ -93,6 +113,10 @@ pub fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         };
+    }
+    if let Some(Command::Serve { model_dir, host, port }) = &args.command {
+        // Builds its own runtime; loading failures go to stderr with a non-zero exit.
+        return serve::main(model_dir, host, *port);
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -143,10 +167,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         venv_lock: tokio::sync::Mutex::new(()),
     });
     let running: Running = Arc::default();
+    let serving = serving::Serving::new(client.clone(), &ctx.work_dir, args.advertise_host.clone());
     let heartbeat = tokio::spawn(heartbeats(
         client.clone(),
         inventory,
         running.clone(),
+        serving,
         Duration::from_secs(registered.heartbeat_secs.max(1)),
         Duration::from_secs(registered.lease_secs.max(2)),
     ));
@@ -216,7 +242,14 @@ fn stop_all(running: &Running, reason: &str, grace_secs: u64) {
 /// gives up after `every` and the loop keeps its period, so the kill is done at least
 /// `every / 2` before the lease can lapse and the job start elsewhere. (The server
 /// refuses a lease shorter than two heartbeats.)
-async fn heartbeats(client: Client, mut inventory: Inventory, running: Running, every: Duration, lease: Duration) {
+async fn heartbeats(
+    client: Client,
+    mut inventory: Inventory,
+    running: Running,
+    serving: Arc<serving::Serving>,
+    every: Duration,
+    lease: Duration,
+) {
     // When the last heartbeat that got through was sent: the server renewed the lease
     // after that instant, never before.
     let mut last_ok = tokio::time::Instant::now();
@@ -228,11 +261,12 @@ async fn heartbeats(client: Client, mut inventory: Inventory, running: Running, 
             .lock()
             .map(|m| m.iter().map(|(id, (attempt, _))| Held { job_id: id.clone(), attempt: *attempt }).collect())
             .unwrap_or_default();
-        let request = HeartbeatRequest { usage: inventory.usage(), running: held };
+        let request = HeartbeatRequest { usage: inventory.usage(), running: held, instances: serving.reports() };
         match client.heartbeat(&request, every).await {
             Ok(response) => {
                 last_ok = sent;
                 fenced = false;
+                serving.apply(response.instances);
                 for order in response.stop {
                     if let Ok(map) = running.lock() {
                         if let Some((_, tx)) = map.get(&order.job_id) {
@@ -245,6 +279,7 @@ async fn heartbeats(client: Client, mut inventory: Inventory, running: Running, 
             Err(CallError::Refused(message)) => {
                 tracing::error!(%message, "heartbeat refused: node token revoked");
                 stop_all(&running, "the node was deregistered", 5);
+                serving.stop_all();
                 return;
             }
             Err(err) => {
@@ -264,7 +299,11 @@ async fn heartbeats(client: Client, mut inventory: Inventory, running: Running, 
             }
         }
         // Every interval, failing or not: a longer pause would itself let leases lapse.
-        tokio::time::sleep(every.saturating_sub(sent.elapsed())).await;
+        // Sooner when a model server changed state, so the server routes to it at once.
+        tokio::select! {
+            _ = tokio::time::sleep(every.saturating_sub(sent.elapsed())) => {}
+            _ = serving.changed.notified() => {}
+        }
     }
 }
 

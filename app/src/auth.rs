@@ -42,10 +42,12 @@ pub enum Can {
     CreateLabelingJob,
     RegisterModelVersion,
     DecideModelVersions,
+    ListEndpoints,
+    CreateEndpoint,
 }
 
 impl Can {
-    pub const ALL: [Can; 19] = [
+    pub const ALL: [Can; 21] = [
         Can::ListModelGroups,
         Can::CreateModelGroup,
         Can::ListUsers,
@@ -65,6 +67,8 @@ impl Can {
         Can::CreateLabelingJob,
         Can::RegisterModelVersion,
         Can::DecideModelVersions,
+        Can::ListEndpoints,
+        Can::CreateEndpoint,
     ];
 }
 
@@ -119,6 +123,8 @@ pub async fn get_me() -> Result<Me, AppError> {
                 Can::CreateLabelingJob => (Action::CreateLabelingJob, "atelier:labeling:job/*"),
                 Can::RegisterModelVersion => (Action::RegisterModelVersion, "atelier:models:group/*"),
                 Can::DecideModelVersions => (Action::UpdateModelApprovalStatus, "atelier:models:group/*/version/*"),
+                Can::ListEndpoints => (Action::ListEndpoints, "atelier:endpoints:endpoint/*"),
+                Can::CreateEndpoint => (Action::CreateEndpoint, "atelier:endpoints:endpoint/*"),
             };
             principal.can(action, &Resource::new(resource))
         })

@@ -66,6 +66,7 @@ impl From<atelier_core::CoreError> for AppError {
             E::Conflict(_) => (ErrorKind::Conflict, None),
             E::TooLarge(_) => (ErrorKind::Invalid, None),
             E::TooManyAttempts { .. } => (ErrorKind::TooManyRequests, None),
+            E::Upstream { .. } => (ErrorKind::Transport, None),
             E::Internal(source) => {
                 tracing::error!(error = %source, "server function failed");
                 (ErrorKind::Internal, None)

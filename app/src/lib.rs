@@ -11,6 +11,7 @@ pub mod compute;
 #[cfg(feature = "ssr")]
 pub mod context;
 pub mod datasets;
+pub mod endpoints;
 pub mod error;
 pub mod format;
 pub mod forms;
@@ -31,6 +32,7 @@ use crate::audit::AuditPage;
 use crate::auth::{can, get_me, Can, LoginPage, PasswordPage, SignOutButton};
 use crate::compute::NodesPage;
 use crate::datasets::{DatasetItemPage, DatasetPage, DatasetsPage};
+use crate::endpoints::{EndpointPage, EndpointsPage};
 use crate::iam::{GroupPage, GroupsPage, PoliciesPage, PolicyPage, SimulatorPage};
 use crate::labeler::{LabelerPage, MyWorkPage};
 use crate::labeling::{LabelingJobPage, LabelingJobsPage, NewLabelingJobPage, ReviewQueuePage};
@@ -101,6 +103,8 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("models/:group/compare") view=CompareVersionsPage/>
                     <Route path=path!("models/:group/versions/:version") view=ModelVersionPage/>
                     <Route path=path!("approvals") view=ApprovalsPage/>
+                    <Route path=path!("endpoints") view=EndpointsPage/>
+                    <Route path=path!("endpoints/:name") view=EndpointPage/>
                     <Route path=path!("training") view=TrainingJobsPage/>
                     <Route path=path!("training/new") view=NewTrainingJobPage/>
                     <Route path=path!("training/compare") view=CompareTrainingJobsPage/>
@@ -167,6 +171,9 @@ fn AppShell() -> impl IntoView {
                     </Show>
                     <Show when=move || may(Can::DecideModelVersions)>
                         <A href="/approvals">"Approvals" <ApprovalsCount/></A>
+                    </Show>
+                    <Show when=move || may(Can::ListEndpoints)>
+                        <A href="/endpoints">"Endpoints"</A>
                     </Show>
                     <Show when=move || may(Can::ListNodes)>
                         <A href="/compute">"Compute"</A>

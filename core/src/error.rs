@@ -34,6 +34,10 @@ pub enum CoreError {
     /// Too many attempts; retry after this many seconds.
     #[error("Too many failed sign-in attempts. Try again in {retry_after} seconds.")]
     TooManyAttempts { retry_after: i64 },
+    /// A model server (or the fleet of them) failed to answer an invocation: 502, 503
+    /// or 504, with what happened.
+    #[error("{message}")]
+    Upstream { status: u16, message: String },
     /// Anything else: a bug or an unavailable dependency.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -62,6 +66,7 @@ impl CoreError {
             CoreError::Conflict(_) => 409,
             CoreError::TooLarge(_) => 413,
             CoreError::TooManyAttempts { .. } => 429,
+            CoreError::Upstream { status, .. } => *status,
             CoreError::Internal(_) => 500,
         }
     }

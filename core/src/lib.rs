@@ -11,6 +11,7 @@ pub mod authz;
 pub mod compute;
 pub mod datasets;
 pub mod db;
+pub mod endpoints;
 pub mod error;
 pub mod iam;
 pub mod labeling;

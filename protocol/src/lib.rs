@@ -5,6 +5,7 @@
 //! Agents only ever connect out to the server: they register, then alternate between
 //! heartbeats and a long-poll for work, so a node behind NAT works.
 
+pub mod endpoints;
 pub mod labeling;
 pub mod models;
 
@@ -91,6 +92,9 @@ pub struct Held {
 pub struct HeartbeatRequest {
     pub usage: Usage,
     pub running: Vec<Held>,
+    /// The model server instances the agent runs, with their state.
+    #[serde(default)]
+    pub instances: Vec<endpoints::InstanceReport>,
 }
 
 /// The heartbeat's answer: work to stop now (stopped by a user, past its maximum
@@ -98,6 +102,9 @@ pub struct HeartbeatRequest {
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct HeartbeatResponse {
     pub stop: Vec<StopOrder>,
+    /// Every model server instance this node should run.
+    #[serde(default)]
+    pub instances: Vec<endpoints::InstanceOrder>,
 }
 
 /// Stop one job: SIGTERM, then SIGKILL after `grace_secs`.

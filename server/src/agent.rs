@@ -10,6 +10,7 @@ use atelier_core::artifacts::{self, kind, NewArtifact};
 use atelier_core::audit::{self, NewEvent};
 use atelier_core::compute::jobs;
 use atelier_core::compute::nodes::{self, NodeCaller};
+use atelier_core::endpoints::reconcile;
 use atelier_core::CoreError;
 use atelier_protocol::{
     Assignment, HeartbeatRequest, HeartbeatResponse, LogBatch, RegisterRequest, RegisterResponse, StatusReport,
@@ -86,7 +87,32 @@ async fn heartbeat(
     Node(node): Node,
     ApiJson(body): ApiJson<HeartbeatRequest>,
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
-    Ok(Json(jobs::heartbeat(&state.db, &node, &body, &state.config.compute()).await?))
+    let mut answer = jobs::heartbeat(&state.db, &node, &body, &state.config.compute()).await?;
+    answer.instances = reconcile::sync_node(&state.db, &node, &body.instances).await?;
+    Ok(Json(answer))
+}
+
+/// The model artifact of an instance placed on this node.
+async fn instance_artifact(
+    State(state): State<AppState>,
+    Node(node): Node,
+    Path(instance_id): Path<String>,
+) -> Result<Response, ApiError> {
+    let artifact_id = reconcile::instance_artifact(&state.db, &node, &instance_id).await?;
+    stream_artifact(&state, &artifact_id).await
+}
+
+async fn stream_artifact(state: &AppState, artifact_id: &str) -> Result<Response, ApiError> {
+    let artifact = artifacts::get(&state.db, artifact_id).await?;
+    let stream = state.artifacts.get(&artifact.id).await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, artifact.size.to_string()),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,16 +203,7 @@ async fn input(
     if !allowed.contains(&&artifact_id) && job.checkpoint_artifact.as_ref() != Some(&artifact_id) {
         return Err(CoreError::Forbidden(format!("artifact {artifact_id} is not an input of this job")).into());
     }
-    let artifact = artifacts::get(&state.db, &artifact_id).await?;
-    let stream = state.artifacts.get(&artifact.id).await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
-            (header::CONTENT_LENGTH, artifact.size.to_string()),
-        ],
-        Body::from_stream(stream),
-    )
-        .into_response())
+    stream_artifact(&state, &artifact_id).await
 }
 
 async fn store_upload(
@@ -259,4 +276,5 @@ pub fn router() -> Router<AppState> {
         .route("/agent/v1/jobs/{id}/inputs/{artifact}", get(input))
         .route("/agent/v1/jobs/{id}/checkpoint", put(checkpoint))
         .route("/agent/v1/jobs/{id}/outputs/{what}", put(output))
+        .route("/agent/v1/instances/{id}/artifact", get(instance_artifact))
 }

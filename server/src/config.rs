@@ -92,6 +92,10 @@ pub struct Config {
     #[arg(long, env = "ATELIER_WEBHOOK_RETRY_BASE_MS", default_value_t = 2000, global = true)]
     pub webhook_retry_base_ms: u64,
 
+    /// An invocation whose model has not answered after this many seconds gets 504.
+    #[arg(long, env = "ATELIER_INVOCATION_TIMEOUT_SECS", default_value_t = 60, global = true)]
+    pub invocation_timeout_secs: u64,
+
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "ATELIER_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
@@ -142,6 +146,7 @@ impl Config {
             request_timeout_secs: 60,
             log_format: "text".into(),
             webhook_retry_base_ms: 2000,
+            invocation_timeout_secs: 60,
             artifact_dir: None,
             artifact_store: None,
             max_upload_bytes: 10 * 1024 * 1024 * 1024,

@@ -184,7 +184,7 @@ async fn anonymous(
         ))
         .into_response();
     }
-    if path.starts_with("/api/v1/") {
+    if path.starts_with("/api/v1/") || crate::endpoints::is_invocation(&path) {
         return ApiError::from(CoreError::Unauthenticated(
             "Sign in, or send an API token as 'Authorization: Bearer <token>'.".into(),
         ))

@@ -62,6 +62,7 @@ impl IntoResponse for MlflowError {
             }
             CoreError::Conflict(_) => (StatusCode::CONFLICT, "ABORTED"),
             CoreError::TooManyAttempts { .. } => (StatusCode::TOO_MANY_REQUESTS, "REQUEST_LIMIT_EXCEEDED"),
+            CoreError::Upstream { .. } => (StatusCode::SERVICE_UNAVAILABLE, "TEMPORARILY_UNAVAILABLE"),
             CoreError::Internal(e) => {
                 tracing::error!(error = %e, "MLflow API request failed");
                 (StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR")

@@ -26,6 +26,7 @@ pub fn app(state: AppState) -> Router {
     let db = state.db.clone();
     let (store, work, upload_limit) = (state.artifacts.clone(), state.work.clone(), state.config.max_upload_bytes);
     let public_url = state.config.public_url.clone();
+    let invoke = invoke_for_pages(state.clone());
     let leptos_context = move || {
         provide_context(db.clone());
         provide_context(store.clone());
@@ -33,6 +34,7 @@ pub fn app(state: AppState) -> Router {
         provide_context(app::compute::PublicUrl(public_url.clone()));
         let work = work.clone();
         provide_context(app::training::WorkSignal(std::sync::Arc::new(move || work.notify_waiters())));
+        provide_context(invoke.clone());
     };
     let options = state.leptos_options.clone();
     let render_page = leptos_axum::render_app_to_stream_with_context(leptos_context.clone(), {
@@ -72,6 +74,7 @@ pub fn app(state: AppState) -> Router {
         .merge(api::router())
         .merge(crate::mlflow::router())
         .merge(crate::agent::router())
+        .merge(crate::endpoints::router())
         .leptos_routes_with_context(&state, generate_route_list(App), leptos_context, move || shell(options.clone()))
         .fallback(fallback)
         .layer(from_fn_with_state(state.clone(), middleware::authenticate))
@@ -91,6 +94,25 @@ pub fn app(state: AppState) -> Router {
         .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
         .layer(from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
+}
+
+/// The endpoint test page's path to a model: the same as an API invocation.
+fn invoke_for_pages(state: AppState) -> app::endpoints::Invoke {
+    app::endpoints::Invoke(std::sync::Arc::new(move |p, name, content_type, body| {
+        let state = state.clone();
+        Box::pin(async move {
+            let started = std::time::Instant::now();
+            let content_type = header::HeaderValue::from_str(&content_type).ok();
+            let answer = state.invoker.invoke(&state, &p, &name, None, content_type, None, body.into()).await?;
+            Ok(app::endpoints::InvokeResult {
+                status: answer.status.as_u16(),
+                variant: answer.variant,
+                content_type: answer.content_type.and_then(|c| c.to_str().ok().map(str::to_string)).unwrap_or_default(),
+                body: String::from_utf8_lossy(&answer.body).into_owned(),
+                millis: started.elapsed().as_secs_f64() * 1000.0,
+            })
+        })
+    }))
 }
 
 /// Pages the router does not know render the app's "not found" view with status 404.

@@ -28,6 +28,8 @@ pub struct AppState {
     pub work: Arc<tokio::sync::Notify>,
     /// Woken when a job ends, freeing capacity: full nodes wait for this only.
     pub freed: Arc<tokio::sync::Notify>,
+    /// Routes endpoint invocations and counts them until the next flush.
+    pub invoker: Arc<crate::endpoints::Invoker>,
 }
 
 impl AppState {
@@ -39,6 +41,7 @@ impl AppState {
             LeptosOptions::builder().output_name(app::BUNDLE_NAME).site_pkg_dir("pkg").site_addr(config.addr).build();
         let artifacts = ArtifactStore::open(config.artifact_store.as_deref(), &config.artifact_dir())?;
         artifacts.check().await.map_err(anyhow::Error::msg)?;
+        let config_timeout = config.invocation_timeout_secs;
         Ok(AppState {
             db,
             artifacts,
@@ -48,6 +51,7 @@ impl AppState {
             policy_cache: PolicyCache::default(),
             work: Arc::new(tokio::sync::Notify::new()),
             freed: Arc::new(tokio::sync::Notify::new()),
+            invoker: Arc::new(crate::endpoints::Invoker::new(std::time::Duration::from_secs(config_timeout))?),
         })
     }
 }

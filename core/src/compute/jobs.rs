@@ -55,6 +55,9 @@ const JOB_COLUMNS: &str = "id, name, spec, state, message, priority, cpus, memor
 
 /// States an agent holds a lease in.
 const ACTIVE: &str = "('Starting', 'Downloading', 'Training', 'Uploading')";
+/// What model server instances hold on their nodes: training and serving share them.
+const SERVING_USE: &str =
+    "SELECT node_id, cpus, memory_mb, gpu_indices FROM endpoint_instances WHERE state IN ('Pending', 'Starting', 'InService')";
 
 impl Job {
     pub fn spec(&self) -> CoreResult<JobSpec> {
@@ -574,7 +577,8 @@ pub async fn capacities(db: &Db, include_lost: bool) -> CoreResult<Vec<(String, 
             .fetch_all(&db.pool)
             .await?;
     let used: Vec<(String, i64, i64, String)> = sqlx::query_as(&format!(
-        "SELECT node_id, cpus, memory_mb, gpu_indices FROM training_jobs WHERE state IN {ACTIVE} AND node_id IS NOT NULL"
+        "SELECT node_id, cpus, memory_mb, gpu_indices FROM training_jobs WHERE state IN {ACTIVE} AND node_id IS NOT NULL \
+         UNION ALL {SERVING_USE} AND node_id IS NOT NULL"
     ))
     .fetch_all(&db.pool)
     .await?;
@@ -590,7 +594,8 @@ async fn node_capacity(db: &Db, node_id: &str) -> CoreResult<Option<Capacity>> {
             .await?;
     let Some(node) = node else { return Ok(None) };
     let used: Vec<(String, i64, i64, String)> = sqlx::query_as(&format!(
-        "SELECT node_id, cpus, memory_mb, gpu_indices FROM training_jobs WHERE node_id = $1 AND state IN {ACTIVE}"
+        "SELECT node_id, cpus, memory_mb, gpu_indices FROM training_jobs WHERE node_id = $1 AND state IN {ACTIVE} \
+         UNION ALL {SERVING_USE} AND node_id = $1"
     ))
     .bind(node_id)
     .fetch_all(&db.pool)
@@ -982,7 +987,7 @@ pub async fn heartbeat(
         }
         query.execute(&db.pool).await?;
     }
-    Ok(HeartbeatResponse { stop })
+    Ok(HeartbeatResponse { stop, instances: Vec::new() })
 }
 
 /// Puts a job whose lease ended without an outcome back in the queue (or marks it

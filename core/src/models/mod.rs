@@ -291,6 +291,20 @@ pub async fn delete_group(db: &Db, p: &Principal, name: &str) -> CoreResult<()> 
     authorize(p, Action::DeleteModelGroup, &named(name))?;
     let group = find_group(db, name).await?;
     authorize(p, Action::DeleteModelGroup, &group_resource(&group))?;
+    let ids: Vec<(String,)> =
+        sqlx::query_as("SELECT id FROM model_versions WHERE group_id = $1").bind(&group.id).fetch_all(&db.pool).await?;
+    for (id,) in &ids {
+        let serving = crate::endpoints::serving(db, id).await?;
+        if !serving.is_empty() {
+            return Err(CoreError::Conflict(format!(
+                "model group {name} has a version served by endpoint {}; delete or update the endpoint first",
+                serving.join(", ")
+            )));
+        }
+    }
+    for (id,) in &ids {
+        crate::endpoints::forget_version(db, id).await?;
+    }
     let mut tx = db.pool.begin().await?;
     // Explicit, not only by cascade: SQLite enforces foreign keys per connection.
     sqlx::query("DELETE FROM model_aliases WHERE group_id = $1").bind(&group.id).execute(&mut *tx).await?;

@@ -590,6 +590,14 @@ pub async fn delete_alias(db: &Db, p: &Principal, group: &str, alias: &str) -> C
 /// Deletes a version (its artifact stays: training jobs and other versions may use it).
 pub async fn delete(db: &Db, p: &Principal, group: &str, version: i64) -> CoreResult<()> {
     let row = get_for(db, p, group, version, Action::DeleteModelVersion).await?;
+    let serving = crate::endpoints::serving(db, &row.id).await?;
+    if !serving.is_empty() {
+        return Err(CoreError::Conflict(format!(
+            "version {version} of {group} is served by endpoint {}; deploy another version there first",
+            serving.join(", ")
+        )));
+    }
+    crate::endpoints::forget_version(db, &row.id).await?;
     sqlx::query("DELETE FROM model_versions WHERE id = $1").bind(&row.id).execute(&db.pool).await?;
     p.note_change(format!("deleted version {version} of model group {group}"));
     Ok(())

@@ -67,6 +67,7 @@ impl IntoResponse for ApiError {
             CoreError::Conflict(_) => ("conflict", None),
             CoreError::TooLarge(_) => ("too_large", None),
             CoreError::TooManyAttempts { .. } => ("too_many_attempts", None),
+            CoreError::Upstream { .. } => ("model_unavailable", None),
             CoreError::Internal(source) => {
                 tracing::error!(error = %source, "request failed");
                 ("internal", None)

@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod audit;
 pub mod compute;
 pub mod datasets;
+pub mod endpoints;
 pub mod error;
 pub mod iam;
 pub mod labeling;
@@ -69,6 +70,7 @@ pub struct ApiJson<T>(pub T);
         (name = "models", description = "The model registry"),
         (name = "training", description = "Training jobs, their logs, metrics and artifacts, and file uploads"),
         (name = "compute", description = "Compute nodes and their agents"),
+        (name = "endpoints", description = "Endpoints serving approved model versions: deployments, invocations, metrics"),
     )
 )]
 pub struct ApiDoc;
@@ -124,6 +126,7 @@ fn split() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(datasets::upload_routes())
         .merge(labeling::routes())
         .merge(compute::routes())
+        .merge(endpoints::routes())
         .split_for_parts()
 }
 

@@ -1,0 +1,418 @@
+//! Endpoints end to end: a real server on a loopback port, real agents running real
+//! model servers (the built-in one for a model trained here, and a bring-your-own
+//! server in Python), invoked through the REST API a user would call.
+
+#[path = "../../server/tests/common/mod.rs"]
+mod common;
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{header, Method, Request, StatusCode};
+use common::{Auth, TestApp};
+use serde_json::{json, Value};
+use support::*;
+
+async fn endpoint(app: &TestApp, token: &str, name: &str) -> Value {
+    let r = app.call(Method::GET, &format!("/api/v1/endpoints/{name}"), Auth::Bearer(token), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    r.json()
+}
+
+/// Polls the endpoint until `done` holds, or fails with its state and history.
+async fn wait_endpoint(app: &TestApp, token: &str, name: &str, secs: u64, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let e = endpoint(app, token, name).await;
+        if done(&e) {
+            return e;
+        }
+        if Instant::now() > deadline {
+            let events =
+                app.call(Method::GET, &format!("/api/v1/endpoints/{name}/events"), Auth::Bearer(token), None).await;
+            panic!("endpoint {name} did not get there in {secs} s: {e:#}\nevents: {}", events.text());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn in_service(generation: i64) -> impl Fn(&Value) -> bool {
+    move |e| e["status"] == "InService" && e["active_generation"] == generation
+}
+
+async fn invoke(app: &TestApp, token: &str, name: &str, content_type: &str, body: &str) -> common::TestResponse {
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("/endpoints/{name}/invocations"))
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, content_type)
+        .body(Body::from(body.to_string()))
+        .expect("request");
+    app.send(request).await
+}
+
+async fn register(app: &TestApp, token: &str, group: &str, body: Value) -> i64 {
+    let r = app
+        .call(Method::POST, &format!("/api/v1/model-groups/{group}/versions"), Auth::Bearer(token), Some(body))
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    r.json()["version"].as_i64().expect("version")
+}
+
+async fn approve(app: &TestApp, token: &str, group: &str, version: i64) {
+    let path = format!("/api/v1/model-groups/{group}/versions/{version}/approval");
+    let r = app.call(Method::POST, &path, Auth::Bearer(token), Some(json!({"status": "Approved"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+async fn create_group(app: &TestApp, token: &str, name: &str) {
+    let r = app.call(Method::POST, "/api/v1/model-groups", Auth::Bearer(token), Some(json!({"name": name}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+}
+
+/// A studio whose reconciler and metrics flusher run, with one agent per node name.
+async fn serving_studio(nodes: &[&str]) -> (TestApp, String, Vec<Agent>) {
+    let (app, url, token) = studio().await;
+    atelier_server::endpoints::spawn_background(app.state.clone());
+    let mut agents = Vec::new();
+    for name in nodes {
+        let node_token = add_node(&app, &token, name).await;
+        agents.push(Agent::start(&url, &node_token, &temp_dir("agent"), &[]));
+        wait_node(&app, &token, name, "Ready").await;
+    }
+    (app, token, agents)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_without_a_failed_request() {
+    let (app, token, _agents) = serving_studio(&["cpu-1"]).await;
+
+    // A classifier of which side of x1 + x2 = 0 a point lies on.
+    let mut csv = String::from("x1,x2,label\n");
+    let mut seed = 11u64;
+    let mut next = || {
+        seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        ((seed >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
+    };
+    for _ in 0..300 {
+        let (x1, x2) = (next(), next());
+        csv.push_str(&format!("{x1:.4},{x2:.4},{}\n", if x1 + x2 > 0.0 { "yes" } else { "no" }));
+    }
+    let data = upload(&app, &token, "train.csv", csv).await;
+    let spec = json!({
+        "algorithm": {"type": "builtin", "name": "tabular"},
+        "hyperparameters": {"epochs": "20", "batch_size": "32", "learning_rate": "0.03"},
+        "channels": [{"name": "train", "artifacts": [data]}],
+        "resources": {"memory_mb": 512}
+    });
+    let r = submit(&app, &token, "side", spec).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let done = wait_job(&app, &token, "side", 180, terminal).await;
+    assert_eq!(done["job"]["state"], "Completed", "{done:#}");
+
+    create_group(&app, &token, "side").await;
+    let v1 = register(&app, &token, "side", json!({"training_job": "side"})).await;
+    let new = json!({"name": "side", "variants": [{"model_group": "side", "model_version": v1}]});
+
+    // A version not yet approved cannot be deployed.
+    let r = app.call(Method::POST, "/api/v1/endpoints", Auth::Bearer(&token), Some(new.clone())).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    assert!(r.text().contains("PendingManualApproval") && r.text().contains("only Approved"), "{}", r.text());
+    approve(&app, &token, "side", v1).await;
+    let r = app.call(Method::POST, "/api/v1/endpoints", Auth::Bearer(&token), Some(new.clone())).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(r.json()["status"], "Creating");
+    let r = app.call(Method::POST, "/api/v1/endpoints", Auth::Bearer(&token), Some(new)).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+
+    let e = wait_endpoint(&app, &token, "side", 60, in_service(1)).await;
+    assert_eq!(e["variants"][0]["healthy"], 1, "{e:#}");
+    assert_eq!(e["instances"][0]["node"], "cpu-1", "{e:#}");
+
+    // Predictions, from JSON and CSV.
+    let r = invoke(
+        &app,
+        &token,
+        "side",
+        "application/json",
+        r#"{"instances": [{"x1": 0.8, "x2": 0.7}, {"x1": -0.9, "x2": -0.6}]}"#,
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("x-atelier-variant").as_deref(), Some("primary"));
+    let labels: Vec<String> = r.json()["predictions"]
+        .as_array()
+        .expect("predictions")
+        .iter()
+        .map(|p| p["label"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert_eq!(labels, ["yes", "no"], "{}", r.text());
+    let r = invoke(&app, &token, "side", "text/csv", "x1,x2\n0.9,0.9\n").await;
+    assert_eq!(r.json()["predictions"][0]["label"], "yes", "{}", r.text());
+    // The model's own complaint reaches the caller as a 400.
+    let r = invoke(&app, &token, "side", "application/json", "{not json").await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("not valid JSON"), "{}", r.text());
+    // Unknown endpoints and callers without the permission are refused.
+    let r = invoke(&app, &token, "nope", "application/json", "{}").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    let labeler = app.create_user_with("lena", &["Labeler".to_string()]).await;
+    let lena = app.token_for(&labeler, None).await;
+    let r = invoke(&app, &lena, "side", "application/json", "{}").await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+
+    // Metrics count what happened, with latency percentiles.
+    app.state.invoker.recorder.flush(&app.state.db).await.expect("flush");
+    let r = app.call(Method::GET, "/api/v1/endpoints/side/metrics", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let points = r.json()["points"].as_array().cloned().unwrap_or_default();
+    let total: i64 = points.iter().filter_map(|p| p["invocations"].as_i64()).sum();
+    let bad: i64 = points.iter().filter_map(|p| p["errors_4xx"].as_i64()).sum();
+    assert_eq!((total, bad), (3, 1), "{}", r.text());
+    assert!(points.iter().any(|p| p["model_p99_ms"].as_f64().is_some_and(|ms| ms > 0.0)), "{}", r.text());
+
+    // A served version cannot be deleted.
+    let r =
+        app.call(Method::DELETE, &format!("/api/v1/model-groups/side/versions/{v1}"), Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("endpoint side"), "{}", r.text());
+
+    // Switch to two variants (80/20) under continuous load: no request may fail.
+    let v2 = register(&app, &token, "side", json!({"training_job": "side"})).await;
+    approve(&app, &token, "side", v2).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let load = {
+        let (app_router, token) = (app.router.clone(), token.clone());
+        let (stop, sent, failed) = (stop.clone(), sent.clone(), failed.clone());
+        tokio::spawn(async move {
+            use tower::ServiceExt;
+            while !stop.load(Ordering::Relaxed) {
+                let request = Request::builder()
+                    .method(Method::POST)
+                    .uri("/endpoints/side/invocations")
+                    .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                    .header(header::CONTENT_TYPE, "text/csv")
+                    .body(Body::from("x1,x2\n0.5,0.5\n"))
+                    .expect("request");
+                let status =
+                    app_router.clone().oneshot(request).await.map(|r| r.status()).unwrap_or(StatusCode::IM_A_TEAPOT);
+                sent.fetch_add(1, Ordering::Relaxed);
+                if status != StatusCode::OK {
+                    failed.fetch_add(1, Ordering::Relaxed);
+                    eprintln!("failed during the switch: {status}");
+                }
+            }
+        })
+    };
+    let config = json!({"variants": [
+        // No CPU reserved: this 2-core machine holds the old instance and both new ones.
+        {"name": "a", "model_group": "side", "model_version": v1, "weight": 80, "cpus": 0},
+        {"name": "b", "model_group": "side", "model_version": v2, "weight": 20, "cpus": 0},
+    ]});
+    let r = app.call(Method::PUT, "/api/v1/endpoints/side", Auth::Bearer(&token), Some(config)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["status"], "Updating");
+    wait_endpoint(&app, &token, "side", 60, in_service(2)).await;
+    // The old instance drains after traffic moved; keep the load on past that.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    stop.store(true, Ordering::Relaxed);
+    load.await.expect("load task");
+    let (sent, failed) = (sent.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+    assert!(sent > 50, "only {sent} requests were sent during the switch");
+    assert_eq!(failed, 0, "{failed} of {sent} requests failed during the switch");
+    let e = endpoint(&app, &token, "side").await;
+    let live: Vec<&Value> =
+        e["instances"].as_array().expect("instances").iter().filter(|i| i["state"] == "InService").collect();
+    assert_eq!(live.len(), 2, "the first configuration's instance was stopped: {e:#}");
+
+    // Weighted routing: about 20% to b over 1,000 requests.
+    let mut to_b = 0;
+    for _ in 0..1000 {
+        let r = invoke(&app, &token, "side", "text/csv", "x1,x2\n0.1,0.2\n").await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        if r.header("x-atelier-variant").as_deref() == Some("b") {
+            to_b += 1;
+        }
+    }
+    assert!((150..=250).contains(&to_b), "{to_b} of 1000 went to the 20% variant");
+    // A variant can be asked for by name; an unknown one is refused naming the known.
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri("/endpoints/side/invocations")
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .header(header::CONTENT_TYPE, "text/csv")
+        .header("x-atelier-target-variant", "c")
+        .body(Body::from("x1,x2\n0.1,0.2\n"))
+        .expect("request");
+    let r = app.send(request).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    assert!(r.text().contains("its variants: a, b"), "{}", r.text());
+
+    let r = app.call(Method::DELETE, "/api/v1/endpoints/side", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    let r = invoke(&app, &token, "side", "text/csv", "x1,x2\n0.1,0.2\n").await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+}
+
+/// A model server in plain Python: `/ping`, and `/invocations` that sums numbers.
+const BYO_SERVER: &str = r#"
+import json, os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def do_GET(self):
+        if self.path == "/ping":
+            self.reply(200, {"status": "ok"})
+        else:
+            self.reply(404, {"error": "not found"})
+    def do_POST(self):
+        raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        try:
+            numbers = json.loads(raw)["numbers"]
+        except Exception as e:
+            return self.reply(400, {"error": f"send {{\"numbers\": [...]}}: {e}"})
+        self.reply(200, {"sum": sum(numbers), "weights": open("weights.txt").read().strip()})
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])), Handler).serve_forever()
+"#;
+
+fn tarball(files: &[(&str, &str)]) -> Vec<u8> {
+    let mut builder = tar::Builder::new(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()));
+    for (name, content) in files {
+        let mut h = tar::Header::new_gnu();
+        h.set_size(content.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        builder.append_data(&mut h, name, content.as_bytes()).expect("append");
+    }
+    builder.into_inner().and_then(|e| e.finish()).expect("tarball")
+}
+
+/// Kills model servers that outlived a killed agent (a real node would lose them with
+/// the machine).
+fn kill_orphans(agent: &Agent) {
+    let Ok(entries) = std::fs::read_dir(agent.work_dir.join("instances")) else { return };
+    for entry in entries.flatten() {
+        if let Ok(pid) = std::fs::read_to_string(entry.path().join("pid")) {
+            let _ = std::process::Command::new("kill").args(["-9", &format!("-{}", pid.trim())]).status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_python_model_server_is_deployed_rolled_back_and_moved_off_a_lost_node() {
+    let (app, token, mut agents) = serving_studio(&["n1", "n2"]).await;
+    create_group(&app, &token, "adder").await;
+    let archive =
+        upload(&app, &token, "adder.tar.gz", tarball(&[("serve.py", BYO_SERVER), ("weights.txt", "v1")])).await;
+    let inference = json!({"serving_command": "python3 serve.py"});
+    let v1 = register(&app, &token, "adder", json!({"artifact": archive, "inference": inference})).await;
+    approve(&app, &token, "adder", v1).await;
+    let new = json!({"name": "adder", "variants": [{"model_group": "adder", "model_version": v1}]});
+    let r = app.call(Method::POST, "/api/v1/endpoints", Auth::Bearer(&token), Some(new)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let e = wait_endpoint(&app, &token, "adder", 60, in_service(1)).await;
+
+    let r = invoke(&app, &token, "adder", "application/json", r#"{"numbers": [1, 2, 3.5]}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json(), json!({"sum": 6.5, "weights": "v1"}));
+    let r = invoke(&app, &token, "adder", "application/json", r#"{"words": []}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.text().contains("numbers"), "{}", r.text());
+
+    // A version whose server cannot start: the update is rolled back and v1 serves on.
+    let broken = upload(&app, &token, "broken.tar.gz", tarball(&[("weights.txt", "v2")])).await;
+    let command = json!({"serving_command": "python3 -c 'import sys; sys.exit(\"no model server here\")'"});
+    let v2 = register(&app, &token, "adder", json!({"artifact": broken, "inference": command})).await;
+    approve(&app, &token, "adder", v2).await;
+    let config = json!({"variants": [{"model_group": "adder", "model_version": v2}]});
+    let r = app.call(Method::PUT, "/api/v1/endpoints/adder", Auth::Bearer(&token), Some(config)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let e2 = wait_endpoint(&app, &token, "adder", 60, |e| {
+        e["status"] == "InService" && e["reason"].as_str().is_some_and(|r| r.contains("rolled back"))
+    })
+    .await;
+    assert!(e2["reason"].as_str().is_some_and(|r| r.contains("no model server here")), "{e2:#}");
+    assert_eq!(e2["active_generation"], 1);
+    let r = invoke(&app, &token, "adder", "application/json", r#"{"numbers": [2]}"#).await;
+    assert_eq!(r.json()["weights"], "v1", "{}", r.text());
+
+    // The node serving it is lost: the instance starts on the other node.
+    let first = e["instances"][0]["node"].as_str().expect("node").to_string();
+    let (lost, other) = if first == "n1" { (0, "n2") } else { (1, "n1") };
+    agents[lost].kill();
+    kill_orphans(&agents[lost]);
+    let moved = wait_endpoint(&app, &token, "adder", 60, |e| {
+        e["instances"].as_array().is_some_and(|l| l.iter().any(|i| i["state"] == "InService" && i["node"] == other))
+    })
+    .await;
+    let r = invoke(&app, &token, "adder", "application/json", r#"{"numbers": [4, 5]}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{} {moved:#}", r.text());
+    assert_eq!(r.json()["sum"], 9);
+    let events = app.call(Method::GET, "/api/v1/endpoints/adder/events", Auth::Bearer(&token), None).await.text();
+    assert!(events.contains("stopped answering") || events.contains("failed"), "{events}");
+
+    // A first deployment that cannot start ends Failed with the reason.
+    let new = json!({"name": "broken", "variants": [{"model_group": "adder", "model_version": v2}]});
+    let r = app.call(Method::POST, "/api/v1/endpoints", Auth::Bearer(&token), Some(new)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let failed = wait_endpoint(&app, &token, "broken", 60, |e| e["status"] == "Failed").await;
+    assert!(failed["reason"].as_str().is_some_and(|r| r.contains("no model server here")), "{failed:#}");
+    let r = invoke(&app, &token, "broken", "application/json", "{}").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+
+    for agent in &agents {
+        kill_orphans(agent);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_endpoint_configurations_are_refused_naming_the_field() {
+    let (app, url, token) = studio().await;
+    let _ = url;
+    create_group(&app, &token, "g").await;
+    let archive = upload(&app, &token, "m.tar.gz", tarball(&[("weights.txt", "x")])).await;
+    let v = register(&app, &token, "g", json!({"artifact": archive, "inference": {"serving_command": "true"}})).await;
+    approve(&app, &token, "g", v).await;
+    let bare = register(&app, &token, "g", json!({"artifact": archive})).await;
+    approve(&app, &token, "g", bare).await;
+    let cases = [
+        (json!({"name": "-bad", "variants": [{"model_group": "g", "model_version": v}]}), "name"),
+        (json!({"name": "e", "variants": []}), "variants"),
+        (json!({"name": "e", "variants": [{"model_group": "g", "model_version": 99}]}), "variants.model_version"),
+        (
+            json!({"name": "e", "variants": [{"model_group": "g", "model_version": v, "instance_count": 0}]}),
+            "variants.instance_count",
+        ),
+        (json!({"name": "e", "variants": [{"model_group": "g", "model_version": v, "weight": -1}]}), "variants.weight"),
+        (json!({"name": "e", "variants": [{"model_group": "g", "model_version": v, "gpus": 99}]}), "variants.gpus"),
+        (json!({"name": "e", "variants": [{"model_group": "g", "model_version": bare}]}), "variants.model_version"),
+        (
+            json!({"name": "e", "variants": [
+                {"name": "x", "model_group": "g", "model_version": v},
+                {"name": "x", "model_group": "g", "model_version": v}]}),
+            "variants.name",
+        ),
+    ];
+    for (body, field) in cases {
+        let r = app.call(Method::POST, "/api/v1/endpoints", Auth::Bearer(&token), Some(body.clone())).await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{body}: {}", r.text());
+        assert_eq!(r.json()["error"]["field"], field, "{body}: {}", r.text());
+    }
+    let r = app.call(Method::GET, "/api/v1/endpoints", Auth::Bearer(&token), None).await;
+    assert_eq!(r.json(), json!([]), "nothing was stored");
+}

@@ -1,0 +1,517 @@
+//! Endpoints' pages: the list with a form to deploy an approved version, and one
+//! endpoint with its variants and instances, a blue/green update, a test request,
+//! live monitoring charts and its history.
+
+use atelier_protocol::endpoints::{Endpoint, EndpointEvent, FAILED, IN_SERVICE};
+use leptos::prelude::*;
+use leptos_router::hooks::use_params_map;
+use serde::{Deserialize, Serialize};
+
+use crate::auth::Can;
+use crate::error::AppError;
+use crate::format::format_time;
+use crate::forms::{FieldError, FormError};
+
+/// What a test request got back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct InvokeResult {
+    pub status: u16,
+    pub variant: String,
+    pub content_type: String,
+    pub body: String,
+    pub millis: f64,
+}
+
+/// The server's invocation path, handed to server functions as context (the router
+/// lives in the server crate).
+#[cfg(feature = "ssr")]
+pub type InvokeFuture =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<InvokeResult, atelier_core::CoreError>> + Send>>;
+
+#[cfg(feature = "ssr")]
+#[derive(Clone)]
+pub struct Invoke(
+    #[allow(clippy::type_complexity)]
+    pub  std::sync::Arc<dyn Fn(atelier_core::authz::Principal, String, String, Vec<u8>) -> InvokeFuture + Send + Sync>,
+);
+
+/// An endpoint with its history.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointDetail {
+    pub endpoint: Endpoint,
+    pub events: Vec<EndpointEvent>,
+    pub may_update: bool,
+    pub may_invoke: bool,
+}
+
+#[server]
+pub async fn list_endpoints() -> Result<Vec<Endpoint>, AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    Ok(atelier_core::endpoints::list(&db, &p).await?)
+}
+
+#[server]
+pub async fn get_endpoint(name: String) -> Result<EndpointDetail, AppError> {
+    use atelier_core::authz::Action;
+    use atelier_core::endpoints;
+    let (db, p) = crate::context::db_and_principal()?;
+    let endpoint = endpoints::get(&db, &p, &name).await?;
+    let events = endpoints::events(&db, &p, &name).await?;
+    let resource = endpoints::resource(&name).created_by(endpoint.created_by.clone());
+    let may_update = p.can(Action::UpdateEndpoint, &resource);
+    let may_invoke = p.can(Action::InvokeEndpoint, &resource);
+    Ok(EndpointDetail { endpoint, events, may_update, may_invoke })
+}
+
+/// Approved versions the caller may deploy, as `group:version`, newest first.
+#[server]
+pub async fn deployable_versions() -> Result<Vec<String>, AppError> {
+    use atelier_core::models::{self, versions};
+    let (db, p) = crate::context::db_and_principal()?;
+    let mut out = Vec::new();
+    for g in models::list_groups(&db, &p).await? {
+        if g.approved_version.is_none() {
+            continue;
+        }
+        for v in versions::list(&db, &p, &g.name).await? {
+            if v.status == atelier_protocol::models::APPROVED {
+                out.push(format!("{}:{}", v.group, v.version));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn parse_model(model: &str) -> Result<(String, i64), AppError> {
+    model
+        .rsplit_once(':')
+        .and_then(|(g, v)| v.parse().ok().map(|v| (g.to_string(), v)))
+        .ok_or_else(|| invalid("model", "choose an approved model version"))
+}
+
+fn invalid(field: &str, message: &str) -> AppError {
+    AppError { kind: crate::error::ErrorKind::Invalid, message: message.into(), field: Some(field.into()) }
+}
+
+fn parse_count(field: &str, raw: &str, default: i64) -> Result<i64, AppError> {
+    match raw.trim() {
+        "" => Ok(default),
+        n => n.parse().map_err(|_| invalid(field, &format!("{field} must be a whole number"))),
+    }
+}
+
+#[server]
+pub async fn create_endpoint(
+    name: String,
+    model: String,
+    instance_count: String,
+    gpus: String,
+) -> Result<String, AppError> {
+    use atelier_protocol::endpoints::{NewEndpoint, VariantSpec};
+    let (db, p) = crate::context::db_and_principal()?;
+    let (group, version) = parse_model(&model)?;
+    let mut variant = VariantSpec::of(&group, version);
+    variant.instance_count = parse_count("instance_count", &instance_count, 1)?;
+    variant.gpus = parse_count("gpus", &gpus, 0)?;
+    let new = NewEndpoint { name, variants: vec![variant] };
+    let created = atelier_core::endpoints::create(&db, &p, &new).await?;
+    leptos_axum::redirect(&format!("/endpoints/{}", created.name));
+    Ok(created.name)
+}
+
+/// Deploys another version to the endpoint's first variant, keeping its size.
+#[server]
+pub async fn update_endpoint_model(name: String, model: String) -> Result<(), AppError> {
+    use atelier_protocol::endpoints::{EndpointConfig, VariantSpec};
+    let (db, p) = crate::context::db_and_principal()?;
+    let (group, version) = parse_model(&model)?;
+    let current = atelier_core::endpoints::get(&db, &p, &name).await?;
+    let mut variants: Vec<VariantSpec> = current
+        .variants
+        .iter()
+        .map(|v| VariantSpec {
+            name: v.name.clone(),
+            model_group: v.model_group.clone(),
+            model_version: v.model_version,
+            instance_count: v.instance_count,
+            weight: v.weight,
+            cpus: v.cpus,
+            memory_mb: v.memory_mb,
+            gpus: v.gpus,
+        })
+        .collect();
+    match variants.first_mut() {
+        Some(first) => {
+            first.model_group = group;
+            first.model_version = version;
+        }
+        None => variants.push(VariantSpec::of(&group, version)),
+    }
+    atelier_core::endpoints::update(&db, &p, &name, &EndpointConfig { variants }).await?;
+    Ok(())
+}
+
+#[server]
+pub async fn delete_endpoint(name: String) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    atelier_core::endpoints::delete(&db, &p, &name).await?;
+    leptos_axum::redirect("/endpoints");
+    Ok(())
+}
+
+/// Sends a test request through the same path as `POST /endpoints/{name}/invocations`.
+#[server]
+pub async fn test_invoke(name: String, content_type: String, body: String) -> Result<InvokeResult, AppError> {
+    use atelier_core::CoreError;
+    let p = crate::context::principal()?;
+    let invoke = use_context::<Invoke>()
+        .ok_or_else(|| AppError::new(crate::error::ErrorKind::Internal, "invocation context missing"))?;
+    match (invoke.0)(p, name, content_type, body.into_bytes()).await {
+        Ok(result) => Ok(result),
+        Err(e @ (CoreError::Forbidden(_) | CoreError::Unauthenticated(_) | CoreError::NotFound(_))) => Err(e.into()),
+        // The model's or the fleet's failures are the answer the user asked to see.
+        Err(e) => Ok(InvokeResult {
+            status: e.http_status(),
+            variant: String::new(),
+            content_type: "text/plain".into(),
+            body: e.to_string(),
+            millis: 0.0,
+        }),
+    }
+}
+
+/// The monitoring charts for the last `range_secs`, and the invocation total.
+#[server]
+pub async fn endpoint_charts(name: String, range_secs: i64) -> Result<(String, i64), AppError> {
+    use crate::charts::{line_chart, Series};
+    let (db, p) = crate::context::db_and_principal()?;
+    let range = range_secs.clamp(600, 31 * 86_400);
+    let now = atelier_core::now();
+    let m = atelier_core::endpoints::metrics::series(&db, &p, &name, "*", now - range, now + 60).await?;
+    let (unit, per) = if range <= 3 * 3600 { ("minutes", 60.0) } else { ("hours", 3600.0) };
+    let x = |at: i64| (at - now) as f64 / per;
+    let line = |label: &str, f: &dyn Fn(&atelier_protocol::endpoints::MetricPoint) -> Option<f64>| Series {
+        label: label.into(),
+        points: m.points.iter().filter_map(|pt| f(pt).map(|y| (x(pt.at), y))).collect(),
+    };
+    let per_step = format!("per {} s", m.step);
+    let x_desc = format!("{unit} from now");
+    let mut svg = line_chart(
+        &format!("Invocations ({per_step})"),
+        &x_desc,
+        "requests",
+        &[
+            line("invocations", &|p| Some(p.invocations as f64)),
+            line("4xx", &|p| Some(p.errors_4xx as f64)),
+            line("5xx", &|p| Some(p.errors_5xx as f64)),
+        ],
+        None,
+    );
+    svg.push_str(&line_chart(
+        "Latency",
+        &x_desc,
+        "milliseconds",
+        &[
+            line("model p50", &|p| p.model_p50_ms),
+            line("model p90", &|p| p.model_p90_ms),
+            line("model p99", &|p| p.model_p99_ms),
+            line("overhead p50", &|p| p.overhead_p50_ms),
+            line("overhead p99", &|p| p.overhead_p99_ms),
+        ],
+        None,
+    ));
+    svg.push_str(&line_chart(
+        "Healthy instances",
+        &x_desc,
+        "instances",
+        &[line("instances", &|p| Some(p.instances as f64))],
+        None,
+    ));
+    let total = m.points.iter().map(|p| p.invocations).sum();
+    Ok((svg, total))
+}
+
+fn status_class(status: &str) -> &'static str {
+    match status {
+        IN_SERVICE => "badge status-approved",
+        FAILED => "badge status-rejected",
+        _ => "badge status-pending",
+    }
+}
+
+/// Endpoints: what is deployed, and a form to deploy an approved version.
+#[component]
+pub fn EndpointsPage() -> impl IntoView {
+    let create = ServerAction::<CreateEndpoint>::new();
+    let list = Resource::new(|| (), |_| list_endpoints());
+    let me = expect_context::<crate::CurrentUser>();
+    view! {
+        <h1>"Endpoints"</h1>
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match list.await {
+                    Err(e) => view! { <p class="error">{e.message}</p> }.into_any(),
+                    Ok(l) if l.is_empty() => view! { <p class="muted">"No endpoints yet. Deploy an approved model version below."</p> }.into_any(),
+                    Ok(l) => view! {
+                        <table class="table" data-testid="endpoints">
+                            <thead><tr><th>"Endpoint"</th><th>"Status"</th><th>"Serving"</th><th>"Created by"</th><th>"Updated"</th></tr></thead>
+                            <tbody>
+                                {l.into_iter().map(|e| {
+                                    let serving = e.variants.iter()
+                                        .map(|v| format!("{} v{} ({}/{} healthy)", v.model_group, v.model_version, v.healthy, v.instance_count))
+                                        .collect::<Vec<_>>().join(", ");
+                                    view! {
+                                        <tr data-endpoint=e.name.clone()>
+                                            <td><a href=format!("/endpoints/{}", e.name)>{e.name.clone()}</a></td>
+                                            <td><span class=status_class(&e.status)>{e.status.clone()}</span></td>
+                                            <td>{serving}</td>
+                                            <td>{e.created_by.clone()}</td>
+                                            <td>{format_time(e.updated_at)}</td>
+                                        </tr>
+                                    }
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                    }.into_any(),
+                }
+            })}
+        </Transition>
+        <Transition fallback=|| ()>
+            {move || Suspend::new(async move {
+                let may = me.0.await.ok().is_some_and(|m| m.can.contains(&Can::CreateEndpoint));
+                may.then(|| view! { <NewEndpointForm create/> })
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn ModelSelect(id: &'static str) -> impl IntoView {
+    let versions = Resource::new(|| (), |_| deployable_versions());
+    view! {
+        <Transition fallback=move || view! { <select id=id name="model" disabled=true></select> }>
+            {move || Suspend::new(async move {
+                let list = versions.await.unwrap_or_default();
+                if list.is_empty() {
+                    return view! { <p class="muted" data-testid="no-approved">"No approved model versions yet: a reviewer approves versions in Approvals."</p> }.into_any();
+                }
+                view! {
+                    <select id=id name="model" required=true>
+                        {list.into_iter().map(|m| {
+                            let label = m.replacen(':', " v", 1);
+                            view! { <option value=m>{label}</option> }
+                        }).collect_view()}
+                    </select>
+                }.into_any()
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn NewEndpointForm(create: ServerAction<CreateEndpoint>) -> impl IntoView {
+    let error = Signal::derive(move || create.value().get().and_then(Result::err));
+    view! {
+        <ActionForm action=create attr:class="card form" attr:data-testid="new-endpoint">
+            <h2>"Deploy a model"</h2>
+            <label for="endpoint-name">"Endpoint name"</label>
+            <input id="endpoint-name" name="name" type="text" required maxlength="63" pattern="[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"/>
+            <FieldError error field="name"/>
+            <label for="endpoint-model">"Approved model version"</label>
+            <ModelSelect id="endpoint-model"/>
+            <FieldError error field="variants.model_version"/>
+            <label for="endpoint-instances">"Instances"</label>
+            <input id="endpoint-instances" name="instance_count" type="number" min="1" max="20" value="1"/>
+            <FieldError error field="variants.instance_count"/>
+            <label for="endpoint-gpus">"GPUs per instance"</label>
+            <input id="endpoint-gpus" name="gpus" type="number" min="0" max="16" value="0"/>
+            <FieldError error field="variants.gpus"/>
+            <FormError error/>
+            <button type="submit" class="primary">"Create endpoint"</button>
+        </ActionForm>
+    }
+}
+
+/// One endpoint.
+#[component]
+pub fn EndpointPage() -> impl IntoView {
+    let params = use_params_map();
+    let name = move || params.read().get("name").unwrap_or_default();
+    let update = ServerAction::<UpdateEndpointModel>::new();
+    let tick = RwSignal::new(0u32);
+    let range = RwSignal::new(3600i64);
+    let detail = Resource::new(move || (name(), update.version().get(), tick.get()), |(n, _, _)| get_endpoint(n));
+    let charts = Resource::new(move || (name(), range.get(), tick.get()), |(n, r, _)| endpoint_charts(n, r));
+    Effect::new(move |_| {
+        let handle = set_interval_with_handle(move || tick.update(|t| *t += 1), std::time::Duration::from_secs(3));
+        on_cleanup(move || {
+            if let Ok(h) = handle {
+                h.clear();
+            }
+        });
+    });
+    let update_error = Signal::derive(move || update.value().get().and_then(Result::err));
+    view! {
+        <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
+            {move || Suspend::new(async move {
+                match detail.await {
+                    Err(e) => view! { <p class="error">{e.message}</p> }.into_any(),
+                    Ok(d) => view! { <EndpointSummary detail=d update update_error/> }.into_any(),
+                }
+            })}
+        </Transition>
+        <h2>"Test request"</h2>
+        <TestRequest name=Signal::derive(name)/>
+        <h2>"Monitoring"</h2>
+        <div class="actions">
+            <label for="metrics-range">"Range"</label>
+            <select id="metrics-range" on:change=move |ev| {
+                if let Ok(v) = event_target_value(&ev).parse() { range.set(v) }
+            }>
+                <option value="3600">"Last hour"</option>
+                <option value="86400">"Last day"</option>
+                <option value="604800">"Last week"</option>
+            </select>
+        </div>
+        <Transition fallback=|| ()>
+            {move || Suspend::new(async move {
+                match charts.await {
+                    Ok((svg, total)) => view! {
+                        <p>"Invocations in range: " <strong data-testid="invocation-total">{total}</strong></p>
+                        <div class="chart" data-testid="endpoint-charts" inner_html=svg></div>
+                    }.into_any(),
+                    Err(e) => view! { <p class="error">{e.message}</p> }.into_any(),
+                }
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn EndpointSummary(
+    detail: EndpointDetail,
+    update: ServerAction<UpdateEndpointModel>,
+    update_error: Signal<Option<AppError>>,
+) -> impl IntoView {
+    let e = detail.endpoint;
+    let variant_rows = |variants: &[atelier_protocol::endpoints::Variant]| {
+        variants
+            .iter()
+            .map(|v| {
+                view! {
+                    <tr data-variant=v.name.clone()>
+                        <td>{v.name.clone()}</td>
+                        <td><a href=format!("/models/{}/versions/{}", v.model_group, v.model_version)>{format!("{} v{}", v.model_group, v.model_version)}</a></td>
+                        <td>{v.weight}</td>
+                        <td data-testid="healthy">{format!("{}/{}", v.healthy, v.instance_count)}</td>
+                        <td>{format!("{} CPU, {} MB, {} GPU", v.cpus, v.memory_mb, v.gpus)}</td>
+                    </tr>
+                }
+            })
+            .collect_view()
+    };
+    let current = variant_rows(&e.variants);
+    let pending = (!e.pending_variants.is_empty()).then(|| {
+        let rows = variant_rows(&e.pending_variants);
+        view! {
+            <h3>"Being deployed (configuration " {e.generation} ")"</h3>
+            <p class="muted">"Traffic moves once every new instance is healthy."</p>
+            <table class="table"><tbody>{rows}</tbody></table>
+        }
+    });
+    let instances = e
+        .instances
+        .iter()
+        .map(|i| {
+            view! {
+                <tr>
+                    <td><code>{i.id.chars().rev().take(8).collect::<Vec<_>>().into_iter().rev().collect::<String>()}</code></td>
+                    <td>{format!("{} (config {})", i.variant, i.generation)}</td>
+                    <td>{i.node.clone().unwrap_or_else(|| "—".into())}</td>
+                    <td data-testid="instance-state">{i.state.clone()}</td>
+                    <td>{i.message.clone()}</td>
+                </tr>
+            }
+        })
+        .collect_view();
+    let events = detail
+        .events
+        .iter()
+        .take(20)
+        .map(|ev| view! { <li><span class="muted">{format_time(ev.at_ms / 1000)}</span> " " {ev.message.clone()}</li> })
+        .collect_view();
+    let (name, name2) = (e.name.clone(), e.name.clone());
+    let delete = ServerAction::<DeleteEndpoint>::new();
+    view! {
+        <h1>{e.name.clone()}</h1>
+        <p>
+            <span class=status_class(&e.status) data-testid="endpoint-status">{e.status.clone()}</span>
+            " "
+            <span data-testid="endpoint-reason">{e.reason.clone()}</span>
+        </p>
+        <dl class="facts">
+            <dt>"Invocation URL"</dt><dd><code>{format!("POST /endpoints/{}/invocations", e.name)}</code></dd>
+            <dt>"Created"</dt><dd>{format_time(e.created_at)} " by " {e.created_by.clone()}</dd>
+        </dl>
+        <h2>"Variants"</h2>
+        <table class="table" data-testid="variants">
+            <thead><tr><th>"Variant"</th><th>"Model version"</th><th>"Weight"</th><th>"Healthy"</th><th>"Resources"</th></tr></thead>
+            <tbody>{current}</tbody>
+        </table>
+        {pending}
+        <h2>"Instances"</h2>
+        <table class="table" data-testid="instances">
+            <thead><tr><th>"Instance"</th><th>"Variant"</th><th>"Node"</th><th>"State"</th><th>"Message"</th></tr></thead>
+            <tbody>{instances}</tbody>
+        </table>
+        {detail.may_update.then(move || view! {
+            <ActionForm action=update attr:class="card form" attr:data-testid="update-endpoint">
+                <h2>"Deploy another version"</h2>
+                <input type="hidden" name="name" value=name/>
+                <label for="update-model">"Approved model version"</label>
+                <ModelSelect id="update-model"/>
+                <FormError error=update_error/>
+                <button type="submit">"Deploy (blue/green)"</button>
+            </ActionForm>
+            <ActionForm action=delete attr:class="inline-form">
+                <input type="hidden" name="name" value=name2/>
+                <button type="submit" class="danger">"Delete endpoint"</button>
+            </ActionForm>
+        })}
+        <h2>"History"</h2>
+        <ul class="events" data-testid="endpoint-events">{events}</ul>
+    }
+    .into_any()
+}
+
+#[component]
+fn TestRequest(name: Signal<String>) -> impl IntoView {
+    let send = ServerAction::<TestInvoke>::new();
+    view! {
+        <ActionForm action=send attr:class="card form" attr:data-testid="test-request">
+            <input type="hidden" name="name" value=name/>
+            <label for="test-content-type">"Content type"</label>
+            <select id="test-content-type" name="content_type">
+                <option value="application/json">"application/json"</option>
+                <option value="text/csv">"text/csv"</option>
+                <option value="text/plain">"text/plain"</option>
+            </select>
+            <label for="test-body">"Body"</label>
+            <textarea id="test-body" name="body" rows="6" required=true>"{\"instances\": []}"</textarea>
+            <button type="submit" class="primary">"Send request"</button>
+        </ActionForm>
+        {move || send.value().get().map(|r| match r {
+            Err(e) => view! { <p class="error" data-testid="test-error">{e.message}</p> }.into_any(),
+            Ok(r) => view! {
+                <div class="card" data-testid="test-response">
+                    <p>
+                        "Status " <strong data-testid="test-status">{r.status}</strong>
+                        {(!r.variant.is_empty()).then(|| format!(" · variant {}", r.variant))}
+                        {format!(" · {:.1} ms · {}", r.millis, r.content_type)}
+                    </p>
+                    <pre data-testid="test-body-out">{r.body}</pre>
+                </div>
+            }.into_any(),
+        })}
+    }
+}

@@ -1,0 +1,85 @@
+-- Endpoints: variants serving approved model versions on compute nodes, their
+-- instances, lifecycle events and per-minute invocation metrics.
+
+CREATE TABLE endpoints (
+    id TEXT PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    -- Creating, InService, Updating, Failed
+    status TEXT NOT NULL,
+    reason TEXT NOT NULL DEFAULT '',
+    -- The configuration being deployed (its variants carry this number) ...
+    generation BIGINT NOT NULL,
+    -- ... and the one traffic goes to; NULL until a configuration first became healthy.
+    -- An update moves traffic only once every instance of the new one is healthy.
+    active_generation BIGINT,
+    created_by TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+
+CREATE TABLE endpoint_variants (
+    id TEXT PRIMARY KEY,
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    generation BIGINT NOT NULL,
+    name TEXT NOT NULL,
+    model_version_id TEXT NOT NULL REFERENCES model_versions(id),
+    instance_count BIGINT NOT NULL,
+    weight DOUBLE PRECISION NOT NULL,
+    cpus BIGINT NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    gpus BIGINT NOT NULL,
+    UNIQUE (endpoint_id, generation, name)
+);
+
+CREATE TABLE endpoint_instances (
+    id TEXT PRIMARY KEY,
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    variant_id TEXT NOT NULL REFERENCES endpoint_variants(id) ON DELETE CASCADE,
+    -- NULL until placed
+    node_id TEXT REFERENCES nodes(id) ON DELETE SET NULL,
+    cpus BIGINT NOT NULL,
+    memory_mb BIGINT NOT NULL,
+    gpu_indices TEXT NOT NULL DEFAULT '[]',
+    -- Pending, Starting, InService, Failed, Stopped
+    state TEXT NOT NULL,
+    -- Where the server sends invocations, once InService.
+    url TEXT,
+    message TEXT NOT NULL DEFAULT '',
+    created_at BIGINT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+CREATE INDEX endpoint_instances_node ON endpoint_instances (node_id, state);
+CREATE INDEX endpoint_instances_endpoint ON endpoint_instances (endpoint_id, state);
+
+CREATE TABLE endpoint_events (
+    id TEXT PRIMARY KEY,
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    at_ms BIGINT NOT NULL,
+    message TEXT NOT NULL
+);
+CREATE INDEX endpoint_events_endpoint ON endpoint_events (endpoint_id, at_ms);
+
+-- Per endpoint, variant and minute (seconds since the epoch, a multiple of 60). Each
+-- server replica adds its counts; the instance count is a gauge the reconciler sets.
+CREATE TABLE endpoint_metrics (
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    variant TEXT NOT NULL,
+    minute BIGINT NOT NULL,
+    invocations BIGINT NOT NULL DEFAULT 0,
+    errors_4xx BIGINT NOT NULL DEFAULT 0,
+    errors_5xx BIGINT NOT NULL DEFAULT 0,
+    instances BIGINT NOT NULL DEFAULT 0,
+    PRIMARY KEY (endpoint_id, variant, minute)
+);
+
+-- Latency histograms for the same minutes: `kind` is model or overhead, `bucket` a
+-- log-scale bucket of microseconds (see atelier_core::endpoints::metrics).
+CREATE TABLE endpoint_latency (
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    variant TEXT NOT NULL,
+    minute BIGINT NOT NULL,
+    kind TEXT NOT NULL,
+    bucket BIGINT NOT NULL,
+    n BIGINT NOT NULL,
+    PRIMARY KEY (endpoint_id, variant, minute, kind, bucket)
+);

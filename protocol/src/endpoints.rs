@@ -1,0 +1,204 @@
+//! Endpoints as the REST API, the UI and scripts see them, and what the server tells
+//! agents about the model server instances they run.
+
+use serde::{Deserialize, Serialize};
+
+/// An endpoint's lifecycle.
+pub const CREATING: &str = "Creating";
+pub const IN_SERVICE: &str = "InService";
+pub const UPDATING: &str = "Updating";
+pub const FAILED: &str = "Failed";
+
+/// An instance's lifecycle: placed on no node yet, started by its agent, answering
+/// `/ping`, failed (replaced by the reconciler), or stopped.
+pub const INSTANCE_PENDING: &str = "Pending";
+pub const INSTANCE_STARTING: &str = "Starting";
+pub const INSTANCE_IN_SERVICE: &str = "InService";
+pub const INSTANCE_FAILED: &str = "Failed";
+pub const INSTANCE_STOPPED: &str = "Stopped";
+
+/// The response header naming the variant that answered (the request header
+/// `X-Atelier-Target-Variant` picks one).
+pub const VARIANT_HEADER: &str = "x-atelier-variant";
+pub const TARGET_VARIANT_HEADER: &str = "x-atelier-target-variant";
+
+/// One variant of an endpoint's configuration, as given to create or update it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantSpec {
+    /// Defaults to `primary` for the first variant, `variant-N` after.
+    #[serde(default)]
+    pub name: String,
+    pub model_group: String,
+    pub model_version: i64,
+    #[serde(default = "one")]
+    pub instance_count: i64,
+    /// Relative share of traffic (weights need not sum to 1).
+    #[serde(default = "one_f")]
+    pub weight: f64,
+    #[serde(default = "one")]
+    pub cpus: i64,
+    #[serde(default = "default_memory")]
+    pub memory_mb: i64,
+    #[serde(default)]
+    pub gpus: i64,
+}
+
+fn one() -> i64 {
+    1
+}
+fn one_f() -> f64 {
+    1.0
+}
+fn default_memory() -> i64 {
+    512
+}
+
+impl VariantSpec {
+    /// A single-instance CPU variant of a version.
+    pub fn of(group: &str, version: i64) -> VariantSpec {
+        VariantSpec {
+            name: String::new(),
+            model_group: group.into(),
+            model_version: version,
+            instance_count: 1,
+            weight: 1.0,
+            cpus: 1,
+            memory_mb: default_memory(),
+            gpus: 0,
+        }
+    }
+}
+
+/// `POST /api/v1/endpoints`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewEndpoint {
+    pub name: String,
+    pub variants: Vec<VariantSpec>,
+}
+
+/// `PUT /api/v1/endpoints/{name}`: the new configuration, deployed blue/green.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointConfig {
+    pub variants: Vec<VariantSpec>,
+}
+
+/// A variant as deployed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Variant {
+    pub name: String,
+    pub generation: i64,
+    pub model_group: String,
+    pub model_version: i64,
+    pub instance_count: i64,
+    pub weight: f64,
+    pub cpus: i64,
+    pub memory_mb: i64,
+    pub gpus: i64,
+    /// Instances answering health checks.
+    pub healthy: i64,
+}
+
+/// One model server process on a compute node.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    pub id: String,
+    pub variant: String,
+    pub generation: i64,
+    pub node: Option<String>,
+    pub gpus: Vec<u32>,
+    pub state: String,
+    pub message: String,
+    pub updated_at: i64,
+}
+
+/// An endpoint with the variants traffic goes to and those being deployed.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub name: String,
+    pub status: String,
+    /// Why it failed, or what the last update did.
+    pub reason: String,
+    pub generation: i64,
+    pub active_generation: Option<i64>,
+    /// Variants of the active configuration (the deploying one before the first).
+    pub variants: Vec<Variant>,
+    /// Variants of a configuration being deployed, when an update is under way.
+    pub pending_variants: Vec<Variant>,
+    pub instances: Vec<Instance>,
+    pub created_by: String,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// An entry of an endpoint's event history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndpointEvent {
+    pub at_ms: i64,
+    pub message: String,
+}
+
+/// One minute of one variant's (or, with variant `*`, the endpoint's) metrics.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricPoint {
+    /// Seconds since the epoch, the start of the minute (or of a longer bucket).
+    pub at: i64,
+    pub invocations: i64,
+    pub errors_4xx: i64,
+    pub errors_5xx: i64,
+    pub instances: i64,
+    /// Milliseconds, from the latency histograms; absent without invocations.
+    pub model_p50_ms: Option<f64>,
+    pub model_p90_ms: Option<f64>,
+    pub model_p99_ms: Option<f64>,
+    pub overhead_p50_ms: Option<f64>,
+    pub overhead_p99_ms: Option<f64>,
+}
+
+/// `GET /api/v1/endpoints/{name}/metrics`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EndpointMetrics {
+    pub from: i64,
+    pub to: i64,
+    /// Seconds per point (60 for up to a day, coarser for longer ranges).
+    pub step: i64,
+    pub variant: String,
+    pub points: Vec<MetricPoint>,
+}
+
+/// A model server the server wants an agent to run (all of them, in each heartbeat
+/// answer: an instance the agent runs that is not listed is stopped).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceOrder {
+    pub instance_id: String,
+    pub endpoint: String,
+    pub variant: String,
+    /// The version's artifact, fetched from `/agent/v1/instances/{id}/artifact`.
+    pub artifact_id: String,
+    pub artifact_sha256: String,
+    /// `atelier` (served by the agent's built-in model server) or `archive`.
+    pub format: String,
+    /// For `archive`: the command that starts the model server (run with `sh -c` in
+    /// the unpacked artifact, `PORT` and `SAGEMAKER_BIND_TO_PORT` set).
+    pub serving_command: String,
+    pub gpus: Vec<u32>,
+}
+
+/// An instance's state as its agent sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InstanceReport {
+    pub instance_id: String,
+    /// `Starting`, `InService` or `Failed`.
+    pub state: String,
+    /// Where the model server listens, once InService.
+    pub url: Option<String>,
+    pub message: String,
+}

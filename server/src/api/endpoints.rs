@@ -1,0 +1,144 @@
+//! `/api/v1/endpoints`: endpoints, their deployments, events and metrics, and
+//! invocations (also served at `/endpoints/{name}/invocations`).
+
+use atelier_core::endpoints::{self, metrics};
+use atelier_protocol::endpoints::{Endpoint, EndpointConfig, EndpointEvent, EndpointMetrics, NewEndpoint};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::Json;
+use serde::Deserialize;
+use utoipa::IntoParams;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::error::{ApiError, ErrorBody};
+use super::{ApiJson, Auth};
+use crate::state::AppState;
+
+/// Endpoints the caller may read.
+#[utoipa::path(get, path = "/api/v1/endpoints", tag = "endpoints",
+    responses((status = 200, body = Vec<Endpoint>), (status = 403, body = ErrorBody)))]
+pub async fn list_endpoints(State(state): State<AppState>, Auth(p): Auth) -> Result<Json<Vec<Endpoint>>, ApiError> {
+    Ok(Json(endpoints::list(&state.db, &p).await?))
+}
+
+/// Creates an endpoint and deploys its variants (each an Approved model version).
+#[utoipa::path(post, path = "/api/v1/endpoints", tag = "endpoints", request_body = NewEndpoint,
+    responses((status = 201, body = Endpoint), (status = 403, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_endpoint(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    ApiJson(body): ApiJson<NewEndpoint>,
+) -> Result<(StatusCode, Json<Endpoint>), ApiError> {
+    Ok((StatusCode::CREATED, Json(endpoints::create(&state.db, &p, &body).await?)))
+}
+
+/// One endpoint: status, variants, instances.
+#[utoipa::path(get, path = "/api/v1/endpoints/{name}", tag = "endpoints",
+    params(("name" = String, Path, description = "Endpoint name")),
+    responses((status = 200, body = Endpoint), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_endpoint(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+) -> Result<Json<Endpoint>, ApiError> {
+    Ok(Json(endpoints::get(&state.db, &p, &name).await?))
+}
+
+/// Deploys a new configuration blue/green: the current one serves until every new
+/// instance is healthy; if the new instances keep failing, the update is rolled back.
+#[utoipa::path(put, path = "/api/v1/endpoints/{name}", tag = "endpoints", request_body = EndpointConfig,
+    params(("name" = String, Path, description = "Endpoint name")),
+    responses((status = 200, body = Endpoint), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update_endpoint(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<EndpointConfig>,
+) -> Result<Json<Endpoint>, ApiError> {
+    Ok(Json(endpoints::update(&state.db, &p, &name, &body).await?))
+}
+
+/// Deletes an endpoint; its model servers are stopped.
+#[utoipa::path(delete, path = "/api/v1/endpoints/{name}", tag = "endpoints",
+    params(("name" = String, Path, description = "Endpoint name")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_endpoint(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    endpoints::delete(&state.db, &p, &name).await?;
+    state.invoker.forget(&name);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// An endpoint's history: deployments, instances failing and recovering, rollbacks.
+#[utoipa::path(get, path = "/api/v1/endpoints/{name}/events", tag = "endpoints",
+    params(("name" = String, Path, description = "Endpoint name")),
+    responses((status = 200, body = Vec<EndpointEvent>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn endpoint_events(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<EndpointEvent>>, ApiError> {
+    Ok(Json(endpoints::events(&state.db, &p, &name).await?))
+}
+
+/// The range of a metrics query.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct MetricsQuery {
+    /// Seconds since the epoch (default: an hour before `to`).
+    pub from: Option<i64>,
+    /// Seconds since the epoch (default: now).
+    pub to: Option<i64>,
+    /// A variant's name, or `*` (default) for the whole endpoint.
+    pub variant: Option<String>,
+}
+
+/// Invocations, 4xx and 5xx counts, instance counts and latency percentiles (model and
+/// overhead), per minute up to a day, in coarser steps beyond.
+#[utoipa::path(get, path = "/api/v1/endpoints/{name}/metrics", tag = "endpoints",
+    params(("name" = String, Path, description = "Endpoint name"), MetricsQuery),
+    responses((status = 200, body = EndpointMetrics), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn endpoint_metrics(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    Query(q): Query<MetricsQuery>,
+) -> Result<Json<EndpointMetrics>, ApiError> {
+    let to = q.to.unwrap_or_else(|| atelier_core::now() + 60);
+    let from = q.from.unwrap_or(to - 3600);
+    let variant = q.variant.as_deref().unwrap_or("*");
+    Ok(Json(metrics::series(&state.db, &p, &name, variant, from, to).await?))
+}
+
+/// Sends a request to the endpoint's model (JSON, CSV, an image: the content type is
+/// passed through) and answers with the model's response; `X-Atelier-Variant` names
+/// the variant that answered, `X-Atelier-Target-Variant` picks one. 503 when no
+/// instance is healthy, 504 when the model takes too long; the model's own 4xx pass
+/// through.
+#[utoipa::path(post, path = "/api/v1/endpoints/{name}/invocations", tag = "endpoints",
+    params(("name" = String, Path, description = "Endpoint name")),
+    request_body(content = String, description = "The payload, in the content type the model takes"),
+    responses((status = 200, description = "The model's answer"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 413, body = ErrorBody), (status = 503, body = ErrorBody), (status = 504, body = ErrorBody)))]
+pub async fn invoke_endpoint(
+    state: State<AppState>,
+    auth: Auth,
+    name: Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    crate::endpoints::invoke(state, auth, name, headers, body).await
+}
+
+pub fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_endpoints, create_endpoint))
+        .routes(routes!(get_endpoint, update_endpoint, delete_endpoint))
+        .routes(routes!(endpoint_events))
+        .routes(routes!(endpoint_metrics))
+        .routes(routes!(invoke_endpoint))
+}
