@@ -12,6 +12,11 @@ CREATE TABLE endpoints (
     -- ... and the one traffic goes to; NULL until a configuration first became healthy.
     -- An update moves traffic only once every instance of the new one is healthy.
     active_generation BIGINT,
+    -- Data capture: the share of invocations (0-100) whose request and response are
+    -- kept, up to a budget; once it is used, capture pauses (serving goes on).
+    capture_percent BIGINT NOT NULL DEFAULT 0,
+    capture_budget_mb BIGINT NOT NULL DEFAULT 1024,
+    capture_paused TEXT NOT NULL DEFAULT '',
     created_by TEXT NOT NULL,
     created_at BIGINT NOT NULL,
     updated_at BIGINT NOT NULL
@@ -83,3 +88,52 @@ CREATE TABLE endpoint_latency (
     n BIGINT NOT NULL,
     PRIMARY KEY (endpoint_id, variant, minute, kind, bucket)
 );
+
+-- Captured invocations: JSON Lines files in the artifact store, one per flush, named
+-- by endpoint and hour (capture/<endpoint>/<yyyy>/<mm>/<dd>/<hh>/<id>.jsonl).
+CREATE TABLE endpoint_captures (
+    id TEXT PRIMARY KEY,
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    artifact_id TEXT NOT NULL,
+    -- seconds since the epoch: the hour the records fall in, their first and last
+    hour BIGINT NOT NULL,
+    first_at BIGINT NOT NULL,
+    last_at BIGINT NOT NULL,
+    records BIGINT NOT NULL,
+    bytes BIGINT NOT NULL
+);
+CREATE INDEX endpoint_captures_endpoint ON endpoint_captures (endpoint_id, hour);
+
+-- Model Monitor: per endpoint, a baseline profiled from the served version's training
+-- data (JSON of atelier_protocol::monitor::Baseline), constraints and a schedule.
+CREATE TABLE monitor_schedules (
+    endpoint_id TEXT PRIMARY KEY REFERENCES endpoints(id) ON DELETE CASCADE,
+    -- hourly, daily or manual
+    frequency TEXT NOT NULL,
+    thresholds TEXT NOT NULL,
+    baseline TEXT NOT NULL,
+    constraints TEXT NOT NULL,
+    model_group TEXT NOT NULL,
+    model_version BIGINT NOT NULL,
+    last_run_at BIGINT,
+    next_run_at BIGINT,
+    created_by TEXT NOT NULL,
+    updated_at BIGINT NOT NULL
+);
+
+CREATE TABLE monitor_runs (
+    id TEXT PRIMARY KEY,
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    started_at BIGINT NOT NULL,
+    window_from BIGINT NOT NULL,
+    window_to BIGINT NOT NULL,
+    -- Completed, NoData or Failed
+    status TEXT NOT NULL,
+    message TEXT NOT NULL,
+    row_count BIGINT NOT NULL,
+    drifted BIGINT NOT NULL,
+    violations BIGINT NOT NULL,
+    -- JSON of atelier_protocol::monitor::Report ('' without one)
+    report TEXT NOT NULL
+);
+CREATE INDEX monitor_runs_endpoint ON monitor_runs (endpoint_id, started_at);

@@ -97,7 +97,8 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
         seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
         ((seed >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
     };
-    for _ in 0..300 {
+    // Enough rows that the baseline's range covers nearly all of the distribution.
+    for _ in 0..2000 {
         let (x1, x2) = (next(), next());
         csv.push_str(&format!("{x1:.4},{x2:.4},{}\n", if x1 + x2 > 0.0 { "yes" } else { "no" }));
     }
@@ -115,7 +116,11 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
 
     create_group(&app, &token, "side").await;
     let v1 = register(&app, &token, "side", json!({"training_job": "side"})).await;
-    let new = json!({"name": "side", "variants": [{"model_group": "side", "model_version": v1}]});
+    let new = json!({
+        "name": "side",
+        "variants": [{"model_group": "side", "model_version": v1}],
+        "data_capture": {"percent": 100},
+    });
 
     // A version not yet approved cannot be deployed.
     let r = app.call(Method::POST, "/api/v1/endpoints", Auth::Bearer(&token), Some(new.clone())).await;
@@ -164,6 +169,28 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
     let r = invoke(&app, &lena, "side", "application/json", "{}").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
 
+    // The same model through the Open Inference Protocol v2.
+    let r = app.call(Method::GET, "/v2/health/ready", Auth::None, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let infer = json!({"id": "q1", "inputs": [
+        {"name": "x1", "shape": [2], "datatype": "FP64", "data": [0.8, -0.9]},
+        {"name": "x2", "shape": [2], "datatype": "FP64", "data": [0.7, -0.6]},
+    ]});
+    let r = app.call(Method::POST, "/v2/models/side/infer", Auth::Bearer(&token), Some(infer)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let v2 = r.json();
+    assert_eq!((v2["model_name"].as_str(), v2["id"].as_str()), (Some("side"), Some("q1")), "{v2}");
+    let label = v2["outputs"].as_array().and_then(|o| o.iter().find(|o| o["name"] == "label")).cloned();
+    assert_eq!(label.map(|l| l["data"].clone()), Some(json!(["yes", "no"])), "{v2}");
+    let bad = json!({"inputs": [{"name": "x", "shape": [2, 2], "datatype": "FP64", "data": [1, 2, 3, 4]}]});
+    let r = app.call(Method::POST, "/v2/models/side/infer", Auth::Bearer(&token), Some(bad)).await;
+    assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
+    assert!(r.json()["error"].as_str().is_some_and(|e| e.contains("not a column")), "{}", r.text());
+    let r = app.call(Method::GET, "/v2/models/side/ready", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = app.call(Method::GET, "/v2/models/side", Auth::Bearer(&lena), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+
     // Metrics count what happened, with latency percentiles.
     app.state.invoker.recorder.flush(&app.state.db).await.expect("flush");
     let r = app.call(Method::GET, "/api/v1/endpoints/side/metrics", Auth::Bearer(&token), None).await;
@@ -171,8 +198,122 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
     let points = r.json()["points"].as_array().cloned().unwrap_or_default();
     let total: i64 = points.iter().filter_map(|p| p["invocations"].as_i64()).sum();
     let bad: i64 = points.iter().filter_map(|p| p["errors_4xx"].as_i64()).sum();
-    assert_eq!((total, bad), (3, 1), "{}", r.text());
+    assert_eq!((total, bad), (4, 1), "{}", r.text());
     assert!(points.iter().any(|p| p["model_p99_ms"].as_f64().is_some_and(|ms| ms > 0.0)), "{}", r.text());
+
+    // Every invocation was captured, in SageMaker's record format.
+    app.state.invoker.flush_captures(&app.state).await;
+    let r = app.call(Method::GET, "/api/v1/endpoints/side/captures", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let files = r.json();
+    assert_eq!(
+        files.as_array().map(|f| f.iter().filter_map(|f| f["records"].as_i64()).sum::<i64>()),
+        Some(4),
+        "{files}"
+    );
+    let id = files[0]["artifact_id"].as_str().expect("artifact id");
+    let r = app
+        .call(Method::GET, &format!("/api/v1/endpoints/side/captures/{id}/content"), Auth::Bearer(&token), None)
+        .await;
+    let first: Value = serde_json::from_str(r.text().lines().next().unwrap_or_default()).expect("a JSON line");
+    assert_eq!(first["captureData"]["endpointInput"]["encoding"], "JSON", "{first}");
+    assert!(
+        first["captureData"]["endpointOutput"]["data"].as_str().is_some_and(|d| d.contains("predictions")),
+        "{first}"
+    );
+    // Another user's token cannot read them through the artifacts API.
+    let r = app.call(Method::GET, &format!("/api/v1/artifacts/{id}/content"), Auth::Bearer(&lena), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+
+    // The model monitor profiles the training data (without the label) ...
+    let r = app
+        .call(Method::PUT, "/api/v1/endpoints/side/monitor", Auth::Bearer(&token), Some(json!({"frequency": "manual"})))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let monitor = r.json();
+    assert_eq!(monitor["baseline"]["rows"], 2000, "{monitor}");
+    let names: Vec<&str> = monitor["baseline"]["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .filter_map(|f| f["name"].as_str())
+        .collect();
+    assert_eq!(names, ["x1", "x2"]);
+    // ... finds no drift in inputs like the training data ...
+    let batch = |shift: f64, seed: u64| {
+        let mut seed = seed;
+        let rows: Vec<Value> = (0..1000)
+            .map(|_| {
+                let mut next = || {
+                    seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                    ((seed >> 33) as f64 / (1u64 << 31) as f64) * 2.0 - 1.0
+                };
+                json!({"x1": next() + shift, "x2": next()})
+            })
+            .collect();
+        json!({"instances": rows}).to_string()
+    };
+    let r = invoke(&app, &token, "side", "application/json", &batch(0.0, 99)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    app.state.invoker.flush_captures(&app.state).await;
+    let r = app.call(Method::POST, "/api/v1/endpoints/side/monitor/runs", Auth::Bearer(&token), Some(json!({}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let run = r.json();
+    assert_eq!(
+        (run["status"].as_str(), run["rows"].as_i64(), run["drifted"].as_i64()),
+        (Some("Completed"), Some(1005), Some(0)),
+        "{run:#}"
+    );
+    assert_eq!(run["violations"], 0, "{run:#}");
+    // ... and drift in x1 once its inputs are shifted.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let shifted_from = atelier_core::now();
+    let r = invoke(&app, &token, "side", "application/json", &batch(1.5, 7)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    app.state.invoker.flush_captures(&app.state).await;
+    let body = json!({"from": shifted_from});
+    let run =
+        app.call(Method::POST, "/api/v1/endpoints/side/monitor/runs", Auth::Bearer(&token), Some(body)).await.json();
+    assert_eq!((run["rows"].as_i64(), run["drifted"].as_i64()), (Some(1000), Some(1)), "{run:#}");
+    let report = &run["report"];
+    assert_eq!(report["features"][0]["name"], "x1");
+    assert_eq!(report["features"][0]["drifted"], true, "{report:#}");
+    assert_eq!(report["features"][1]["drifted"], false, "{report:#}");
+    assert!(
+        report["violations"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|v| v["kind"] == "out_of_range" && v["feature"] == "x1")),
+        "{report:#}"
+    );
+    let r = app.call(Method::GET, "/api/v1/endpoints/side/monitor/runs", Auth::Bearer(&token), None).await;
+    assert_eq!(r.json().as_array().map(Vec::len), Some(2));
+
+    // Capture stops at its budget; serving does not.
+    let r = app
+        .call(
+            Method::PUT,
+            "/api/v1/endpoints/side/data-capture",
+            Auth::Bearer(&token),
+            Some(json!({"percent": 100, "budget_mb": 1})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let big = format!("x1,x2\n{}", "0.25,0.5\n".repeat(130_000));
+    let r = invoke(&app, &token, "side", "text/csv", &big).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", &r.text()[..200.min(r.text().len())]);
+    app.state.invoker.flush_captures(&app.state).await;
+    let e = endpoint(&app, &token, "side").await;
+    assert!(e["data_capture"]["paused"].as_str().is_some_and(|p| p.contains("budget")), "{:#}", e["data_capture"]);
+    let records = e["data_capture"]["records"].as_i64();
+    let r = invoke(&app, &token, "side", "text/csv", "x1,x2\n0.1,0.1\n").await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    app.state.invoker.flush_captures(&app.state).await;
+    assert_eq!(
+        endpoint(&app, &token, "side").await["data_capture"]["records"].as_i64(),
+        records,
+        "nothing more is captured"
+    );
 
     // A served version cannot be deleted.
     let r =

@@ -21,6 +21,12 @@ pub fn db() -> Result<Db, AppError> {
 }
 
 /// The authenticated principal, or an `Unauthenticated` error.
+/// The artifact store.
+pub fn artifacts() -> Result<atelier_core::artifacts::ArtifactStore, AppError> {
+    use_context::<atelier_core::artifacts::ArtifactStore>()
+        .ok_or_else(|| AppError::new(ErrorKind::Internal, "artifact store context missing"))
+}
+
 pub fn principal() -> Result<Principal, AppError> {
     parts()?
         .extensions

@@ -113,7 +113,7 @@ pub async fn create_endpoint(
     let mut variant = VariantSpec::of(&group, version);
     variant.instance_count = parse_count("instance_count", &instance_count, 1)?;
     variant.gpus = parse_count("gpus", &gpus, 0)?;
-    let new = NewEndpoint { name, variants: vec![variant] };
+    let new = NewEndpoint { name, variants: vec![variant], data_capture: None };
     let created = atelier_core::endpoints::create(&db, &p, &new).await?;
     leptos_axum::redirect(&format!("/endpoints/{}", created.name));
     Ok(created.name)
@@ -154,7 +154,8 @@ pub async fn update_endpoint_model(name: String, model: String) -> Result<(), Ap
 #[server]
 pub async fn delete_endpoint(name: String) -> Result<(), AppError> {
     let (db, p) = crate::context::db_and_principal()?;
-    atelier_core::endpoints::delete(&db, &p, &name).await?;
+    let store = crate::context::artifacts()?;
+    atelier_core::endpoints::delete(&db, &store, &p, &name).await?;
     leptos_axum::redirect("/endpoints");
     Ok(())
 }
@@ -362,6 +363,8 @@ pub fn EndpointPage() -> impl IntoView {
         </Transition>
         <h2>"Test request"</h2>
         <TestRequest name=Signal::derive(name)/>
+        <h2>"Data capture and model monitor"</h2>
+        <MonitorSection name=Signal::derive(name) tick/>
         <h2>"Monitoring"</h2>
         <div class="actions">
             <label for="metrics-range">"Range"</label>
@@ -452,6 +455,8 @@ fn EndpointSummary(
         <dl class="facts">
             <dt>"Invocation URL"</dt><dd><code>{format!("POST /endpoints/{}/invocations", e.name)}</code></dd>
             <dt>"Created"</dt><dd>{format_time(e.created_at)} " by " {e.created_by.clone()}</dd>
+            <dt>"Data capture"</dt>
+            <dd data-testid="capture-status">{capture_summary(&e.data_capture)}</dd>
         </dl>
         <h2>"Variants"</h2>
         <table class="table" data-testid="variants">
@@ -484,6 +489,15 @@ fn EndpointSummary(
     .into_any()
 }
 
+fn capture_summary(c: &atelier_protocol::endpoints::DataCaptureStatus) -> String {
+    let used = format!("{} records, {:.1} of {} MB", c.records, c.used_bytes as f64 / 1_048_576.0, c.budget_mb);
+    match (&c.paused, c.percent) {
+        (Some(reason), _) => format!("{reason} ({used})"),
+        (None, 0) => format!("off ({used})"),
+        (None, p) => format!("{p}% of invocations ({used})"),
+    }
+}
+
 #[component]
 fn TestRequest(name: Signal<String>) -> impl IntoView {
     let send = ServerAction::<TestInvoke>::new();
@@ -513,5 +527,213 @@ fn TestRequest(name: Signal<String>) -> impl IntoView {
                 </div>
             }.into_any(),
         })}
+    }
+}
+
+/// An endpoint's model monitor with its latest runs and the charts of the newest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MonitorDetail {
+    pub monitor: Option<atelier_protocol::monitor::Monitor>,
+    pub runs: Vec<atelier_protocol::monitor::MonitorRun>,
+    /// The newest run, with its report.
+    pub latest: Option<atelier_protocol::monitor::MonitorRun>,
+    /// Baseline against current distributions of the latest run's features (SVG).
+    pub charts: String,
+    pub may_update: bool,
+}
+
+#[server]
+pub async fn set_data_capture(name: String, percent: String, budget_mb: String) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    let dc = atelier_protocol::endpoints::DataCapture {
+        percent: parse_count("data_capture.percent", &percent, 0)?,
+        budget_mb: parse_count("data_capture.budget_mb", &budget_mb, 1024)?,
+    };
+    atelier_core::endpoints::capture::configure(&db, &p, &name, &dc).await?;
+    Ok(())
+}
+
+#[server]
+pub async fn get_monitor(name: String) -> Result<MonitorDetail, AppError> {
+    use atelier_core::authz::Action;
+    use atelier_core::monitor::runs;
+    let (db, p) = crate::context::db_and_principal()?;
+    let monitor = runs::get(&db, &p, &name).await?;
+    let list = runs::runs(&db, &p, &name).await?;
+    let latest = match list.first() {
+        Some(r) => Some(runs::run(&db, &p, &name, &r.id).await?),
+        None => None,
+    };
+    let mut charts = String::new();
+    if let Some(report) = latest.as_ref().and_then(|r| r.report.as_ref()) {
+        // Drifted features first; at most six charts.
+        let mut features: Vec<_> = report.features.iter().collect();
+        features.sort_by_key(|f| !f.drifted);
+        for f in features.into_iter().take(6) {
+            let labels: Vec<String> = f.baseline_distribution.iter().map(|(l, _)| l.clone()).collect();
+            let share = |d: &[(String, f64)]| d.iter().map(|(_, v)| v * 100.0).collect::<Vec<f64>>();
+            let title = format!("{}{}", f.name, if f.drifted { " (drifted)" } else { "" });
+            charts.push_str(&crate::charts::bar_chart(
+                &title,
+                "% of values",
+                &labels,
+                &[
+                    ("baseline".into(), share(&f.baseline_distribution)),
+                    ("captured".into(), share(&f.current_distribution)),
+                ],
+                None,
+            ));
+        }
+    }
+    let endpoint = atelier_core::endpoints::get(&db, &p, &name).await?;
+    let may_update = p
+        .can(Action::UpdateEndpoint, &atelier_core::endpoints::resource(&name).created_by(endpoint.created_by.clone()));
+    Ok(MonitorDetail { monitor, runs: list, latest, charts, may_update })
+}
+
+#[server]
+pub async fn setup_monitor(name: String, frequency: String) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    let store = crate::context::artifacts()?;
+    let config = atelier_protocol::monitor::MonitorConfig { frequency, thresholds: Default::default() };
+    atelier_core::monitor::runs::configure(&db, &store, &p, &name, &config).await?;
+    Ok(())
+}
+
+#[server]
+pub async fn run_monitor(name: String) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    let store = crate::context::artifacts()?;
+    atelier_core::monitor::runs::run_now(&db, &store, &p, &name, None, None).await?;
+    Ok(())
+}
+
+fn number(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.3}")).unwrap_or_else(|| "—".into())
+}
+
+/// Data capture settings and the model monitor of one endpoint.
+#[component]
+fn MonitorSection(name: Signal<String>, tick: RwSignal<u32>) -> impl IntoView {
+    let capture = ServerAction::<SetDataCapture>::new();
+    let setup = ServerAction::<SetupMonitor>::new();
+    let run = ServerAction::<RunMonitor>::new();
+    let detail = Resource::new(
+        move || (name.get(), setup.version().get(), run.version().get(), tick.get() / 5),
+        |(n, _, _, _)| get_monitor(n),
+    );
+    let errors = Signal::derive(move || {
+        capture
+            .value()
+            .get()
+            .and_then(Result::err)
+            .or_else(|| setup.value().get().and_then(Result::err))
+            .or_else(|| run.value().get().and_then(Result::err))
+    });
+    view! {
+        <Transition fallback=|| ()>
+            {move || Suspend::new(async move {
+                let d = match detail.await {
+                    Ok(d) => d,
+                    Err(e) => return view! { <p class="error">{e.message}</p> }.into_any(),
+                };
+                let forms = d.may_update.then(|| view! {
+                    <div class="actions">
+                        <ActionForm action=capture attr:class="inline-form" attr:data-testid="capture-form">
+                            <input type="hidden" name="name" value=name.get_untracked()/>
+                            <label for="capture-percent">"Capture %"</label>
+                            <input id="capture-percent" name="percent" type="number" min="0" max="100" value="100"/>
+                            <label for="capture-budget">"Budget (MB)"</label>
+                            <input id="capture-budget" name="budget_mb" type="number" min="1" value="1024"/>
+                            <button type="submit">"Set data capture"</button>
+                        </ActionForm>
+                        <ActionForm action=setup attr:class="inline-form" attr:data-testid="monitor-form">
+                            <input type="hidden" name="name" value=name.get_untracked()/>
+                            <label for="monitor-frequency">"Runs"</label>
+                            <select id="monitor-frequency" name="frequency">
+                                <option value="hourly">"hourly"</option>
+                                <option value="daily">"daily"</option>
+                                <option value="manual">"on demand"</option>
+                            </select>
+                            <button type="submit">"Set up model monitor"</button>
+                        </ActionForm>
+                        {d.monitor.is_some().then(|| view! {
+                            <ActionForm action=run attr:class="inline-form">
+                                <input type="hidden" name="name" value=name.get_untracked()/>
+                                <button type="submit" class="primary">"Run monitor now"</button>
+                            </ActionForm>
+                        })}
+                    </div>
+                });
+                let baseline = d.monitor.as_ref().map(|m| {
+                    let rows = m.baseline.features.iter().map(|f| view! {
+                        <tr>
+                            <td>{f.name.clone()}</td>
+                            <td>{format!("{:?}", f.kind).to_lowercase()}</td>
+                            <td>{format!("{:.1}%", f.completeness * 100.0)}</td>
+                            <td>{number(f.min)}</td>
+                            <td>{number(f.max)}</td>
+                            <td>{number(f.mean)}</td>
+                            <td>{number(f.std)}</td>
+                            <td>{f.categories.len()}</td>
+                        </tr>
+                    }).collect_view();
+                    view! {
+                        <p>
+                            {format!("Baseline: {} rows of the training data of {} v{}; runs {}",
+                                m.baseline.rows, m.model_group, m.model_version, m.frequency)}
+                            {format!(" (drift thresholds: PSI {}, KS {}, Jensen–Shannon {})",
+                                m.thresholds.psi, m.thresholds.ks, m.thresholds.js)}
+                        </p>
+                        <table class="table" data-testid="baseline">
+                            <thead><tr><th>"Feature"</th><th>"Type"</th><th>"Complete"</th><th>"Min"</th><th>"Max"</th><th>"Mean"</th><th>"Std"</th><th>"Categories"</th></tr></thead>
+                            <tbody>{rows}</tbody>
+                        </table>
+                    }
+                });
+                let runs = d.runs.iter().take(10).map(|r| view! {
+                    <tr>
+                        <td>{format_time(r.started_at)}</td>
+                        <td>{r.status.clone()}</td>
+                        <td>{r.rows}</td>
+                        <td>{r.drifted}</td>
+                        <td>{r.violations}</td>
+                        <td>{r.message.clone()}</td>
+                    </tr>
+                }).collect_view();
+                let report = d.latest.as_ref().and_then(|r| r.report.clone()).map(|report| {
+                    let features = report.features.iter().map(|f| view! {
+                        <tr data-feature=f.name.clone()>
+                            <td>{f.name.clone()}</td>
+                            <td>{number(f.psi)}</td>
+                            <td>{number(f.ks)}</td>
+                            <td>{number(f.js)}</td>
+                            <td data-testid="drifted">{if f.drifted { "drifted" } else { "ok" }}</td>
+                        </tr>
+                    }).collect_view();
+                    let violations = report.violations.iter().map(|v| view! { <li>{v.message.clone()}</li> }).collect_view();
+                    view! {
+                        <h3>"Latest report"</h3>
+                        <table class="table" data-testid="drift-report">
+                            <thead><tr><th>"Feature"</th><th>"PSI"</th><th>"KS"</th><th>"Jensen–Shannon"</th><th>"Drift"</th></tr></thead>
+                            <tbody>{features}</tbody>
+                        </table>
+                        <ul class="events" data-testid="violations">{violations}</ul>
+                    }
+                });
+                view! {
+                    {forms}
+                    {baseline}
+                    <h3>"Runs"</h3>
+                    <table class="table" data-testid="monitor-runs">
+                        <thead><tr><th>"Started"</th><th>"Status"</th><th>"Rows"</th><th>"Drifted"</th><th>"Violations"</th><th>"Summary"</th></tr></thead>
+                        <tbody>{runs}</tbody>
+                    </table>
+                    {report}
+                    <div class="chart" inner_html=d.charts></div>
+                }.into_any()
+            })}
+        </Transition>
+        <FormError error=errors/>
     }
 }

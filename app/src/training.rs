@@ -292,8 +292,7 @@ pub struct WorkSignal(pub std::sync::Arc<dyn Fn() + Send + Sync>);
 pub async fn create_training_job(data: MultipartData) -> Result<String, AppError> {
     use crate::error::ErrorKind;
     let (db, p) = crate::context::db_and_principal()?;
-    let store = use_context::<atelier_core::artifacts::ArtifactStore>()
-        .ok_or_else(|| AppError::new(ErrorKind::Internal, "artifact store missing"))?;
+    let store = crate::context::artifacts()?;
     let max = use_context::<UploadLimit>().map(|l| l.0).unwrap_or(u64::MAX);
     let mut multipart = data.into_inner().ok_or_else(|| AppError::new(ErrorKind::Internal, "no form data"))?;
     let mut fields: BTreeMap<String, String> = BTreeMap::new();

@@ -16,6 +16,7 @@ pub mod error;
 pub mod iam;
 pub mod labeling;
 pub mod models;
+pub mod monitor;
 pub mod sessions;
 pub mod throttle;
 pub mod tokens;

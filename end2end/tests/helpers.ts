@@ -1,4 +1,4 @@
-import { expect, type Page } from '@playwright/test';
+import { expect, type Browser, type Page } from '@playwright/test';
 
 export const ADMIN_PASSWORD = process.env.ATELIER_ADMIN_PASSWORD ?? 'e2e-admin-password';
 
@@ -16,4 +16,32 @@ export async function signIn(page: Page, username: string, password: string) {
   await page.getByRole('button', { name: 'Sign in' }).click();
   await expect(page).toHaveURL(/\/$/);
   await hydrated(page);
+}
+
+/** Two clusters a straight line separates (x1 + x2 > 0), for a quick built-in tabular job. */
+export function clusters(rows: number, seed = 7, labels: [string, string] = ['up', 'down']): string {
+  const next = () => {
+    seed = (seed * 1103515245 + 12345) % 2147483648;
+    return (seed / 2147483648) * 2 - 1;
+  };
+  const lines = ['x1,x2,label'];
+  for (let i = 0; i < rows; i++) {
+    const x1 = next();
+    const x2 = next();
+    lines.push(`${x1.toFixed(4)},${x2.toFixed(4)},${x1 + x2 > 0 ? labels[0] : labels[1]}`);
+  }
+  return lines.join('\n') + '\n';
+}
+
+/** The JSON body of a successful API response (fails the test with the body otherwise). */
+export async function ok(response: Awaited<ReturnType<Page['request']['post']>>) {
+  expect(response.ok(), await response.text()).toBeTruthy();
+  return response.json();
+}
+
+/** A page of its own browser context, signed in as `username`. */
+export async function userPage(browser: Browser, username: string, password: string): Promise<Page> {
+  const page = await (await browser.newContext()).newPage();
+  await signIn(page, username, password);
+  return page;
 }

@@ -1,33 +1,10 @@
 import { test, expect, type Browser, type Page } from '@playwright/test';
-import { ADMIN_PASSWORD, hydrated, signIn } from './helpers';
+import { ADMIN_PASSWORD, clusters, hydrated, ok, signIn, userPage as signedIn } from './helpers';
 
 const PASSWORD = 'model-user-password-1';
 
-// Two clusters a straight line separates, for a quick built-in tabular job.
-function clusters(rows: number): string {
-  let seed = 7;
-  const next = () => {
-    seed = (seed * 1103515245 + 12345) % 2147483648;
-    return (seed / 2147483648) * 2 - 1;
-  };
-  const lines = ['x1,x2,label'];
-  for (let i = 0; i < rows; i++) {
-    const x1 = next();
-    const x2 = next();
-    lines.push(`${x1.toFixed(4)},${x2.toFixed(4)},${x1 + x2 > 0 ? 'up' : 'down'}`);
-  }
-  return lines.join('\n') + '\n';
-}
-
-async function ok(response: Awaited<ReturnType<Page['request']['post']>>) {
-  expect(response.ok(), await response.text()).toBeTruthy();
-  return response.json();
-}
-
 async function userPage(browser: Browser, username: string): Promise<Page> {
-  const page = await (await browser.newContext()).newPage();
-  await signIn(page, username, PASSWORD);
-  return page;
+  return signedIn(browser, username, PASSWORD);
 }
 
 test('a data scientist registers a version from a training job; another user approves it from the inbox', async ({ page, browser }) => {

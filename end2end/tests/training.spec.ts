@@ -1,21 +1,5 @@
 import { test, expect } from '@playwright/test';
-import { ADMIN_PASSWORD, hydrated, signIn } from './helpers';
-
-// A small CSV the test generates: two clusters a straight line separates.
-function clusters(rows: number): string {
-  let seed = 11;
-  const next = () => {
-    seed = (seed * 1103515245 + 12345) % 2147483648;
-    return (seed / 2147483648) * 2 - 1;
-  };
-  const lines = ['x1,x2,label'];
-  for (let i = 0; i < rows; i++) {
-    const x1 = next();
-    const x2 = next();
-    lines.push(`${x1.toFixed(4)},${x2.toFixed(4)},${x1 + x2 > 0 ? 'up' : 'down'}`);
-  }
-  return lines.join('\n') + '\n';
-}
+import { ADMIN_PASSWORD, clusters, hydrated, signIn } from './helpers';
 
 test('the local agent is a Ready compute node', async ({ page }) => {
   await signIn(page, 'admin', ADMIN_PASSWORD);
@@ -50,7 +34,7 @@ test('a built-in training job started from the UI completes and shows its loss c
   await page.getByLabel('Training data (channel train)').setInputFiles({
     name: 'clusters.csv',
     mimeType: 'text/csv',
-    buffer: Buffer.from(clusters(300)),
+    buffer: Buffer.from(clusters(300, 11)),
   });
   await page.getByRole('button', { name: 'Start training job' }).click();
 
@@ -72,7 +56,7 @@ test('a built-in training job started from the UI completes and shows its loss c
   await page.getByLabel('Training data (channel train)').setInputFiles({
     name: 'clusters.csv',
     mimeType: 'text/csv',
-    buffer: Buffer.from(clusters(20)),
+    buffer: Buffer.from(clusters(20, 11)),
   });
   await page.getByRole('button', { name: 'Start training job' }).click();
   await expect(page.locator('.error')).toContainText('hyperparameter epochs: 0 is outside 1..=10000');

@@ -76,6 +76,50 @@ impl VariantSpec {
 pub struct NewEndpoint {
     pub name: String,
     pub variants: Vec<VariantSpec>,
+    /// Off unless given.
+    #[serde(default)]
+    pub data_capture: Option<DataCapture>,
+}
+
+/// Data capture settings (`PUT /api/v1/endpoints/{name}/data-capture`).
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataCapture {
+    /// The share of invocations captured, 0-100 (0 turns capture off).
+    pub percent: i64,
+    /// Capture pauses once its files take this many megabytes (default 1024).
+    #[serde(default = "default_budget")]
+    pub budget_mb: i64,
+}
+
+fn default_budget() -> i64 {
+    1024
+}
+
+/// Data capture as it stands.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataCaptureStatus {
+    pub percent: i64,
+    pub budget_mb: i64,
+    pub used_bytes: i64,
+    pub records: i64,
+    /// Why capture is paused (its budget is used), if it is.
+    pub paused: Option<String>,
+}
+
+/// One captured file.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CaptureFile {
+    /// The artifact holding the JSON Lines (`GET /api/v1/artifacts/{id}/content`).
+    pub artifact_id: String,
+    pub name: String,
+    pub hour: i64,
+    pub first_at: i64,
+    pub last_at: i64,
+    pub records: i64,
+    pub bytes: i64,
 }
 
 /// `PUT /api/v1/endpoints/{name}`: the new configuration, deployed blue/green.
@@ -131,6 +175,7 @@ pub struct Endpoint {
     /// Variants of a configuration being deployed, when an update is under way.
     pub pending_variants: Vec<Variant>,
     pub instances: Vec<Instance>,
+    pub data_capture: DataCaptureStatus,
     pub created_by: String,
     pub created_at: i64,
     pub updated_at: i64,

@@ -8,6 +8,7 @@
 pub mod endpoints;
 pub mod labeling;
 pub mod models;
+pub mod monitor;
 
 use std::collections::BTreeMap;
 

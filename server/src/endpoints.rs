@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use atelier_core::authz::{authorize, Action, Principal};
 use atelier_core::endpoints::metrics::Recorder;
 use atelier_core::endpoints::reconcile::{self, Route};
-use atelier_core::endpoints::resource;
+use atelier_core::endpoints::{capture, resource};
 use atelier_core::CoreError;
 use atelier_protocol::endpoints::{TARGET_VARIANT_HEADER, VARIANT_HEADER};
 use axum::body::Bytes;
@@ -39,8 +39,14 @@ pub struct Invoker {
     http: reqwest::Client,
     routes: Mutex<HashMap<String, (Instant, Arc<Route>)>>,
     pub recorder: Recorder,
+    /// Captured records not yet stored, by endpoint and hour.
+    captured: Mutex<HashMap<(String, i64), capture::Batch>>,
     timeout: Duration,
 }
+
+/// A replica keeps at most this much captured data of one endpoint between flushes;
+/// beyond it records are dropped rather than memory grown.
+const CAPTURE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
 /// What an invocation answered (the model's own status and body, passed through).
 pub struct Answer {
@@ -58,7 +64,13 @@ impl Invoker {
             .pool_max_idle_per_host(256)
             .tcp_nodelay(true)
             .build()?;
-        Ok(Invoker { http, routes: Mutex::new(HashMap::new()), recorder: Recorder::default(), timeout })
+        Ok(Invoker {
+            http,
+            routes: Mutex::new(HashMap::new()),
+            recorder: Recorder::default(),
+            captured: Mutex::new(HashMap::new()),
+            timeout,
+        })
     }
 
     async fn route(&self, state: &AppState, name: &str) -> Result<Arc<Route>, CoreError> {
@@ -106,6 +118,7 @@ impl Invoker {
         let route = self.route(state, name).await?;
         authorize(p, Action::InvokeEndpoint, &route.resource)?;
         let candidates = candidates(&route, target, name)?;
+        let (request_type, request_body) = (content_type.clone(), body.clone());
         let mut last_error = None;
         for (variant, url) in candidates.iter().take(MAX_TRIES) {
             let mut request = self.http.post(format!("{url}/invocations")).timeout(self.timeout).body(body.clone());
@@ -147,9 +160,66 @@ impl Invoker {
             };
             let model_us = sent.elapsed().as_micros() as u64;
             self.record(&route, variant, status.as_u16(), model_us, started);
-            return Ok(Answer { status, content_type, variant: variant.clone(), body });
+            let answer = Answer { status, content_type, variant: variant.clone(), body };
+            if route.capture_percent > 0 && rand::thread_rng().gen_range(0..100) < route.capture_percent {
+                self.capture(&route, request_type.as_ref(), &request_body, &answer);
+            }
+            return Ok(answer);
         }
         Err(upstream(503, last_error.unwrap_or_else(|| format!("endpoint {name} has no healthy instance"))))
+    }
+
+    /// Adds one request and its response to the endpoint's capture, in SageMaker's
+    /// capture record format.
+    fn capture(&self, route: &Route, content_type: Option<&HeaderValue>, body: &Bytes, answer: &Answer) {
+        let at = time::OffsetDateTime::now_utc();
+        let t = at.unix_timestamp();
+        let record = serde_json::json!({
+            "captureData": {
+                "endpointInput": capture_data("INPUT", content_type, body),
+                "endpointOutput": capture_data("OUTPUT", answer.content_type.as_ref(), &answer.body),
+            },
+            "eventMetadata": {
+                "eventId": uuid::Uuid::new_v4().to_string(),
+                "inferenceTime": at.format(&time::format_description::well_known::Rfc3339).unwrap_or_default(),
+                "variant": answer.variant,
+                "status": answer.status.as_u16(),
+            },
+            "eventVersion": "0",
+        });
+        let Ok(mut line) = serde_json::to_vec(&record) else { return };
+        line.push(b'\n');
+        let hour = t - t.rem_euclid(3600);
+        let Ok(mut captured) = self.captured.lock() else { return };
+        let batch = captured.entry((route.endpoint_id.clone(), hour)).or_insert_with(|| capture::Batch {
+            endpoint_id: route.endpoint_id.clone(),
+            endpoint: route.name.clone(),
+            hour,
+            first_at: t,
+            last_at: t,
+            records: 0,
+            lines: Vec::new(),
+        });
+        if batch.lines.len() + line.len() > CAPTURE_BUFFER_BYTES {
+            return;
+        }
+        batch.last_at = t;
+        batch.records += 1;
+        batch.lines.extend_from_slice(&line);
+    }
+
+    /// Stores the captured records as files.
+    pub async fn flush_captures(&self, state: &AppState) {
+        let batches: Vec<capture::Batch> = match self.captured.lock() {
+            Ok(mut captured) => captured.drain().map(|(_, b)| b).collect(),
+            Err(_) => return,
+        };
+        for batch in batches {
+            if let Err(err) = capture::store(&state.db, &state.artifacts, batch).await {
+                tracing::warn!(error = %err, "captured invocations could not be stored");
+            }
+        }
+        // A paused or changed capture is seen at the next route read.
     }
 
     fn record(&self, route: &Route, variant: &str, status: u16, model_us: u64, started: Instant) {
@@ -212,6 +282,19 @@ fn candidates(route: &Route, target: Option<&str>, name: &str) -> Result<Vec<(St
     Ok(out)
 }
 
+/// A captured payload: text as it was (JSON or CSV), anything else in base64.
+fn capture_data(mode: &str, content_type: Option<&HeaderValue>, body: &Bytes) -> serde_json::Value {
+    use base64::Engine;
+    let observed = content_type.and_then(|c| c.to_str().ok()).unwrap_or("");
+    let (encoding, data) = match std::str::from_utf8(body) {
+        Ok(text) if observed.contains("json") => ("JSON", text.to_string()),
+        Ok(text) if observed.contains("csv") => ("CSV", text.to_string()),
+        Ok(text) if observed.starts_with("text/") || observed.is_empty() => ("TEXT", text.to_string()),
+        _ => ("BASE64", base64::engine::general_purpose::STANDARD.encode(body)),
+    };
+    serde_json::json!({"observedContentType": observed, "mode": mode, "data": data, "encoding": encoding})
+}
+
 /// Errors that are the model server's or the fleet's, not the caller's.
 fn upstream(status: u16, message: String) -> CoreError {
     CoreError::Upstream { status, message }
@@ -249,7 +332,8 @@ pub async fn invoke(
 
 /// Whether a path is an invocation (it gets the payload limit and API-style errors).
 pub fn is_invocation(path: &str) -> bool {
-    path.starts_with("/endpoints/") && path.ends_with("/invocations")
+    (path.starts_with("/endpoints/") && path.ends_with("/invocations"))
+        || (path.starts_with("/v2/models/") && path.ends_with("/infer"))
 }
 
 /// The invocation route.
@@ -278,6 +362,242 @@ pub fn spawn_background(state: AppState) {
             if let Err(err) = state.invoker.recorder.flush(&state.db).await {
                 tracing::warn!(error = %err, "endpoint metrics could not be stored");
             }
+            state.invoker.flush_captures(&state).await;
+            // Scheduled model monitor runs, checked on the same beat.
+            if let Err(err) = atelier_core::monitor::runs::run_due(&state.db, &state.artifacts).await {
+                tracing::warn!(error = %err, "scheduled model monitor runs failed");
+            }
         }
     });
+}
+
+/// Open Inference Protocol v2 (KServe, Triton) for the same endpoints: the model name is
+/// the endpoint's. A request's inputs are columns (`shape` `[N]` or `[N, 1]`), turned into
+/// `N` JSON instances for the model; the answer's predictions become one output per field.
+pub mod v2 {
+    use super::*;
+    use axum::routing::get;
+    use axum::Json;
+    use serde::Deserialize;
+    use serde_json::{json, Map, Value};
+
+    /// A v2 error: `{"error": "..."}` with the status.
+    fn error(status: StatusCode, message: impl Into<String>) -> Response {
+        (status, Json(json!({"error": message.into()}))).into_response()
+    }
+
+    fn core_error(err: CoreError) -> Response {
+        let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        let message = match &err {
+            CoreError::Internal(source) => {
+                tracing::error!(error = %source, "v2 inference request failed");
+                "internal error".to_string()
+            }
+            other => other.to_string(),
+        };
+        error(status, message)
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct InferRequest {
+        #[serde(default)]
+        id: Option<String>,
+        inputs: Vec<Tensor>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct Tensor {
+        name: String,
+        shape: Vec<i64>,
+        #[serde(default)]
+        datatype: String,
+        data: Value,
+    }
+
+    /// Server readiness, for load balancers and KServe clients (public, like `/readyz`).
+    async fn ready(state: State<AppState>) -> Response {
+        crate::health::readyz(state).await.into_response()
+    }
+
+    async fn metadata(State(state): State<AppState>, Auth(p): Auth, Path(name): Path<String>) -> Response {
+        let endpoint = match atelier_core::endpoints::get(&state.db, &p, &name).await {
+            Ok(e) => e,
+            Err(err) => return core_error(err),
+        };
+        let inputs: Vec<Value> = match atelier_core::monitor::runs::get(&state.db, &p, &name).await {
+            Ok(Some(m)) => m
+                .baseline
+                .features
+                .iter()
+                .map(|f| {
+                    let datatype = match f.kind {
+                        atelier_protocol::monitor::FeatureKind::Numeric => "FP64",
+                        atelier_protocol::monitor::FeatureKind::Categorical => "BYTES",
+                    };
+                    json!({"name": f.name, "datatype": datatype, "shape": [-1]})
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        let versions: Vec<String> = endpoint.active_generation.iter().map(i64::to_string).collect();
+        Json(json!({"name": endpoint.name, "versions": versions, "platform": "atelier", "inputs": inputs}))
+            .into_response()
+    }
+
+    async fn model_ready(State(state): State<AppState>, Auth(p): Auth, Path(name): Path<String>) -> Response {
+        match atelier_core::endpoints::get(&state.db, &p, &name).await {
+            Ok(e) if e.variants.iter().any(|v| v.healthy > 0) && e.active_generation.is_some() => {
+                StatusCode::OK.into_response()
+            }
+            Ok(_) => error(StatusCode::SERVICE_UNAVAILABLE, format!("model {name} has no healthy instance")),
+            Err(err) => core_error(err),
+        }
+    }
+
+    /// Columns to instances: input `i`'s value `n` becomes field `name_i` of instance `n`.
+    fn instances(inputs: &[Tensor]) -> Result<Vec<Value>, String> {
+        let mut rows: Option<usize> = None;
+        let mut columns = Vec::new();
+        for input in inputs {
+            let values = input.data.as_array().ok_or_else(|| format!("input {}: data must be a list", input.name))?;
+            let flat: Vec<&Value> = values
+                .iter()
+                .flat_map(|v| v.as_array().map(|a| a.iter().collect()).unwrap_or_else(|| vec![v]))
+                .collect();
+            let n = match input.shape.as_slice() {
+                [n] | [n, 1] if *n >= 0 => *n as usize,
+                other => {
+                    return Err(format!(
+                        "input {}: shape {other:?} is not a column; send each feature as its own input of shape [N]",
+                        input.name
+                    ))
+                }
+            };
+            if flat.len() != n {
+                return Err(format!("input {}: shape says {n} values, data has {}", input.name, flat.len()));
+            }
+            if rows.is_some_and(|r| r != n) {
+                return Err(format!("input {}: every input must have the same number of rows", input.name));
+            }
+            rows = Some(n);
+            let _ = &input.datatype;
+            columns.push((input.name.clone(), flat));
+        }
+        let n = rows.ok_or("inputs is empty")?;
+        Ok((0..n)
+            .map(|i| {
+                Value::Object(
+                    columns.iter().map(|(name, values)| (name.clone(), values[i].clone())).collect::<Map<_, _>>(),
+                )
+            })
+            .collect())
+    }
+
+    /// Predictions to outputs: one per field, strings as BYTES, numbers as FP64, and
+    /// anything else (such as class probabilities) as JSON text.
+    fn outputs(predictions: &[Value]) -> Vec<Value> {
+        let mut names: Vec<String> = Vec::new();
+        for p in predictions {
+            match p.as_object() {
+                Some(o) => names.extend(o.keys().filter(|k| !names.contains(k)).cloned().collect::<Vec<_>>()),
+                None if !names.iter().any(|n| n == "prediction") => names.push("prediction".into()),
+                None => {}
+            }
+        }
+        names
+            .into_iter()
+            .map(|name| {
+                let values: Vec<&Value> =
+                    predictions.iter().map(|p| p.as_object().map_or(p, |o| o.get(&name).unwrap_or(&Value::Null))).collect();
+                let numeric = values.iter().all(|v| v.is_number());
+                let data: Vec<Value> = values
+                    .iter()
+                    .map(|v| match v {
+                        Value::String(_) | Value::Number(_) => (*v).clone(),
+                        other => Value::String(other.to_string()),
+                    })
+                    .collect();
+                json!({"name": name, "shape": [data.len()], "datatype": if numeric { "FP64" } else { "BYTES" }, "data": data})
+            })
+            .collect()
+    }
+
+    async fn infer(State(state): State<AppState>, Auth(p): Auth, Path(name): Path<String>, body: Bytes) -> Response {
+        let request: InferRequest = match serde_json::from_slice(&body) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("not an inference request: {e}")),
+        };
+        let rows = match instances(&request.inputs) {
+            Ok(rows) => rows,
+            Err(message) => return error(StatusCode::BAD_REQUEST, message),
+        };
+        let payload = Bytes::from(json!({"instances": rows}).to_string());
+        let json_type = Some(HeaderValue::from_static("application/json"));
+        let answer = match state.invoker.invoke(&state, &p, &name, None, json_type.clone(), json_type, payload).await {
+            Ok(a) => a,
+            Err(err) => return core_error(err),
+        };
+        let parsed: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        if !answer.status.is_success() {
+            let message = parsed["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| String::from_utf8_lossy(&answer.body).into_owned());
+            return error(answer.status, message);
+        }
+        let Some(predictions) = parsed["predictions"].as_array().or_else(|| parsed.as_array()) else {
+            return error(StatusCode::BAD_GATEWAY, "the model's answer has no predictions list");
+        };
+        let mut response = Json(json!({
+            "model_name": name,
+            "id": request.id.unwrap_or_default(),
+            "parameters": {"variant": answer.variant},
+            "outputs": outputs(predictions),
+        }))
+        .into_response();
+        if let Ok(v) = HeaderValue::from_str(&answer.variant) {
+            response.headers_mut().insert(VARIANT_HEADER, v);
+        }
+        response
+    }
+
+    /// The v2 routes.
+    pub fn router() -> Router<AppState> {
+        Router::new()
+            .route("/v2/health/ready", get(ready))
+            .route("/v2/health/live", get(|| async { StatusCode::OK }))
+            .route("/v2/models/{name}", get(metadata))
+            .route("/v2/models/{name}/ready", get(model_ready))
+            .route("/v2/models/{name}/infer", post(infer))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn columns_become_instances_and_predictions_become_outputs() {
+            let inputs: Vec<Tensor> = serde_json::from_value(json!([
+                {"name": "x1", "shape": [2], "datatype": "FP32", "data": [0.5, -1]},
+                {"name": "colour", "shape": [2, 1], "datatype": "BYTES", "data": [["red"], ["blue"]]},
+            ]))
+            .expect("tensors");
+            let rows = instances(&inputs).expect("rows");
+            assert_eq!(rows, vec![json!({"x1": 0.5, "colour": "red"}), json!({"x1": -1, "colour": "blue"})]);
+            let bad: Vec<Tensor> =
+                serde_json::from_value(json!([{"name": "x", "shape": [2, 3], "data": [1, 2, 3, 4, 5, 6]}])).expect("t");
+            assert!(instances(&bad).is_err_and(|e| e.contains("not a column")));
+            let short: Vec<Tensor> =
+                serde_json::from_value(json!([{"name": "x", "shape": [3], "data": [1]}])).expect("t");
+            assert!(instances(&short).is_err_and(|e| e.contains("3 values")));
+            let out = outputs(&[
+                json!({"label": "a", "probabilities": {"a": 1.0}}),
+                json!({"label": "b", "probabilities": {"b": 1.0}}),
+            ]);
+            assert_eq!(out[0], json!({"name": "label", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]}));
+            assert_eq!(out[1]["datatype"], "BYTES");
+            let out = outputs(&[json!({"value": 1.5})]);
+            assert_eq!(out[0]["datatype"], "FP64");
+        }
+    }
 }

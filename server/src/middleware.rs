@@ -29,10 +29,19 @@ use crate::api::error::ApiError;
 use crate::state::AppState;
 
 /// The reviewed list of routes that need no signed-in principal: the sign-in page and
-/// its server function, probes and metrics, the browser bundle and the API description.
+/// its server function, probes (with the inference protocol's health routes) and metrics,
+/// the browser bundle and the API description.
 pub fn is_public(path: &str) -> bool {
-    matches!(path, "/login" | "/healthz" | "/readyz" | "/metrics" | "/api/v1/openapi.json")
-        || path == <app::auth::SignIn as ServerFn>::PATH
+    matches!(
+        path,
+        "/login"
+            | "/healthz"
+            | "/readyz"
+            | "/metrics"
+            | "/api/v1/openapi.json"
+            | "/v2/health/ready"
+            | "/v2/health/live"
+    ) || path == <app::auth::SignIn as ServerFn>::PATH
         || path.starts_with("/pkg/")
 }
 
@@ -172,7 +181,10 @@ async fn anonymous(
     if is_public(&path) {
         return next.run(request).await;
     }
-    if !path.starts_with("/api/") && matches!(*request.method(), Method::GET | Method::HEAD) {
+    if !path.starts_with("/api/")
+        && !path.starts_with("/v2/")
+        && matches!(*request.method(), Method::GET | Method::HEAD)
+    {
         let target = request.uri().path_and_query().map(|pq| pq.as_str()).unwrap_or("/");
         return Redirect::to(&format!("/login?next={}", percent_encode(target))).into_response();
     }
@@ -184,7 +196,7 @@ async fn anonymous(
         ))
         .into_response();
     }
-    if path.starts_with("/api/v1/") || crate::endpoints::is_invocation(&path) {
+    if path.starts_with("/api/v1/") || crate::endpoints::is_invocation(&path) || path.starts_with("/v2/") {
         return ApiError::from(CoreError::Unauthenticated(
             "Sign in, or send an API token as 'Authorization: Bearer <token>'.".into(),
         ))

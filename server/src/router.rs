@@ -75,6 +75,7 @@ pub fn app(state: AppState) -> Router {
         .merge(crate::mlflow::router())
         .merge(crate::agent::router())
         .merge(crate::endpoints::router())
+        .merge(crate::endpoints::v2::router())
         .leptos_routes_with_context(&state, generate_route_list(App), leptos_context, move || shell(options.clone()))
         .fallback(fallback)
         .layer(from_fn_with_state(state.clone(), middleware::authenticate))

@@ -50,6 +50,12 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         "/api/v1/model-groups/{group}/aliases/{alias}" => json!({"version": 1}),
         "/api/v1/model-webhooks" => json!({"url": "http://127.0.0.1:9/hook"}),
         "/api/v1/datasets" => json!({"name": "newdataset", "kind": "image"}),
+        "/api/v1/endpoints" => {
+            json!({"name": "newendpoint", "variants": [{"model_group": "fraud", "model_version": 1}]})
+        }
+        "/api/v1/endpoints/{name}" => json!({"variants": [{"model_group": "fraud", "model_version": 1}]}),
+        "/api/v1/endpoints/{name}/data-capture" => json!({"percent": 10}),
+        "/api/v1/endpoints/{name}/monitor" => json!({"frequency": "daily"}),
         "/api/v1/compute/nodes" => json!({"name": "newnode"}),
         "/api/v1/labeling/jobs" => json!({
             "name": "newlabeling", "dataset": "photos", "task_type": "image_classification",
@@ -145,7 +151,8 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
                 .replace("{dataset}", "photos")
                 .replace("{seq}", "1")
                 .replace("{task}", "t1")
-                .replace("{group}", "team");
+                .replace("{group}", "team")
+                .replace("{name}", "ep-1");
             assert!(!is_public(&path), "{path} is public but documented as an authorized route");
             // Uploads name their file in the query.
             let path = if path == "/api/v1/artifacts" { format!("{path}?name=x.py") } else { path };
@@ -160,6 +167,24 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         }
     }
     assert!(checked >= 30, "only {checked} REST operations found");
+
+    // Inference outside /api/v1 (SageMaker's path, Open Inference Protocol v2): refused
+    // the same way.
+    let infer = json!({"inputs": [{"name": "x", "shape": [1], "datatype": "FP64", "data": [1]}]});
+    for (method, path) in [
+        (Method::POST, "/endpoints/ep-1/invocations"),
+        (Method::POST, "/v2/models/ep-1/infer"),
+        (Method::GET, "/v2/models/ep-1"),
+        (Method::GET, "/v2/models/ep-1/ready"),
+    ] {
+        let body = (method == Method::POST).then(|| infer.clone());
+        let anonymous = app.call(method.clone(), path, Auth::None, body.clone()).await;
+        assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "{path}: {}", anonymous.text());
+        let before = deny_events(&app, "mallory").await;
+        let response = app.call(method, path, Auth::Bearer(&token), body).await;
+        assert_eq!(response.status, StatusCode::FORBIDDEN, "{path}: {}", response.text());
+        assert!(deny_events(&app, "mallory").await > before, "{path}: denial not audited");
+    }
 
     // The MLflow-compatible API: refused the same way, in MLflow's error shape.
     for (method, op) in atelier_server::mlflow::OPERATIONS {
@@ -219,6 +244,15 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         ("training_job", "job-1"),
         ("required_approvals", "1"),
         ("url", "http://127.0.0.1:9/hook"),
+        ("model", "fraud:1"),
+        ("instance_count", "1"),
+        ("gpus", "0"),
+        ("content_type", "application/json"),
+        ("body", "{}"),
+        ("range_secs", "3600"),
+        ("percent", "10"),
+        ("budget_mb", "10"),
+        ("frequency", "daily"),
     ];
     // Server functions that take JSON (nested arguments), with a body each.
     let json_bodies: Vec<(&str, Value)> = vec![

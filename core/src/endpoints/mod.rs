@@ -6,6 +6,7 @@
 //! moves traffic (`active_generation`) only once all of them answer health checks:
 //! blue/green, so a version switch drops no request.
 
+pub mod capture;
 pub mod metrics;
 pub mod reconcile;
 
@@ -32,12 +33,16 @@ pub struct EndpointRow {
     pub reason: String,
     pub generation: i64,
     pub active_generation: Option<i64>,
+    pub capture_percent: i64,
+    pub capture_budget_mb: i64,
+    pub capture_paused: String,
     pub created_by: String,
     pub created_at: i64,
     pub updated_at: i64,
 }
 
-const COLUMNS: &str = "id, name, status, reason, generation, active_generation, created_by, created_at, updated_at";
+const COLUMNS: &str = "id, name, status, reason, generation, active_generation, capture_percent, capture_budget_mb, \
+                       capture_paused, created_by, created_at, updated_at";
 
 /// The resource name of an endpoint.
 pub fn resource(name: &str) -> Resource {
@@ -229,18 +234,23 @@ pub async fn create(db: &Db, p: &Principal, new: &NewEndpoint) -> CoreResult<End
     let name = validate_name("name", &new.name)?;
     authorize(p, Action::CreateEndpoint, &resource(&name))?;
     let variants = resolve(db, p, &new.variants).await?;
+    let capture =
+        new.data_capture.clone().unwrap_or(atelier_protocol::endpoints::DataCapture { percent: 0, budget_mb: 1024 });
+    capture::validate(&capture)?;
     let id = uuid::Uuid::new_v4().to_string();
     let at = now();
     let mut tx = db.pool.begin().await?;
     sqlx::query(
-        "INSERT INTO endpoints (id, name, status, reason, generation, active_generation, created_by, created_at, \
-         updated_at) VALUES ($1, $2, $3, '', 1, NULL, $4, $5, $5)",
+        "INSERT INTO endpoints (id, name, status, reason, generation, active_generation, capture_percent, \
+         capture_budget_mb, created_by, created_at, updated_at) VALUES ($1, $2, $3, '', 1, NULL, $6, $7, $4, $5, $5)",
     )
     .bind(&id)
     .bind(&name)
     .bind(CREATING)
     .bind(&p.user.username)
     .bind(at)
+    .bind(capture.percent)
+    .bind(capture.budget_mb)
     .execute(&mut *tx)
     .await
     .map_err(|e| match CoreError::from(e) {
@@ -303,15 +313,35 @@ pub async fn update(db: &Db, p: &Principal, name: &str, config: &EndpointConfig)
 }
 
 /// Deletes an endpoint; its instances stop when their agents next hear from the server.
-pub async fn delete(db: &Db, p: &Principal, name: &str) -> CoreResult<()> {
+pub async fn delete(db: &Db, store: &crate::artifacts::ArtifactStore, p: &Principal, name: &str) -> CoreResult<()> {
     let row = endpoint_for(db, p, name, Action::DeleteEndpoint).await?;
+    let captured: Vec<(String,)> = sqlx::query_as("SELECT artifact_id FROM endpoint_captures WHERE endpoint_id = $1")
+        .bind(&row.id)
+        .fetch_all(&db.pool)
+        .await?;
     let mut tx = db.pool.begin().await?;
-    for table in ["endpoint_latency", "endpoint_metrics", "endpoint_events", "endpoint_instances", "endpoint_variants"]
-    {
+    let tables = [
+        "monitor_runs",
+        "monitor_schedules",
+        "endpoint_captures",
+        "endpoint_latency",
+        "endpoint_metrics",
+        "endpoint_events",
+        "endpoint_instances",
+        "endpoint_variants",
+    ];
+    for table in tables {
         sqlx::query(&format!("DELETE FROM {table} WHERE endpoint_id = $1")).bind(&row.id).execute(&mut *tx).await?;
     }
     sqlx::query("DELETE FROM endpoints WHERE id = $1").bind(&row.id).execute(&mut *tx).await?;
     tx.commit().await?;
+    // The captured files go too (after the commit: a failure leaves files, never rows
+    // naming missing files).
+    for (artifact,) in captured {
+        if let Err(err) = store.delete(db, &artifact).await {
+            tracing::warn!(error = %err, "a captured file of a deleted endpoint could not be deleted");
+        }
+    }
     p.note_change(format!("deleted endpoint {name}"));
     Ok(())
 }
@@ -456,7 +486,9 @@ async fn view(db: &Db, row: EndpointRow) -> CoreResult<Endpoint> {
             }
         })
         .collect();
+    let data_capture = capture::status(db, &row).await?;
     Ok(Endpoint {
+        data_capture,
         name: row.name,
         status: row.status,
         reason: row.reason,

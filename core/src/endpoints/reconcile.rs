@@ -406,6 +406,9 @@ pub struct Route {
     pub endpoint_id: String,
     /// With its creator, for policies that test it.
     pub resource: crate::authz::Resource,
+    pub name: String,
+    /// The share of invocations to capture, 0 when off or paused.
+    pub capture_percent: i64,
     pub variants: Vec<RouteVariant>,
 }
 
@@ -437,5 +440,6 @@ pub async fn route(db: &Db, name: &str) -> CoreResult<Route> {
             v.urls.push(url);
         }
     }
-    Ok(Route { resource: super::row_resource(&e), endpoint_id: e.id, variants })
+    let capture_percent = if e.capture_paused.is_empty() { e.capture_percent } else { 0 };
+    Ok(Route { resource: super::row_resource(&e), name: e.name, capture_percent, endpoint_id: e.id, variants })
 }

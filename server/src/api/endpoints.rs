@@ -1,19 +1,24 @@
 //! `/api/v1/endpoints`: endpoints, their deployments, events and metrics, and
 //! invocations (also served at `/endpoints/{name}/invocations`).
 
-use atelier_core::endpoints::{self, metrics};
-use atelier_protocol::endpoints::{Endpoint, EndpointConfig, EndpointEvent, EndpointMetrics, NewEndpoint};
+use atelier_core::endpoints::{self, capture, metrics};
+use atelier_core::monitor::runs;
+use atelier_protocol::endpoints::{
+    CaptureFile, DataCapture, DataCaptureStatus, Endpoint, EndpointConfig, EndpointEvent, EndpointMetrics, NewEndpoint,
+};
+use atelier_protocol::monitor::{Monitor, MonitorConfig, MonitorRun};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
 use axum::Json;
 use serde::Deserialize;
-use utoipa::IntoParams;
+use utoipa::{IntoParams, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::error::{ApiError, ErrorBody};
+use super::training::artifact_response;
 use super::{ApiJson, Auth};
 use crate::state::AppState;
 
@@ -70,7 +75,7 @@ pub async fn delete_endpoint(
     Auth(p): Auth,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    endpoints::delete(&state.db, &p, &name).await?;
+    endpoints::delete(&state.db, &state.artifacts, &p, &name).await?;
     state.invoker.forget(&name);
     Ok(StatusCode::NO_CONTENT)
 }
@@ -134,6 +139,137 @@ pub async fn invoke_endpoint(
     crate::endpoints::invoke(state, auth, name, headers, body).await
 }
 
+/// Turns data capture on or off, or changes its share or budget.
+#[utoipa::path(put, path = "/api/v1/endpoints/{name}/data-capture", tag = "endpoints", request_body = DataCapture,
+    params(("name" = String, Path, description = "Endpoint name")),
+    responses((status = 200, body = DataCaptureStatus), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn set_data_capture(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<DataCapture>,
+) -> Result<Json<DataCaptureStatus>, ApiError> {
+    let status = capture::configure(&state.db, &p, &name, &body).await?;
+    state.invoker.forget(&name);
+    Ok(Json(status))
+}
+
+/// The range of a capture listing.
+#[derive(Debug, Deserialize, IntoParams)]
+pub struct CaptureQuery {
+    /// Seconds since the epoch (default: a day before `to`).
+    pub from: Option<i64>,
+    /// Seconds since the epoch (default: now).
+    pub to: Option<i64>,
+}
+
+/// The captured files (JSON Lines, SageMaker's capture record format) with records
+/// between `from` and `to`, oldest first.
+#[utoipa::path(get, path = "/api/v1/endpoints/{name}/captures", tag = "endpoints",
+    params(("name" = String, Path, description = "Endpoint name"), CaptureQuery),
+    responses((status = 200, body = Vec<CaptureFile>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_captures(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    Query(q): Query<CaptureQuery>,
+) -> Result<Json<Vec<CaptureFile>>, ApiError> {
+    let to = q.to.unwrap_or_else(atelier_core::now);
+    let from = q.from.unwrap_or(to - 86_400);
+    Ok(Json(capture::files(&state.db, &p, &name, from, to).await?))
+}
+
+/// One captured file's content.
+#[utoipa::path(get, path = "/api/v1/endpoints/{name}/captures/{id}/content", tag = "endpoints",
+    params(("name" = String, Path, description = "Endpoint name"), ("id" = String, Path, description = "The file's artifact id")),
+    responses((status = 200, description = "JSON Lines"), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn capture_content(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let artifact = capture::file(&state.db, &p, &name, &id).await?;
+    artifact_response(&state, artifact).await
+}
+
+/// The endpoint's model monitor: baseline, constraints, thresholds and schedule (null
+/// when none is set up).
+#[utoipa::path(get, path = "/api/v1/endpoints/{name}/monitor", tag = "endpoints",
+    params(("name" = String, Path, description = "Endpoint name")),
+    responses((status = 200, body = Option<Monitor>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_monitor(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+) -> Result<Json<Option<Monitor>>, ApiError> {
+    Ok(Json(runs::get(&state.db, &p, &name).await?))
+}
+
+/// Sets up the model monitor: profiles the training data of the version the endpoint
+/// serves as the baseline, suggests constraints, and schedules runs (`hourly`, `daily`
+/// or `manual`). Drift thresholds default to PSI 0.2, KS 0.1, Jensen–Shannon 0.1.
+#[utoipa::path(put, path = "/api/v1/endpoints/{name}/monitor", tag = "endpoints", request_body = MonitorConfig,
+    params(("name" = String, Path, description = "Endpoint name")),
+    responses((status = 200, body = Monitor), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn set_monitor(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<MonitorConfig>,
+) -> Result<Json<Monitor>, ApiError> {
+    Ok(Json(runs::configure(&state.db, &state.artifacts, &p, &name, &body).await?))
+}
+
+/// The window of an on-demand run.
+#[derive(Debug, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RunRequest {
+    /// Seconds since the epoch (default: the last run, or an hour before `to`).
+    #[serde(default)]
+    pub from: Option<i64>,
+    /// Seconds since the epoch (default: now).
+    #[serde(default)]
+    pub to: Option<i64>,
+}
+
+/// Runs the monitor now over a window of captured inputs; answers with the report.
+#[utoipa::path(post, path = "/api/v1/endpoints/{name}/monitor/runs", tag = "endpoints", request_body = RunRequest,
+    params(("name" = String, Path, description = "Endpoint name")),
+    responses((status = 201, body = MonitorRun), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn run_monitor(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<RunRequest>,
+) -> Result<(StatusCode, Json<MonitorRun>), ApiError> {
+    let run = runs::run_now(&state.db, &state.artifacts, &p, &name, body.from, body.to).await?;
+    Ok((StatusCode::CREATED, Json(run)))
+}
+
+/// The monitor's runs, newest first (without their reports).
+#[utoipa::path(get, path = "/api/v1/endpoints/{name}/monitor/runs", tag = "endpoints",
+    params(("name" = String, Path, description = "Endpoint name")),
+    responses((status = 200, body = Vec<MonitorRun>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_monitor_runs(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<MonitorRun>>, ApiError> {
+    Ok(Json(runs::runs(&state.db, &p, &name).await?))
+}
+
+/// One run with its report: drift per feature and constraint violations.
+#[utoipa::path(get, path = "/api/v1/endpoints/{name}/monitor/runs/{id}", tag = "endpoints",
+    params(("name" = String, Path, description = "Endpoint name"), ("id" = String, Path, description = "Run id")),
+    responses((status = 200, body = MonitorRun), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_monitor_run(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<Json<MonitorRun>, ApiError> {
+    Ok(Json(runs::run(&state.db, &p, &name, &id).await?))
+}
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_endpoints, create_endpoint))
@@ -141,4 +277,10 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(endpoint_events))
         .routes(routes!(endpoint_metrics))
         .routes(routes!(invoke_endpoint))
+        .routes(routes!(set_data_capture))
+        .routes(routes!(list_captures))
+        .routes(routes!(capture_content))
+        .routes(routes!(get_monitor, set_monitor))
+        .routes(routes!(run_monitor, list_monitor_runs))
+        .routes(routes!(get_monitor_run))
 }
