@@ -137,3 +137,37 @@ CREATE TABLE monitor_runs (
     report TEXT NOT NULL
 );
 CREATE INDEX monitor_runs_endpoint ON monitor_runs (endpoint_id, started_at);
+
+-- Alarms: a threshold on a per-minute metric or on the monitor's drift, in alarm after
+-- `periods` consecutive breaching periods (minutes, or monitor runs).
+CREATE TABLE endpoint_alarms (
+    id TEXT PRIMARY KEY,
+    endpoint_id TEXT NOT NULL REFERENCES endpoints(id) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    -- gt, ge, lt, le
+    comparison TEXT NOT NULL,
+    threshold DOUBLE PRECISION NOT NULL,
+    periods BIGINT NOT NULL,
+    -- Open a retraining job from the served version's training job on going into alarm.
+    retrain BIGINT NOT NULL,
+    -- OK, ALARM, INSUFFICIENT_DATA
+    state TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    -- Consecutive breaching periods so far, and the last period evaluated.
+    breaching BIGINT NOT NULL,
+    last_period BIGINT NOT NULL,
+    created_by TEXT NOT NULL,
+    updated_at BIGINT NOT NULL,
+    UNIQUE (endpoint_id, name)
+);
+
+CREATE TABLE endpoint_alarm_history (
+    id TEXT PRIMARY KEY,
+    alarm_id TEXT NOT NULL REFERENCES endpoint_alarms(id) ON DELETE CASCADE,
+    at_ms BIGINT NOT NULL,
+    from_state TEXT NOT NULL,
+    to_state TEXT NOT NULL,
+    reason TEXT NOT NULL
+);
+CREATE INDEX endpoint_alarm_history_alarm ON endpoint_alarm_history (alarm_id, at_ms);

@@ -192,7 +192,7 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
 
     // Metrics count what happened, with latency percentiles.
-    app.state.invoker.recorder.flush(&app.state.db).await.expect("flush");
+    app.state.invoker.flush(&app.state).await;
     let r = app.call(Method::GET, "/api/v1/endpoints/side/metrics", Auth::Bearer(&token), None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let points = r.json()["points"].as_array().cloned().unwrap_or_default();
@@ -202,7 +202,7 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
     assert!(points.iter().any(|p| p["model_p99_ms"].as_f64().is_some_and(|ms| ms > 0.0)), "{}", r.text());
 
     // Every invocation was captured, in SageMaker's record format.
-    app.state.invoker.flush_captures(&app.state).await;
+    app.state.invoker.flush(&app.state).await;
     let r = app.call(Method::GET, "/api/v1/endpoints/side/captures", Auth::Bearer(&token), None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let files = r.json();
@@ -239,6 +239,24 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
         .filter_map(|f| f["name"].as_str())
         .collect();
     assert_eq!(names, ["x1", "x2"]);
+    // An alarm on drift that opens a retraining job, and a studio webhook that hears it.
+    let alarm =
+        json!({"name": "drift", "metric": "drifted_features", "comparison": "ge", "threshold": 1, "retrain": true});
+    let r = app.call(Method::POST, "/api/v1/endpoints/side/alarms", Auth::Bearer(&token), Some(alarm)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(r.json()["state"], "INSUFFICIENT_DATA");
+    let bad = json!({"name": "x", "metric": "temperature", "comparison": "ge", "threshold": 1});
+    let r = app.call(Method::POST, "/api/v1/endpoints/side/alarms", Auth::Bearer(&token), Some(bad)).await;
+    assert_eq!(
+        (r.status, r.json()["error"]["field"].as_str()),
+        (StatusCode::UNPROCESSABLE_ENTITY, Some("metric")),
+        "{}",
+        r.text()
+    );
+    let hook = json!({"url": "http://127.0.0.1:9/hook"});
+    let r = app.call(Method::POST, "/api/v1/model-webhooks", Auth::Bearer(&token), Some(hook)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let hook_id = r.json()["webhook"]["id"].as_str().expect("webhook id").to_string();
     // ... finds no drift in inputs like the training data ...
     let batch = |shift: f64, seed: u64| {
         let mut seed = seed;
@@ -255,7 +273,7 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
     };
     let r = invoke(&app, &token, "side", "application/json", &batch(0.0, 99)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    app.state.invoker.flush_captures(&app.state).await;
+    app.state.invoker.flush(&app.state).await;
     let r = app.call(Method::POST, "/api/v1/endpoints/side/monitor/runs", Auth::Bearer(&token), Some(json!({}))).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let run = r.json();
@@ -270,7 +288,7 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
     let shifted_from = atelier_core::now();
     let r = invoke(&app, &token, "side", "application/json", &batch(1.5, 7)).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    app.state.invoker.flush_captures(&app.state).await;
+    app.state.invoker.flush(&app.state).await;
     let body = json!({"from": shifted_from});
     let run =
         app.call(Method::POST, "/api/v1/endpoints/side/monitor/runs", Auth::Bearer(&token), Some(body)).await.json();
@@ -287,6 +305,18 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
     );
     let r = app.call(Method::GET, "/api/v1/endpoints/side/monitor/runs", Auth::Bearer(&token), None).await;
     assert_eq!(r.json().as_array().map(Vec::len), Some(2));
+    // The drift put the alarm off (after an OK on the first run), told the webhook, and
+    // opened a retraining job from the served version's training job.
+    let alarms = app.call(Method::GET, "/api/v1/endpoints/side/alarms", Auth::Bearer(&token), None).await.json();
+    assert_eq!(alarms[0]["state"], "ALARM", "{alarms:#}");
+    let changes: Vec<&str> =
+        alarms[0]["history"].as_array().expect("history").iter().filter_map(|h| h["to"].as_str()).collect();
+    assert_eq!(changes, ["ALARM", "OK"], "{alarms:#}");
+    let path = format!("/api/v1/model-webhooks/{hook_id}/deliveries");
+    let deliveries = app.call(Method::GET, &path, Auth::Bearer(&token), None).await.text();
+    assert!(deliveries.contains("endpoint.alarm_changed"), "{deliveries}");
+    let jobs = app.call(Method::GET, "/api/v1/training-jobs", Auth::Bearer(&token), None).await.text();
+    assert!(jobs.contains("side-retrain-"), "{jobs}");
 
     // Capture stops at its budget; serving does not.
     let r = app
@@ -301,14 +331,14 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
     let big = format!("x1,x2\n{}", "0.25,0.5\n".repeat(130_000));
     let r = invoke(&app, &token, "side", "text/csv", &big).await;
     assert_eq!(r.status, StatusCode::OK, "{}", &r.text()[..200.min(r.text().len())]);
-    app.state.invoker.flush_captures(&app.state).await;
+    app.state.invoker.flush(&app.state).await;
     let e = endpoint(&app, &token, "side").await;
     assert!(e["data_capture"]["paused"].as_str().is_some_and(|p| p.contains("budget")), "{:#}", e["data_capture"]);
     let records = e["data_capture"]["records"].as_i64();
     let r = invoke(&app, &token, "side", "text/csv", "x1,x2\n0.1,0.1\n").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    app.state.invoker.flush_captures(&app.state).await;
+    app.state.invoker.flush(&app.state).await;
     assert_eq!(
         endpoint(&app, &token, "side").await["data_capture"]["records"].as_i64(),
         records,
@@ -448,8 +478,11 @@ fn tarball(files: &[(&str, &str)]) -> Vec<u8> {
 fn kill_orphans(agent: &Agent) {
     let Ok(entries) = std::fs::read_dir(agent.work_dir.join("instances")) else { return };
     for entry in entries.flatten() {
-        if let Ok(pid) = std::fs::read_to_string(entry.path().join("pid")) {
-            let _ = std::process::Command::new("kill").args(["-9", &format!("-{}", pid.trim())]).status();
+        let pid = std::fs::read_to_string(entry.path().join("pid")).ok().and_then(|p| p.trim().parse::<i32>().ok());
+        // Each model server leads its own process group. (Never a pid of 1 or less:
+        // `killpg` of those would reach far more than the test's processes.)
+        if let Some(pid) = pid.filter(|p| *p > 1) {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
 }

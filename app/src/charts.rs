@@ -25,19 +25,34 @@ const COLORS: [RGBColor; 6] = [
 /// A line chart. `y_range` fixes the y axis (else it fits the data).
 pub fn line_chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series], y_range: Option<(f64, f64)>) -> String {
     let mut svg = String::new();
-    if let Err(err) = draw(&mut svg, title, x_desc, y_desc, series, y_range) {
+    if let Err(err) = draw(&mut svg, title, x_desc, y_desc, series, None, y_range, false) {
         return format!("<p class=\"muted\">chart unavailable: {err}</p>");
     }
     svg
 }
 
+/// A chart of values over a fixed time range (`x_range`, however sparse the data), from
+/// zero up, with a marker on every point so that a lone minute still shows.
+pub fn time_chart(title: &str, x_desc: &str, y_desc: &str, series: &[Series], x_range: (f64, f64)) -> String {
+    let top = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0f64, f64::max);
+    let y_range = (0.0, if top > 0.0 { top * 1.15 } else { 1.0 });
+    let mut svg = String::new();
+    if let Err(err) = draw(&mut svg, title, x_desc, y_desc, series, Some(x_range), Some(y_range), true) {
+        return format!("<p class=\"muted\">chart unavailable: {err}</p>");
+    }
+    svg
+}
+
+#[allow(clippy::too_many_arguments)]
 fn draw(
     svg: &mut String,
     title: &str,
     x_desc: &str,
     y_desc: &str,
     series: &[Series],
+    x_range: Option<(f64, f64)>,
     y_range: Option<(f64, f64)>,
+    markers: bool,
 ) -> Result<(), Box<dyn std::error::Error>> {
     let points = series.iter().flat_map(|s| s.points.iter());
     let (mut x0, mut x1, mut y0, mut y1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
@@ -52,6 +67,9 @@ fn draw(
     }
     if (x1 - x0).abs() < 1e-9 {
         x1 = x0 + 1.0;
+    }
+    if let Some(r) = x_range {
+        (x0, x1) = r;
     }
     let (y0, y1) = match y_range {
         Some(r) => r,
@@ -75,6 +93,9 @@ fn draw(
             .draw_series(LineSeries::new(s.points.iter().copied(), color.stroke_width(2)))?
             .label(s.label.clone())
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+        if markers {
+            chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
+        }
     }
     if !series.is_empty() {
         chart

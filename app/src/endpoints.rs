@@ -82,6 +82,7 @@ pub async fn deployable_versions() -> Result<Vec<String>, AppError> {
     Ok(out)
 }
 
+#[cfg(feature = "ssr")]
 fn parse_model(model: &str) -> Result<(String, i64), AppError> {
     model
         .rsplit_once(':')
@@ -89,10 +90,12 @@ fn parse_model(model: &str) -> Result<(String, i64), AppError> {
         .ok_or_else(|| invalid("model", "choose an approved model version"))
 }
 
+#[cfg(feature = "ssr")]
 fn invalid(field: &str, message: &str) -> AppError {
     AppError { kind: crate::error::ErrorKind::Invalid, message: message.into(), field: Some(field.into()) }
 }
 
+#[cfg(feature = "ssr")]
 fn parse_count(field: &str, raw: &str, default: i64) -> Result<i64, AppError> {
     match raw.trim() {
         "" => Ok(default),
@@ -184,7 +187,7 @@ pub async fn test_invoke(name: String, content_type: String, body: String) -> Re
 /// The monitoring charts for the last `range_secs`, and the invocation total.
 #[server]
 pub async fn endpoint_charts(name: String, range_secs: i64) -> Result<(String, i64), AppError> {
-    use crate::charts::{line_chart, Series};
+    use crate::charts::{time_chart, Series};
     let (db, p) = crate::context::db_and_principal()?;
     let range = range_secs.clamp(600, 31 * 86_400);
     let now = atelier_core::now();
@@ -197,7 +200,8 @@ pub async fn endpoint_charts(name: String, range_secs: i64) -> Result<(String, i
     };
     let per_step = format!("per {} s", m.step);
     let x_desc = format!("{unit} from now");
-    let mut svg = line_chart(
+    let span = (-(range as f64) / per, 0.0);
+    let mut svg = time_chart(
         &format!("Invocations ({per_step})"),
         &x_desc,
         "requests",
@@ -206,9 +210,9 @@ pub async fn endpoint_charts(name: String, range_secs: i64) -> Result<(String, i
             line("4xx", &|p| Some(p.errors_4xx as f64)),
             line("5xx", &|p| Some(p.errors_5xx as f64)),
         ],
-        None,
+        span,
     );
-    svg.push_str(&line_chart(
+    svg.push_str(&time_chart(
         "Latency",
         &x_desc,
         "milliseconds",
@@ -219,14 +223,14 @@ pub async fn endpoint_charts(name: String, range_secs: i64) -> Result<(String, i
             line("overhead p50", &|p| p.overhead_p50_ms),
             line("overhead p99", &|p| p.overhead_p99_ms),
         ],
-        None,
+        span,
     ));
-    svg.push_str(&line_chart(
+    svg.push_str(&time_chart(
         "Healthy instances",
         &x_desc,
         "instances",
         &[line("instances", &|p| Some(p.instances as f64))],
-        None,
+        span,
     ));
     let total = m.points.iter().map(|p| p.invocations).sum();
     Ok((svg, total))
@@ -245,6 +249,7 @@ fn status_class(status: &str) -> &'static str {
 pub fn EndpointsPage() -> impl IntoView {
     let create = ServerAction::<CreateEndpoint>::new();
     let list = Resource::new(|| (), |_| list_endpoints());
+    let versions = Resource::new(|| (), |_| deployable_versions());
     let me = expect_context::<crate::CurrentUser>();
     view! {
         <h1>"Endpoints"</h1>
@@ -280,15 +285,18 @@ pub fn EndpointsPage() -> impl IntoView {
         <Transition fallback=|| ()>
             {move || Suspend::new(async move {
                 let may = me.0.await.ok().is_some_and(|m| m.can.contains(&Can::CreateEndpoint));
-                may.then(|| view! { <NewEndpointForm create/> })
+                may.then(|| view! { <NewEndpointForm create versions/> })
             })}
         </Transition>
     }
 }
 
+/// Approved versions to pick from. The resource is created by the page, never inside
+/// a suspended view, so hydration finds the resources where the server made them.
+type Deployable = Resource<Result<Vec<String>, AppError>>;
+
 #[component]
-fn ModelSelect(id: &'static str) -> impl IntoView {
-    let versions = Resource::new(|| (), |_| deployable_versions());
+fn ModelSelect(id: &'static str, versions: Deployable) -> impl IntoView {
     view! {
         <Transition fallback=move || view! { <select id=id name="model" disabled=true></select> }>
             {move || Suspend::new(async move {
@@ -310,7 +318,7 @@ fn ModelSelect(id: &'static str) -> impl IntoView {
 }
 
 #[component]
-fn NewEndpointForm(create: ServerAction<CreateEndpoint>) -> impl IntoView {
+fn NewEndpointForm(create: ServerAction<CreateEndpoint>, versions: Deployable) -> impl IntoView {
     let error = Signal::derive(move || create.value().get().and_then(Result::err));
     view! {
         <ActionForm action=create attr:class="card form" attr:data-testid="new-endpoint">
@@ -319,7 +327,7 @@ fn NewEndpointForm(create: ServerAction<CreateEndpoint>) -> impl IntoView {
             <input id="endpoint-name" name="name" type="text" required maxlength="63" pattern="[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"/>
             <FieldError error field="name"/>
             <label for="endpoint-model">"Approved model version"</label>
-            <ModelSelect id="endpoint-model"/>
+            <ModelSelect id="endpoint-model" versions/>
             <FieldError error field="variants.model_version"/>
             <label for="endpoint-instances">"Instances"</label>
             <input id="endpoint-instances" name="instance_count" type="number" min="1" max="20" value="1"/>
@@ -343,6 +351,7 @@ pub fn EndpointPage() -> impl IntoView {
     let range = RwSignal::new(3600i64);
     let detail = Resource::new(move || (name(), update.version().get(), tick.get()), |(n, _, _)| get_endpoint(n));
     let charts = Resource::new(move || (name(), range.get(), tick.get()), |(n, r, _)| endpoint_charts(n, r));
+    let versions = Resource::new(|| (), |_| deployable_versions());
     Effect::new(move |_| {
         let handle = set_interval_with_handle(move || tick.update(|t| *t += 1), std::time::Duration::from_secs(3));
         on_cleanup(move || {
@@ -357,7 +366,7 @@ pub fn EndpointPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 match detail.await {
                     Err(e) => view! { <p class="error">{e.message}</p> }.into_any(),
-                    Ok(d) => view! { <EndpointSummary detail=d update update_error/> }.into_any(),
+                    Ok(d) => view! { <EndpointSummary detail=d update update_error versions/> }.into_any(),
                 }
             })}
         </Transition>
@@ -365,6 +374,8 @@ pub fn EndpointPage() -> impl IntoView {
         <TestRequest name=Signal::derive(name)/>
         <h2>"Data capture and model monitor"</h2>
         <MonitorSection name=Signal::derive(name) tick/>
+        <h2>"Alarms"</h2>
+        <AlarmsSection name=Signal::derive(name) tick/>
         <h2>"Monitoring"</h2>
         <div class="actions">
             <label for="metrics-range">"Range"</label>
@@ -395,6 +406,7 @@ fn EndpointSummary(
     detail: EndpointDetail,
     update: ServerAction<UpdateEndpointModel>,
     update_error: Signal<Option<AppError>>,
+    versions: Deployable,
 ) -> impl IntoView {
     let e = detail.endpoint;
     let variant_rows = |variants: &[atelier_protocol::endpoints::Variant]| {
@@ -474,7 +486,7 @@ fn EndpointSummary(
                 <h2>"Deploy another version"</h2>
                 <input type="hidden" name="name" value=name/>
                 <label for="update-model">"Approved model version"</label>
-                <ModelSelect id="update-model"/>
+                <ModelSelect id="update-model" versions/>
                 <FormError error=update_error/>
                 <button type="submit">"Deploy (blue/green)"</button>
             </ActionForm>
@@ -638,8 +650,9 @@ fn MonitorSection(name: Signal<String>, tick: RwSignal<u32>) -> impl IntoView {
                     Err(e) => return view! { <p class="error">{e.message}</p> }.into_any(),
                 };
                 let forms = d.may_update.then(|| view! {
-                    <div class="actions">
-                        <ActionForm action=capture attr:class="inline-form" attr:data-testid="capture-form">
+                    <div class="card-row">
+                        <ActionForm action=capture attr:class="card form" attr:data-testid="capture-form">
+                            <h3>"Data capture"</h3>
                             <input type="hidden" name="name" value=name.get_untracked()/>
                             <label for="capture-percent">"Capture %"</label>
                             <input id="capture-percent" name="percent" type="number" min="0" max="100" value="100"/>
@@ -647,7 +660,9 @@ fn MonitorSection(name: Signal<String>, tick: RwSignal<u32>) -> impl IntoView {
                             <input id="capture-budget" name="budget_mb" type="number" min="1" value="1024"/>
                             <button type="submit">"Set data capture"</button>
                         </ActionForm>
-                        <ActionForm action=setup attr:class="inline-form" attr:data-testid="monitor-form">
+                        <ActionForm action=setup attr:class="card form" attr:data-testid="monitor-form">
+                            <h3>"Model monitor"</h3>
+                            <p class="muted">"Profiles the training data of the served version as the baseline."</p>
                             <input type="hidden" name="name" value=name.get_untracked()/>
                             <label for="monitor-frequency">"Runs"</label>
                             <select id="monitor-frequency" name="frequency">
@@ -657,13 +672,13 @@ fn MonitorSection(name: Signal<String>, tick: RwSignal<u32>) -> impl IntoView {
                             </select>
                             <button type="submit">"Set up model monitor"</button>
                         </ActionForm>
-                        {d.monitor.is_some().then(|| view! {
-                            <ActionForm action=run attr:class="inline-form">
-                                <input type="hidden" name="name" value=name.get_untracked()/>
-                                <button type="submit" class="primary">"Run monitor now"</button>
-                            </ActionForm>
-                        })}
                     </div>
+                    {d.monitor.is_some().then(|| view! {
+                        <ActionForm action=run attr:class="actions">
+                            <input type="hidden" name="name" value=name.get_untracked()/>
+                            <button type="submit" class="primary">"Run monitor now"</button>
+                        </ActionForm>
+                    })}
                 });
                 let baseline = d.monitor.as_ref().map(|m| {
                     let rows = m.baseline.features.iter().map(|f| view! {
@@ -735,5 +750,122 @@ fn MonitorSection(name: Signal<String>, tick: RwSignal<u32>) -> impl IntoView {
             })}
         </Transition>
         <FormError error=errors/>
+    }
+}
+
+/// An endpoint's alarms, and whether the caller may add some.
+#[server]
+pub async fn list_alarms(name: String) -> Result<(Vec<atelier_protocol::endpoints::Alarm>, bool), AppError> {
+    use atelier_core::authz::Action;
+    let (db, p) = crate::context::db_and_principal()?;
+    let alarms = atelier_core::endpoints::alarms::list(&db, &p, &name).await?;
+    let endpoint = atelier_core::endpoints::get(&db, &p, &name).await?;
+    let resource = atelier_core::endpoints::resource(&name).created_by(endpoint.created_by);
+    Ok((alarms, p.can(Action::UpdateEndpoint, &resource)))
+}
+
+#[server]
+pub async fn put_alarm(
+    name: String,
+    alarm: String,
+    metric: String,
+    comparison: String,
+    threshold: String,
+    periods: String,
+    retrain: Option<String>,
+) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    let new = atelier_protocol::endpoints::NewAlarm {
+        name: alarm,
+        metric,
+        comparison,
+        threshold: threshold.trim().parse().map_err(|_| invalid("threshold", "threshold must be a number"))?,
+        periods: parse_count("periods", &periods, 1)?,
+        retrain: retrain.is_some(),
+    };
+    atelier_core::endpoints::alarms::create(&db, &p, &name, &new).await?;
+    Ok(())
+}
+
+/// Alarms: their state and history, and a form to add one.
+#[component]
+fn AlarmsSection(name: Signal<String>, tick: RwSignal<u32>) -> impl IntoView {
+    let add = ServerAction::<PutAlarm>::new();
+    let alarms = Resource::new(move || (name.get(), add.version().get(), tick.get() / 5), |(n, _, _)| list_alarms(n));
+    view! {
+        <Transition fallback=|| ()>
+            {move || Suspend::new(async move {
+                let (list, may_update) = match alarms.await {
+                    Err(e) => return view! { <p class="error">{e.message}</p> }.into_any(),
+                    Ok(answer) => answer,
+                };
+                let table = if list.is_empty() {
+                    view! { <p class="muted">"No alarms."</p> }.into_any()
+                } else {
+                    view! {
+                        <table class="table" data-testid="alarms">
+                            <thead><tr><th>"Alarm"</th><th>"Condition"</th><th>"State"</th><th>"Reason"</th><th>"Last changes"</th></tr></thead>
+                            <tbody>
+                                {list.into_iter().map(|a| {
+                                    let history = a.history.iter().take(3)
+                                        .map(|h| format!("{} → {} at {}", h.from, h.to, format_time(h.at_ms / 1000)))
+                                        .collect::<Vec<_>>().join("; ");
+                                    view! {
+                                        <tr data-alarm=a.name.clone()>
+                                            <td>{a.name.clone()}</td>
+                                            <td>{format!("{} {} {} for {} period(s){}", a.metric, a.comparison, a.threshold, a.periods,
+                                                if a.retrain { ", then retrain" } else { "" })}</td>
+                                            <td data-testid="alarm-state">{a.state.clone()}</td>
+                                            <td>{a.reason.clone()}</td>
+                                            <td>{history}</td>
+                                        </tr>
+                                    }
+                                }).collect_view()}
+                            </tbody>
+                        </table>
+                    }.into_any()
+                };
+                view! { {table} {may_update.then(|| view! { <AlarmForm add name/> })} }.into_any()
+            })}
+        </Transition>
+    }
+}
+
+#[component]
+fn AlarmForm(add: ServerAction<PutAlarm>, name: Signal<String>) -> impl IntoView {
+    let error = Signal::derive(move || add.value().get().and_then(Result::err));
+    view! {
+            <ActionForm action=add attr:class="card form" attr:data-testid="alarm-form">
+                <h3>"Add an alarm"</h3>
+                <input type="hidden" name="name" value=name.get_untracked()/>
+                <label for="alarm-name">"Name"</label>
+                <input id="alarm-name" name="alarm" type="text" required maxlength="63"/>
+                <FieldError error field="name"/>
+                <label for="alarm-metric">"Metric"</label>
+                <select id="alarm-metric" name="metric">
+                    <option value="errors_5xx">"5xx errors per minute"</option>
+                    <option value="errors_4xx">"4xx errors per minute"</option>
+                    <option value="invocations">"invocations per minute"</option>
+                    <option value="model_latency_p99_ms">"model latency p99 (ms)"</option>
+                    <option value="overhead_latency_p99_ms">"overhead latency p99 (ms)"</option>
+                    <option value="drifted_features">"drifted features (per monitor run)"</option>
+                    <option value="violations">"constraint violations (per monitor run)"</option>
+                </select>
+                <label for="alarm-comparison">"Comparison"</label>
+                <select id="alarm-comparison" name="comparison">
+                    <option value="ge">"≥"</option>
+                    <option value="gt">">"</option>
+                    <option value="le">"≤"</option>
+                    <option value="lt">"<"</option>
+                </select>
+                <label for="alarm-threshold">"Threshold"</label>
+                <input id="alarm-threshold" name="threshold" type="text" required value="1"/>
+                <FieldError error field="threshold"/>
+                <label for="alarm-periods">"Consecutive periods"</label>
+                <input id="alarm-periods" name="periods" type="number" min="1" max="1440" value="1"/>
+                <label class="checkbox"><input type="checkbox" name="retrain" value="on"/> " Open a retraining job when it goes off"</label>
+                <FormError error/>
+                <button type="submit">"Add alarm"</button>
+            </ActionForm>
     }
 }

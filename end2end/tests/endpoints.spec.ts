@@ -49,6 +49,12 @@ test('a data scientist deploys an approved version, invokes it from the test pag
   await expect(esme.getByTestId('variants').getByTestId('healthy')).toHaveText('1/1');
   await expect(esme.getByTestId('endpoint-events')).toContainText('in service');
 
+  // Capture every request from now on.
+  const capture = esme.getByTestId('capture-form');
+  await capture.getByLabel('Capture %').fill('100');
+  await capture.getByRole('button', { name: 'Set data capture' }).click();
+  await expect(esme.getByTestId('capture-status')).toContainText('100% of invocations');
+
   // A test request from the page: a point far on the east side.
   const request = esme.getByTestId('test-request');
   await request.getByLabel('Body').fill('{"instances": [{"x1": 0.9, "x2": 0.8}]}');
@@ -66,6 +72,18 @@ test('a data scientist deploys an approved version, invokes it from the test pag
   await expect(esme.getByTestId('invocation-total')).toHaveText('2', { timeout: 30_000 });
   await expect(esme.getByTestId('endpoint-charts').locator('svg')).toHaveCount(3);
   await expect(esme.getByTestId('endpoint-charts')).toContainText('milliseconds');
+
+  // The model monitor: a baseline from the training data, then a run over what was
+  // captured.
+  await expect(esme.getByTestId('capture-status')).toContainText('2 records', { timeout: 30_000 });
+  const monitor = esme.getByTestId('monitor-form');
+  await monitor.getByLabel('Runs').selectOption('manual');
+  await monitor.getByRole('button', { name: 'Set up model monitor' }).click();
+  await expect(esme.getByTestId('baseline')).toContainText('x1');
+  await expect(esme.getByTestId('baseline')).toContainText('x2');
+  await esme.getByRole('button', { name: 'Run monitor now' }).click();
+  await expect(esme.getByTestId('monitor-runs')).toContainText('Completed');
+  await expect(esme.getByTestId('drift-report').locator('tr[data-feature="x1"]')).toBeVisible();
 
   // A read-only user may look but not deploy or invoke.
   const odile = await userPage(browser, 'odile', PASSWORD);

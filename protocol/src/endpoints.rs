@@ -247,3 +247,51 @@ pub struct InstanceReport {
     pub url: Option<String>,
     pub message: String,
 }
+
+/// `PUT /api/v1/endpoints/{name}/alarms/{alarm}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NewAlarm {
+    pub name: String,
+    /// `invocations`, `errors_4xx`, `errors_5xx`, `model_latency_p99_ms`,
+    /// `overhead_latency_p99_ms` (per minute), or `drifted_features`, `violations` (per
+    /// model monitor run).
+    pub metric: String,
+    /// `gt`, `ge`, `lt` or `le`.
+    pub comparison: String,
+    pub threshold: f64,
+    /// Consecutive breaching periods before the alarm goes off (default 1).
+    #[serde(default = "one")]
+    pub periods: i64,
+    /// Open a retraining job from the served version's training job when it goes off.
+    #[serde(default)]
+    pub retrain: bool,
+}
+
+/// An alarm with its state and recent history.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Alarm {
+    pub name: String,
+    pub metric: String,
+    pub comparison: String,
+    pub threshold: f64,
+    pub periods: i64,
+    pub retrain: bool,
+    /// `OK`, `ALARM` or `INSUFFICIENT_DATA`.
+    pub state: String,
+    pub reason: String,
+    pub created_by: String,
+    pub updated_at: i64,
+    /// State changes, newest first.
+    pub history: Vec<AlarmChange>,
+}
+
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmChange {
+    pub at_ms: i64,
+    pub from: String,
+    pub to: String,
+    pub reason: String,
+}

@@ -41,6 +41,9 @@ pub struct Invoker {
     pub recorder: Recorder,
     /// Captured records not yet stored, by endpoint and hour.
     captured: Mutex<HashMap<(String, i64), capture::Batch>>,
+    /// Held while counts and captures are written: a flush returns only once what an
+    /// earlier one took is stored too.
+    flushing: tokio::sync::Mutex<()>,
     timeout: Duration,
 }
 
@@ -69,6 +72,7 @@ impl Invoker {
             routes: Mutex::new(HashMap::new()),
             recorder: Recorder::default(),
             captured: Mutex::new(HashMap::new()),
+            flushing: tokio::sync::Mutex::new(()),
             timeout,
         })
     }
@@ -208,8 +212,12 @@ impl Invoker {
         batch.lines.extend_from_slice(&line);
     }
 
-    /// Stores the captured records as files.
-    pub async fn flush_captures(&self, state: &AppState) {
+    /// Stores the counted metrics and the captured records.
+    pub async fn flush(&self, state: &AppState) {
+        let _one_at_a_time = self.flushing.lock().await;
+        if let Err(err) = self.recorder.flush(&state.db).await {
+            tracing::warn!(error = %err, "endpoint metrics could not be stored");
+        }
         let batches: Vec<capture::Batch> = match self.captured.lock() {
             Ok(mut captured) => captured.drain().map(|(_, b)| b).collect(),
             Err(_) => return,
@@ -352,6 +360,10 @@ pub fn spawn_background(state: AppState) {
             if let Err(err) = reconcile::reconcile(&s.db).await {
                 tracing::warn!(error = %err, "endpoint reconciliation failed");
             }
+            // Each alarm is evaluated once per completed minute, whichever tick sees it.
+            if let Err(err) = atelier_core::endpoints::alarms::evaluate_minutes(&s.db, &s.artifacts).await {
+                tracing::warn!(error = %err, "endpoint alarms could not be evaluated");
+            }
         }
     });
     tokio::spawn(async move {
@@ -359,10 +371,7 @@ pub fn spawn_background(state: AppState) {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
-            if let Err(err) = state.invoker.recorder.flush(&state.db).await {
-                tracing::warn!(error = %err, "endpoint metrics could not be stored");
-            }
-            state.invoker.flush_captures(&state).await;
+            state.invoker.flush(&state).await;
             // Scheduled model monitor runs, checked on the same beat.
             if let Err(err) = atelier_core::monitor::runs::run_due(&state.db, &state.artifacts).await {
                 tracing::warn!(error = %err, "scheduled model monitor runs failed");

@@ -56,6 +56,9 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         "/api/v1/endpoints/{name}" => json!({"variants": [{"model_group": "fraud", "model_version": 1}]}),
         "/api/v1/endpoints/{name}/data-capture" => json!({"percent": 10}),
         "/api/v1/endpoints/{name}/monitor" => json!({"frequency": "daily"}),
+        "/api/v1/endpoints/{name}/alarms" => {
+            json!({"name": "a", "metric": "errors_5xx", "comparison": "ge", "threshold": 1})
+        }
         "/api/v1/compute/nodes" => json!({"name": "newnode"}),
         "/api/v1/labeling/jobs" => json!({
             "name": "newlabeling", "dataset": "photos", "task_type": "image_classification",
@@ -152,7 +155,8 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
                 .replace("{seq}", "1")
                 .replace("{task}", "t1")
                 .replace("{group}", "team")
-                .replace("{name}", "ep-1");
+                .replace("{name}", "ep-1")
+                .replace("{alarm}", "a");
             assert!(!is_public(&path), "{path} is public but documented as an authorized route");
             // Uploads name their file in the query.
             let path = if path == "/api/v1/artifacts" { format!("{path}?name=x.py") } else { path };
@@ -253,6 +257,11 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         ("percent", "10"),
         ("budget_mb", "10"),
         ("frequency", "daily"),
+        ("alarm", "a"),
+        ("metric", "errors_5xx"),
+        ("comparison", "ge"),
+        ("threshold", "1"),
+        ("periods", "1"),
     ];
     // Server functions that take JSON (nested arguments), with a body each.
     let json_bodies: Vec<(&str, Value)> = vec![

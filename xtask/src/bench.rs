@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: requests/s and latency of the signed-in home page (SSR) and of
 //! `/healthz` under 32 concurrent connections (wrk), the bundle size, the
 //! authorization bench (`server/benches/authz.rs`), the scheduler and dispatch
-//! benches, the labeling and registry benches and the built-in training throughput against PyTorch (`TORCH_PYTHON`). Figures are printed for the issue
+//! benches, the labeling, registry and serving benches (invocation overhead, endpoint charts), drift over a million rows, and the built-in training throughput against PyTorch (`TORCH_PYTHON`). Figures are printed for the issue
 //! note; nothing here asserts a speed.
 
 use std::io::Write;
@@ -41,9 +41,22 @@ pub fn run() -> Result<()> {
         ("atelier-core", "consolidation"),
         ("atelier-server", "labeling"),
         ("atelier-server", "registry"),
+        ("atelier-agent", "serving"),
     ] {
         crate::util::exec(crate::util::cargo().args(["bench", "-p", package, "--bench", bench]))?;
     }
+    // Drift: profiling and comparing a million captured rows of 20 features.
+    crate::util::exec(crate::util::cargo().args([
+        "test",
+        "-p",
+        "atelier-protocol",
+        "--release",
+        "--lib",
+        "profile_a_million_rows",
+        "--",
+        "--ignored",
+        "--nocapture",
+    ]))?;
     Ok(())
 }
 

@@ -6,6 +6,7 @@
 //! moves traffic (`active_generation`) only once all of them answer health checks:
 //! blue/green, so a version switch drops no request.
 
+pub mod alarms;
 pub mod capture;
 pub mod metrics;
 pub mod reconcile;
@@ -321,6 +322,7 @@ pub async fn delete(db: &Db, store: &crate::artifacts::ArtifactStore, p: &Princi
         .await?;
     let mut tx = db.pool.begin().await?;
     let tables = [
+        "endpoint_alarms",
         "monitor_runs",
         "monitor_schedules",
         "endpoint_captures",

@@ -20,7 +20,9 @@ use crate::{now, CoreError, CoreResult};
 
 pub const VERSION_CREATED: &str = "model_version.created";
 pub const STATUS_CHANGED: &str = "model_version.status_changed";
-const EVENTS: [&str; 2] = [VERSION_CREATED, STATUS_CHANGED];
+/// An alarm of an endpoint serving the group's versions changed state.
+pub const ALARM_CHANGED: &str = "endpoint.alarm_changed";
+const EVENTS: [&str; 3] = [VERSION_CREATED, STATUS_CHANGED, ALARM_CHANGED];
 
 /// The resource of studio-wide webhooks: they see every group's events, so they are
 /// not covered by permissions on groups.

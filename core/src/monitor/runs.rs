@@ -16,6 +16,9 @@ use crate::db::Db;
 use crate::endpoints::{add_event, capture, endpoint_for, EndpointRow};
 use crate::{now, CoreError, CoreResult};
 
+/// Below this many captured rows a run says its drift figures are not to be trusted.
+const MIN_ROWS: u64 = 100;
+
 /// Largest training file or captured window read for a baseline or a run.
 const MAX_READ_BYTES: usize = 512 * 1024 * 1024;
 
@@ -354,10 +357,13 @@ async fn execute(db: &Db, store: &ArtifactStore, schedule: &ScheduleRow, from: i
                 profiler.add_row(&values);
             }
             let report = compare(&baseline, &constraints, &thresholds, &profiler.finish());
-            let message = match (report.drifted, report.violations.len()) {
+            let mut message = match (report.drifted, report.violations.len()) {
                 (0, 0) => "no drift, no violations".to_string(),
                 (d, v) => format!("{d} features drifted, {v} constraint violations"),
             };
+            if report.rows < MIN_ROWS {
+                message.push_str(&format!(" (only {} rows: too few to judge drift reliably)", report.rows));
+            }
             ("Completed", message, Some(report))
         }
     };
@@ -382,6 +388,9 @@ async fn execute(db: &Db, store: &ArtifactStore, schedule: &ScheduleRow, from: i
     .await?;
     if drifted > 0 || violations > 0 {
         add_event(&db.pool, &schedule.endpoint_id, &format!("model monitor: {message}")).await?;
+    }
+    if status == "Completed" {
+        crate::endpoints::alarms::evaluate_run(db, store, &schedule.endpoint_id, started, drifted, violations).await?;
     }
     Ok(MonitorRun {
         id,

@@ -1,10 +1,11 @@
 //! `/api/v1/endpoints`: endpoints, their deployments, events and metrics, and
 //! invocations (also served at `/endpoints/{name}/invocations`).
 
-use atelier_core::endpoints::{self, capture, metrics};
+use atelier_core::endpoints::{self, alarms, capture, metrics};
 use atelier_core::monitor::runs;
 use atelier_protocol::endpoints::{
-    CaptureFile, DataCapture, DataCaptureStatus, Endpoint, EndpointConfig, EndpointEvent, EndpointMetrics, NewEndpoint,
+    Alarm, CaptureFile, DataCapture, DataCaptureStatus, Endpoint, EndpointConfig, EndpointEvent, EndpointMetrics,
+    NewAlarm, NewEndpoint,
 };
 use atelier_protocol::monitor::{Monitor, MonitorConfig, MonitorRun};
 use axum::body::Bytes;
@@ -270,6 +271,47 @@ pub async fn get_monitor_run(
     Ok(Json(runs::run(&state.db, &p, &name, &id).await?))
 }
 
+/// The endpoint's alarms with their state and history.
+#[utoipa::path(get, path = "/api/v1/endpoints/{name}/alarms", tag = "endpoints",
+    params(("name" = String, Path, description = "Endpoint name")),
+    responses((status = 200, body = Vec<Alarm>), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn list_alarms(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+) -> Result<Json<Vec<Alarm>>, ApiError> {
+    Ok(Json(alarms::list(&state.db, &p, &name).await?))
+}
+
+/// Adds an alarm (or replaces the one of that name): a threshold on a per-minute metric
+/// or on the model monitor's drift, in alarm after `periods` breaching periods in a row;
+/// changes go to the webhooks (`endpoint.alarm_changed`) and, with `retrain`, open a
+/// retraining job.
+#[utoipa::path(post, path = "/api/v1/endpoints/{name}/alarms", tag = "endpoints", request_body = NewAlarm,
+    params(("name" = String, Path, description = "Endpoint name")),
+    responses((status = 201, body = Alarm), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn create_alarm(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<NewAlarm>,
+) -> Result<(StatusCode, Json<Alarm>), ApiError> {
+    Ok((StatusCode::CREATED, Json(alarms::create(&state.db, &p, &name, &body).await?)))
+}
+
+/// Deletes an alarm.
+#[utoipa::path(delete, path = "/api/v1/endpoints/{name}/alarms/{alarm}", tag = "endpoints",
+    params(("name" = String, Path, description = "Endpoint name"), ("alarm" = String, Path, description = "Alarm name")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_alarm(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, alarm)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    alarms::delete(&state.db, &p, &name, &alarm).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_endpoints, create_endpoint))
@@ -283,4 +325,6 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_monitor, set_monitor))
         .routes(routes!(run_monitor, list_monitor_runs))
         .routes(routes!(get_monitor_run))
+        .routes(routes!(list_alarms, create_alarm))
+        .routes(routes!(delete_alarm))
 }
