@@ -1,5 +1,5 @@
 import { test, expect } from '@playwright/test';
-import { ADMIN_PASSWORD, clusters, hydrated, ok, signIn, userPage } from './helpers';
+import { ADMIN_PASSWORD, browserErrors, clusters, hydrated, ok, signIn, userPage } from './helpers';
 
 const PASSWORD = 'endpoint-user-password-1';
 
@@ -13,6 +13,7 @@ test('a data scientist deploys an approved version, invokes it from the test pag
   // Setup through the API (the registry and training pages have their own tests):
   // Esme trains and registers a model, Rufus approves it.
   const esme = await userPage(browser, 'esme', PASSWORD);
+  const errors = browserErrors(esme);
   const upload = await ok(await esme.request.post('/api/v1/artifacts?name=sides.csv', { data: Buffer.from(clusters(200, 5, ['east', 'west'])) }));
   await ok(await esme.request.post('/api/v1/training-jobs', {
     data: {
@@ -84,6 +85,16 @@ test('a data scientist deploys an approved version, invokes it from the test pag
   await esme.getByRole('button', { name: 'Run monitor now' }).click();
   await expect(esme.getByTestId('monitor-runs')).toContainText('Completed');
   await expect(esme.getByTestId('drift-report').locator('tr[data-feature="x1"]')).toBeVisible();
+
+  // An alarm on 4xx answers, shown with its state.
+  const alarm = esme.getByTestId('alarm-form');
+  await alarm.getByLabel('Name').fill('client-errors');
+  await alarm.getByLabel('Metric').selectOption('errors_4xx');
+  await alarm.getByLabel('Threshold').fill('5');
+  await alarm.getByRole('button', { name: 'Add alarm' }).click();
+  await expect(esme.getByTestId('alarms').locator('tr[data-alarm="client-errors"]').getByTestId('alarm-state')).toHaveText('INSUFFICIENT_DATA');
+  // The page hydrated and ran without a browser error.
+  expect(errors, errors.join('\n')).toEqual([]);
 
   // A read-only user may look but not deploy or invoke.
   const odile = await userPage(browser, 'odile', PASSWORD);

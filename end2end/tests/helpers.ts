@@ -45,3 +45,17 @@ export async function userPage(browser: Browser, username: string, password: str
   await signIn(page, username, password);
   return page;
 }
+
+/**
+ * Collects a page's browser errors (a panic in the WASM code, a failed hydration shows
+ * up here); read the array at the end of a test.
+ */
+export function browserErrors(page: Page): string[] {
+  const seen: string[] = [];
+  page.on('console', (m) => {
+    // A refused request (the test provokes 4xx answers) is not a page error.
+    if (m.type() === 'error' && !m.text().startsWith('Failed to load resource')) seen.push(m.text().slice(0, 500));
+  });
+  page.on('pageerror', (e) => seen.push(String(e).slice(0, 500)));
+  return seen;
+}

@@ -51,6 +51,16 @@ pub struct Invoker {
 /// beyond it records are dropped rather than memory grown.
 const CAPTURE_BUFFER_BYTES: usize = 64 * 1024 * 1024;
 
+/// One invocation as the caller sent it.
+pub struct Call<'a> {
+    pub endpoint: &'a str,
+    /// The variant asked for (`X-Atelier-Target-Variant`), if any.
+    pub target: Option<&'a str>,
+    pub content_type: Option<HeaderValue>,
+    pub accept: Option<HeaderValue>,
+    pub body: Bytes,
+}
+
 /// What an invocation answered (the model's own status and body, passed through).
 pub struct Answer {
     pub status: StatusCode,
@@ -101,16 +111,8 @@ impl Invoker {
     }
 
     /// Sends one invocation for `p`, who must be allowed `endpoints:InvokeEndpoint`.
-    pub async fn invoke(
-        &self,
-        state: &AppState,
-        p: &Principal,
-        name: &str,
-        target: Option<&str>,
-        content_type: Option<HeaderValue>,
-        accept: Option<HeaderValue>,
-        body: Bytes,
-    ) -> Result<Answer, CoreError> {
+    pub async fn invoke(&self, state: &AppState, p: &Principal, call: Call<'_>) -> Result<Answer, CoreError> {
+        let Call { endpoint: name, target, content_type, accept, body } = call;
         let started = Instant::now();
         authorize(p, Action::InvokeEndpoint, &resource(name))?;
         if body.len() > MAX_PAYLOAD_BYTES {
@@ -316,18 +318,14 @@ pub async fn invoke(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let target = headers.get(TARGET_VARIANT_HEADER).and_then(|v| v.to_str().ok());
-    let answer = state
-        .invoker
-        .invoke(
-            &state,
-            &p,
-            &name,
-            target,
-            headers.get(header::CONTENT_TYPE).cloned(),
-            headers.get(header::ACCEPT).cloned(),
-            body,
-        )
-        .await?;
+    let call = Call {
+        endpoint: &name,
+        target,
+        content_type: headers.get(header::CONTENT_TYPE).cloned(),
+        accept: headers.get(header::ACCEPT).cloned(),
+        body,
+    };
+    let answer = state.invoker.invoke(&state, &p, call).await?;
     let mut response = (answer.status, answer.body).into_response();
     if let Some(ct) = answer.content_type {
         response.headers_mut().insert(header::CONTENT_TYPE, ct);
@@ -542,7 +540,9 @@ pub mod v2 {
         };
         let payload = Bytes::from(json!({"instances": rows}).to_string());
         let json_type = Some(HeaderValue::from_static("application/json"));
-        let answer = match state.invoker.invoke(&state, &p, &name, None, json_type.clone(), json_type, payload).await {
+        let call =
+            Call { endpoint: &name, target: None, content_type: json_type.clone(), accept: json_type, body: payload };
+        let answer = match state.invoker.invoke(&state, &p, call).await {
             Ok(a) => a,
             Err(err) => return core_error(err),
         };

@@ -104,7 +104,9 @@ fn invoke_for_pages(state: AppState) -> app::endpoints::Invoke {
         Box::pin(async move {
             let started = std::time::Instant::now();
             let content_type = header::HeaderValue::from_str(&content_type).ok();
-            let answer = state.invoker.invoke(&state, &p, &name, None, content_type, None, body.into()).await?;
+            let call =
+                crate::endpoints::Call { endpoint: &name, target: None, content_type, accept: None, body: body.into() };
+            let answer = state.invoker.invoke(&state, &p, call).await?;
             Ok(app::endpoints::InvokeResult {
                 status: answer.status.as_u16(),
                 variant: answer.variant,
