@@ -324,7 +324,7 @@ fn NewEndpointForm(create: ServerAction<CreateEndpoint>, versions: Deployable) -
         <ActionForm action=create attr:class="card form" attr:data-testid="new-endpoint">
             <h2>"Deploy a model"</h2>
             <label for="endpoint-name">"Endpoint name"</label>
-            <input id="endpoint-name" name="name" type="text" required maxlength="63" pattern="[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?"/>
+            <input id="endpoint-name" name="name" type="text" required maxlength="63" pattern="[A-Za-z0-9]([A-Za-z0-9\\-]*[A-Za-z0-9])?"/>
             <FieldError error field="name"/>
             <label for="endpoint-model">"Approved model version"</label>
             <ModelSelect id="endpoint-model" versions/>
