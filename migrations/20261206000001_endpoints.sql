@@ -171,3 +171,8 @@ CREATE TABLE endpoint_alarm_history (
     reason TEXT NOT NULL
 );
 CREATE INDEX endpoint_alarm_history_alarm ON endpoint_alarm_history (alarm_id, at_ms);
+
+-- A model group's deployment rule: deploy each newly approved version to this
+-- endpoint (by name), acting as the user who set the rule.
+ALTER TABLE model_groups ADD COLUMN deploy_endpoint TEXT;
+ALTER TABLE model_groups ADD COLUMN deploy_rule_by TEXT;

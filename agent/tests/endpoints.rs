@@ -549,6 +549,34 @@ async fn a_python_model_server_is_deployed_rolled_back_and_moved_off_a_lost_node
     let r = invoke(&app, &token, "broken", "application/json", "{}").await;
     assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
 
+    // A deployment rule: each newly approved version goes to the endpoint, and
+    // rejecting the one it serves goes back to the latest earlier Approved version.
+    let rule = json!({"endpoint": "adder"});
+    let r = app.call(Method::PUT, "/api/v1/model-groups/adder/deployment-rule", Auth::Bearer(&token), Some(rule)).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let reject = |comment: &str| json!({"status": "Rejected", "comment": comment});
+    let path = format!("/api/v1/model-groups/adder/versions/{v2}/approval");
+    let r = app.call(Method::POST, &path, Auth::Bearer(&token), Some(reject("cannot start"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let better =
+        upload(&app, &token, "adder3.tar.gz", tarball(&[("serve.py", BYO_SERVER), ("weights.txt", "v3")])).await;
+    let v3 = register(&app, &token, "adder", json!({"artifact": better, "inference": inference})).await;
+    approve(&app, &token, "adder", v3).await;
+    let generation = |e: &Value| e["active_generation"].as_i64().unwrap_or(0);
+    let before = generation(&endpoint(&app, &token, "adder").await);
+    let e = wait_endpoint(&app, &token, "adder", 60, |e| generation(e) > before && e["status"] == "InService").await;
+    assert_eq!(e["variants"][0]["model_version"], v3, "{e:#}");
+    let r = invoke(&app, &token, "adder", "application/json", r#"{"numbers": [1]}"#).await;
+    assert_eq!(r.json()["weights"], "v3", "{}", r.text());
+    let path = format!("/api/v1/model-groups/adder/versions/{v3}/approval");
+    let r = app.call(Method::POST, &path, Auth::Bearer(&token), Some(reject("wrong weights"))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let before = generation(&e);
+    let e = wait_endpoint(&app, &token, "adder", 60, |e| generation(e) > before && e["status"] == "InService").await;
+    assert_eq!(e["variants"][0]["model_version"], v1, "{e:#}");
+    let events = app.call(Method::GET, "/api/v1/endpoints/adder/events", Auth::Bearer(&token), None).await.text();
+    assert!(events.contains("was rejected; going back to v1"), "{events}");
+
     for agent in &agents {
         kill_orphans(agent);
     }

@@ -55,6 +55,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         }
         "/api/v1/endpoints/{name}" => json!({"variants": [{"model_group": "fraud", "model_version": 1}]}),
         "/api/v1/endpoints/{name}/data-capture" => json!({"percent": 10}),
+        "/api/v1/model-groups/{group}/deployment-rule" => json!({"endpoint": "ep-1"}),
         "/api/v1/endpoints/{name}/monitor" => json!({"frequency": "daily"}),
         "/api/v1/endpoints/{name}/alarms" => {
             json!({"name": "a", "metric": "errors_5xx", "comparison": "ge", "threshold": 1})

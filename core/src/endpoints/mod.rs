@@ -10,6 +10,7 @@ pub mod alarms;
 pub mod capture;
 pub mod metrics;
 pub mod reconcile;
+pub mod rules;
 
 use std::collections::{BTreeSet, HashMap};
 

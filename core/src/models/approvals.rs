@@ -152,6 +152,9 @@ pub async fn decide(db: &Db, p: &Principal, group: &str, version: i64, decision:
         super::webhooks::enqueue(&mut tx, &row.group_id, super::webhooks::STATUS_CHANGED, &payload).await?;
     }
     tx.commit().await?;
+    if new_status != row.status {
+        crate::endpoints::rules::on_status_change(db, &row.group_id, row.version, &new_status).await;
+    }
     let verb = if target == APPROVED { "approved" } else { "rejected" };
     p.note_change(format!("{verb} version {version} of model group {group}; now {new_status}"));
     Ok(new_status)

@@ -102,6 +102,14 @@ pub struct Decided {
     pub status: String,
 }
 
+/// A group's deployment rule.
+#[derive(Debug, Deserialize, Serialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DeploymentRule {
+    /// The endpoint each newly approved version is deployed to (null: no rule).
+    pub endpoint: Option<String>,
+}
+
 type GroupPath = Path<String>;
 type VersionPath = Path<(String, i64)>;
 
@@ -367,6 +375,35 @@ pub async fn deliveries(
     Ok(Json(webhooks::deliveries(&state.db, &p, &id, 100).await?))
 }
 
+/// The group's deployment rule.
+#[utoipa::path(get, path = "/api/v1/model-groups/{group}/deployment-rule", tag = "models",
+    params(("group" = String, Path, description = "Model group name")),
+    responses((status = 200, body = DeploymentRule), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_deployment_rule(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(group): GroupPath,
+) -> Result<Json<DeploymentRule>, ApiError> {
+    Ok(Json(DeploymentRule { endpoint: atelier_core::endpoints::rules::get(&state.db, &p, &group).await? }))
+}
+
+/// Sets the group's deployment rule: each newly approved version is deployed to the
+/// endpoint (its first variant, blue/green); rejecting the version it serves rolls it
+/// back to the latest earlier Approved one. Acts as the caller, who needs
+/// `endpoints:UpdateEndpoint` on the endpoint.
+#[utoipa::path(put, path = "/api/v1/model-groups/{group}/deployment-rule", tag = "models", request_body = DeploymentRule,
+    params(("group" = String, Path, description = "Model group name")),
+    responses((status = 200, body = DeploymentRule), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn set_deployment_rule(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(group): GroupPath,
+    ApiJson(body): ApiJson<DeploymentRule>,
+) -> Result<Json<DeploymentRule>, ApiError> {
+    let endpoint = atelier_core::endpoints::rules::set(&state.db, &p, &group, body.endpoint.as_deref()).await?;
+    Ok(Json(DeploymentRule { endpoint }))
+}
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_groups, create_group))
@@ -381,4 +418,5 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(create_webhook, list_webhooks))
         .routes(routes!(delete_webhook))
         .routes(routes!(deliveries))
+        .routes(routes!(get_deployment_rule, set_deployment_rule))
 }
