@@ -98,6 +98,13 @@ async fn run() -> anyhow::Result<()> {
 
 async fn measure(api: &Api, state: &AppState, requests: usize) -> anyhow::Result<()> {
     use reqwest::Method;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while api.call(Method::GET, "/api/v1/compute/nodes/bench-node", None).await?["status"] != "Ready" {
+        if Instant::now() > deadline {
+            bail!("the agent did not register");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     // A small model: two features, two classes.
     let mut csv = String::from("x1,x2,label\n");
     for i in 0..400 {

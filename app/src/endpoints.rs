@@ -129,20 +129,7 @@ pub async fn update_endpoint_model(name: String, model: String) -> Result<(), Ap
     let (db, p) = crate::context::db_and_principal()?;
     let (group, version) = parse_model(&model)?;
     let current = atelier_core::endpoints::get(&db, &p, &name).await?;
-    let mut variants: Vec<VariantSpec> = current
-        .variants
-        .iter()
-        .map(|v| VariantSpec {
-            name: v.name.clone(),
-            model_group: v.model_group.clone(),
-            model_version: v.model_version,
-            instance_count: v.instance_count,
-            weight: v.weight,
-            cpus: v.cpus,
-            memory_mb: v.memory_mb,
-            gpus: v.gpus,
-        })
-        .collect();
+    let mut variants: Vec<VariantSpec> = current.variants.iter().map(|v| v.spec()).collect();
     match variants.first_mut() {
         Some(first) => {
             first.model_group = group;

@@ -146,6 +146,22 @@ pub struct Variant {
     pub healthy: i64,
 }
 
+impl Variant {
+    /// The variant as it would be given again (to deploy a changed configuration).
+    pub fn spec(&self) -> VariantSpec {
+        VariantSpec {
+            name: self.name.clone(),
+            model_group: self.model_group.clone(),
+            model_version: self.model_version,
+            instance_count: self.instance_count,
+            weight: self.weight,
+            cpus: self.cpus,
+            memory_mb: self.memory_mb,
+            gpus: self.gpus,
+        }
+    }
+}
+
 /// One model server process on a compute node.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,9 +7,8 @@
 use atelier_protocol::endpoints::{Alarm, AlarmChange, NewAlarm};
 
 use super::{add_event, endpoint_for, EndpointRow};
-use crate::accounts;
 use crate::artifacts::ArtifactStore;
-use crate::authz::{Action, Credential, Principal};
+use crate::authz::{Action, Principal};
 use crate::compute::{jobs, now_ms};
 use crate::db::Db;
 use crate::models::webhooks;
@@ -333,11 +332,7 @@ async fn retrain(db: &Db, store: &ArtifactStore, alarm: &AlarmRow, endpoint: &st
         .fetch_optional(&db.pool)
         .await?;
         let (job, spec) = row.ok_or_else(|| CoreError::invalid("retrain", "the served version has no training job"))?;
-        let user = accounts::find_by_username(db, &alarm.created_by)
-            .await?
-            .ok_or_else(|| CoreError::invalid("retrain", format!("{} no longer exists", alarm.created_by)))?;
-        let compiled = std::sync::Arc::new(crate::iam::store::compile_for_user(db, &user).await?);
-        let p = Principal::new(user, Credential::Session, compiled, None, None);
+        let p = super::acting_as(db, &alarm.created_by).await?;
         let mut spec: atelier_protocol::JobSpec = serde_json::from_str(&spec).map_err(CoreError::internal)?;
         // Dataset and labeling job channels are read again: the retrained model learns
         // from what they hold now (their files were added to the stored spec).

@@ -206,6 +206,16 @@ async fn insert_variants(
     Ok(())
 }
 
+/// A user as the principal of work done on their behalf outside a request (an alarm
+/// opening a retraining job, a deployment rule deploying): their current policies apply.
+pub(crate) async fn acting_as(db: &Db, username: &str) -> CoreResult<Principal> {
+    let user = crate::accounts::find_by_username(db, username)
+        .await?
+        .ok_or_else(|| CoreError::invalid("user", format!("{username} no longer exists")))?;
+    let compiled = std::sync::Arc::new(crate::iam::store::compile_for_user(db, &user).await?);
+    Ok(Principal::new(user, crate::authz::Credential::Session, compiled, None, None))
+}
+
 /// Appends to an endpoint's event history.
 pub(crate) async fn add_event<'e, E>(executor: E, endpoint_id: &str, message: &str) -> CoreResult<()>
 where

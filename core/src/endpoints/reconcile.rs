@@ -115,7 +115,7 @@ async fn reconcile_one(db: &Db, e: &EndpointRow, t: i64) -> CoreResult<bool> {
     if all_healthy && !variants.is_empty() && (promotable || e.active_generation != Some(e.generation)) {
         changed |= promote(db, e, t).await?;
     }
-    changed |= record_instances(db, e, t).await?;
+    record_instances(db, e, t).await?;
     Ok(changed)
 }
 
@@ -214,8 +214,8 @@ async fn give_up(db: &Db, e: &EndpointRow, variant_id: &str, variant: &str) -> C
 
 /// The healthy instance count of the serving configuration's variants, as this
 /// minute's gauge.
-async fn record_instances(db: &Db, e: &EndpointRow, t: i64) -> CoreResult<bool> {
-    let Some(active) = e.active_generation else { return Ok(false) };
+async fn record_instances(db: &Db, e: &EndpointRow, t: i64) -> CoreResult<()> {
+    let Some(active) = e.active_generation else { return Ok(()) };
     let rows: Vec<(String, i64)> = sqlx::query_as(
         "SELECT v.name, CAST(COUNT(i.id) AS BIGINT) FROM endpoint_variants v LEFT JOIN endpoint_instances i \
          ON i.variant_id = v.id AND i.state = 'InService' WHERE v.endpoint_id = $1 AND v.generation = $2 GROUP BY v.name",
@@ -237,7 +237,7 @@ async fn record_instances(db: &Db, e: &EndpointRow, t: i64) -> CoreResult<bool> 
         .execute(&db.pool)
         .await?;
     }
-    Ok(false)
+    Ok(())
 }
 
 #[derive(sqlx::FromRow)]

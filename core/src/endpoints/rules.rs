@@ -8,8 +8,7 @@ use atelier_protocol::endpoints::{EndpointConfig, VariantSpec};
 use atelier_protocol::models::APPROVED;
 
 use super::{add_event, endpoint_for};
-use crate::accounts;
-use crate::authz::{Action, Credential, Principal};
+use crate::authz::{Action, Principal};
 use crate::db::Db;
 use crate::models::group_for;
 use crate::{CoreError, CoreResult};
@@ -74,11 +73,7 @@ async fn apply(db: &Db, group_id: &str, version: i64, status: &str) -> CoreResul
             .fetch_optional(&db.pool)
             .await?;
     let Some((group, Some(endpoint), Some(author))) = rule else { return Ok(()) };
-    let user = accounts::find_by_username(db, &author)
-        .await?
-        .ok_or_else(|| CoreError::invalid("deploy_endpoint", format!("the rule's author {author} no longer exists")))?;
-    let compiled = std::sync::Arc::new(crate::iam::store::compile_for_user(db, &user).await?);
-    let p = Principal::new(user, Credential::Session, compiled, None, None);
+    let p = super::acting_as(db, &author).await?;
     let current = super::get(db, &p, &endpoint).await?;
     let Some(first) = current.pending_variants.first().or(current.variants.first()).cloned() else { return Ok(()) };
     let target = if status == APPROVED {
@@ -110,20 +105,7 @@ async fn apply(db: &Db, group_id: &str, version: i64, status: &str) -> CoreResul
             }
         }
     };
-    let mut variants: Vec<VariantSpec> = current
-        .variants
-        .iter()
-        .map(|v| VariantSpec {
-            name: v.name.clone(),
-            model_group: v.model_group.clone(),
-            model_version: v.model_version,
-            instance_count: v.instance_count,
-            weight: v.weight,
-            cpus: v.cpus,
-            memory_mb: v.memory_mb,
-            gpus: v.gpus,
-        })
-        .collect();
+    let mut variants: Vec<VariantSpec> = current.variants.iter().map(|v| v.spec()).collect();
     if let Some(v) = variants.first_mut() {
         v.model_group = group.clone();
         v.model_version = target;
