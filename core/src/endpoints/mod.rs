@@ -281,13 +281,16 @@ pub async fn create(db: &Db, p: &Principal, new: &NewEndpoint) -> CoreResult<End
 pub async fn update(db: &Db, p: &Principal, name: &str, config: &EndpointConfig) -> CoreResult<Endpoint> {
     let row = endpoint_for(db, p, name, Action::UpdateEndpoint).await?;
     let variants = resolve(db, p, &config.variants).await?;
-    let mut tx = db.pool.begin().await?;
+    // Read before the transaction: on SQLite a transaction that reads first and then
+    // writes fails at once (rather than waiting) if another connection wrote meanwhile.
+    // The conditional update below still makes concurrent updates exclusive.
     let (max,): (Option<i64>,) =
         sqlx::query_as("SELECT CAST(MAX(generation) AS BIGINT) FROM endpoint_variants WHERE endpoint_id = $1")
             .bind(&row.id)
-            .fetch_one(&mut *tx)
+            .fetch_one(&db.pool)
             .await?;
     let generation = max.unwrap_or(0).max(row.generation) + 1;
+    let mut tx = db.pool.begin().await?;
     // Conditional on the generation read: of two concurrent updates, one wins.
     let status = if row.active_generation.is_some() { UPDATING } else { CREATING };
     let changed = sqlx::query(
