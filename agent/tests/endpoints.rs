@@ -618,3 +618,102 @@ async fn bad_endpoint_configurations_are_refused_naming_the_field() {
     let r = app.call(Method::GET, "/api/v1/endpoints", Auth::Bearer(&token), None).await;
     assert_eq!(r.json(), json!([]), "nothing was stored");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_variant_scales_out_under_load_and_back_in_and_prometheus_sees_it() {
+    let (app, token, agents) = serving_studio(&["n1"]).await;
+    create_group(&app, &token, "scaled").await;
+    let archive =
+        upload(&app, &token, "scaled.tar.gz", tarball(&[("serve.py", BYO_SERVER), ("weights.txt", "v1")])).await;
+    let inference = json!({"serving_command": "python3 serve.py"});
+    let v = register(&app, &token, "scaled", json!({"artifact": archive, "inference": inference})).await;
+    approve(&app, &token, "scaled", v).await;
+    // No CPU reserved, so three instances fit on a small test machine.
+    let variant = json!({"model_group": "scaled", "model_version": v, "cpus": 0, "memory_mb": 64});
+    let r = app
+        .call(
+            Method::POST,
+            "/api/v1/endpoints",
+            Auth::Bearer(&token),
+            Some(json!({"name": "scaler", "variants": [variant]})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    wait_endpoint(&app, &token, "scaler", 60, in_service(1)).await;
+
+    let policy_path = "/api/v1/endpoints/scaler/variants/primary/autoscaling";
+    let policy = |max: i64, target: f64, out_cooldown: i64| {
+        json!({"min_instances": 1, "max_instances": max, "target_invocations_per_instance": target,
+               "scale_out_cooldown_secs": out_cooldown, "scale_in_cooldown_secs": 0})
+    };
+    // Bad policies name the field; an unknown variant is named with the known ones.
+    let r = app.call(Method::PUT, policy_path, Auth::Bearer(&token), Some(policy(0, 10.0, 0))).await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    assert_eq!(r.json()["error"]["field"], "max_instances");
+    let r = app
+        .call(
+            Method::PUT,
+            "/api/v1/endpoints/scaler/variants/nope/autoscaling",
+            Auth::Bearer(&token),
+            Some(policy(2, 10.0, 0)),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+    assert!(r.text().contains("it has: primary"), "{}", r.text());
+
+    // 10 invocations per instance and minute, at most 2, no further scale-out for an hour.
+    let r = app.call(Method::PUT, policy_path, Auth::Bearer(&token), Some(policy(2, 10.0, 3600))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    for i in 0..60 {
+        let r = invoke(&app, &token, "scaler", "application/json", &format!(r#"{{"numbers": [{i}]}}"#)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    }
+    let healthy = |n: i64| move |e: &Value| e["variants"][0]["instance_count"] == n && e["variants"][0]["healthy"] == n;
+    let e = wait_endpoint(&app, &token, "scaler", 60, healthy(2)).await;
+    assert_eq!(e["variants"][0]["autoscaling"]["max_instances"], 2, "{e:#}");
+
+    // A higher maximum does not scale out again within the cooldown ...
+    let r = app.call(Method::PUT, policy_path, Auth::Bearer(&token), Some(policy(3, 10.0, 3600))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_eq!(endpoint(&app, &token, "scaler").await["variants"][0]["instance_count"], 2);
+    // ... and does once the cooldown is shorter.
+    let r = app.call(Method::PUT, policy_path, Auth::Bearer(&token), Some(policy(3, 10.0, 0))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    wait_endpoint(&app, &token, "scaler", 60, healthy(3)).await;
+    let r = invoke(&app, &token, "scaler", "application/json", r#"{"numbers": [1, 1]}"#).await;
+    assert_eq!(r.json()["sum"], 2, "{}", r.text());
+
+    // Prometheus sees the invocations, the instance counts and the node.
+    let r = app.call(Method::GET, "/metrics", Auth::None, None).await;
+    assert_eq!(r.status, StatusCode::OK);
+    let text = r.text();
+    assert!(text.contains("atelier_endpoint_invocations_total{endpoint=\"scaler\",variant=\"primary\"} 61"), "{text}");
+    assert!(text.contains("atelier_endpoint_instances{endpoint=\"scaler\",variant=\"primary\",state=\"desired\"} 3"));
+    assert!(text.contains("atelier_endpoint_model_latency_seconds_count{endpoint=\"scaler\",variant=\"primary\"} 61"));
+    assert!(text.contains("atelier_node_ready{node=\"n1\"} 1"), "{text}");
+    assert!(text.contains("atelier_node_memory_bytes{node=\"n1\"}"), "{text}");
+
+    // A target the traffic no longer reaches scales in, keeping a working instance.
+    let r = app.call(Method::PUT, policy_path, Auth::Bearer(&token), Some(policy(3, 1000.0, 0))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let e = wait_endpoint(&app, &token, "scaler", 60, healthy(1)).await;
+    let live = e["instances"].as_array().map_or(0, |l| l.iter().filter(|i| i["state"] == "InService").count());
+    assert_eq!(live, 1, "{e:#}");
+    let r = invoke(&app, &token, "scaler", "application/json", r#"{"numbers": [5]}"#).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let events = app.call(Method::GET, "/api/v1/endpoints/scaler/events", Auth::Bearer(&token), None).await.text();
+    assert!(events.contains("scaled variant primary out from 1 to 2"), "{events}");
+    assert!(events.contains("scaled variant primary out from 2 to 3"), "{events}");
+    assert!(events.contains("scaled variant primary in from 3 to 1"), "{events}");
+
+    // Off: the count stays.
+    let r = app.call(Method::DELETE, policy_path, Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    assert_eq!(endpoint(&app, &token, "scaler").await["variants"][0]["autoscaling"], Value::Null);
+    let r = app.call(Method::DELETE, policy_path, Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+    for agent in &agents {
+        kill_orphans(agent);
+    }
+}

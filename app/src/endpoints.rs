@@ -141,6 +141,40 @@ pub async fn update_endpoint_model(name: String, model: String) -> Result<(), Ap
     Ok(())
 }
 
+/// Sets a variant's autoscaling policy (blank cooldowns take the defaults).
+#[server]
+pub async fn set_autoscaling(
+    name: String,
+    variant: String,
+    min_instances: String,
+    max_instances: String,
+    target: String,
+    scale_out_cooldown_secs: String,
+    scale_in_cooldown_secs: String,
+) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    let target = target
+        .trim()
+        .parse()
+        .map_err(|_| invalid("target_invocations_per_instance", "target_invocations_per_instance must be a number"))?;
+    let policy = atelier_protocol::endpoints::Autoscaling {
+        min_instances: parse_count("min_instances", &min_instances, 1)?,
+        max_instances: parse_count("max_instances", &max_instances, 1)?,
+        target_invocations_per_instance: target,
+        scale_out_cooldown_secs: parse_count("scale_out_cooldown_secs", &scale_out_cooldown_secs, 60)?,
+        scale_in_cooldown_secs: parse_count("scale_in_cooldown_secs", &scale_in_cooldown_secs, 300)?,
+    };
+    atelier_core::endpoints::autoscaling::put(&db, &p, &name, &variant, &policy).await?;
+    Ok(())
+}
+
+#[server]
+pub async fn remove_autoscaling(name: String, variant: String) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    atelier_core::endpoints::autoscaling::delete(&db, &p, &name, &variant).await?;
+    Ok(())
+}
+
 #[server]
 pub async fn delete_endpoint(name: String) -> Result<(), AppError> {
     let (db, p) = crate::context::db_and_principal()?;
@@ -171,14 +205,16 @@ pub async fn test_invoke(name: String, content_type: String, body: String) -> Re
     }
 }
 
-/// The monitoring charts for the last `range_secs`, and the invocation total.
+/// The monitoring charts over `range_secs` ending `end_secs_ago` before now, and the
+/// invocation total.
 #[server]
-pub async fn endpoint_charts(name: String, range_secs: i64) -> Result<(String, i64), AppError> {
+pub async fn endpoint_charts(name: String, range_secs: i64, end_secs_ago: i64) -> Result<(String, i64), AppError> {
     use crate::charts::{time_chart, Series};
     let (db, p) = crate::context::db_and_principal()?;
     let range = range_secs.clamp(600, 31 * 86_400);
     let now = atelier_core::now();
-    let m = atelier_core::endpoints::metrics::series(&db, &p, &name, "*", now - range, now + 60).await?;
+    let end = now - end_secs_ago.clamp(0, 400 * 86_400);
+    let m = atelier_core::endpoints::metrics::series(&db, &p, &name, "*", end - range, end + 60).await?;
     let (unit, per) = if range <= 3 * 3600 { ("minutes", 60.0) } else { ("hours", 3600.0) };
     let x = |at: i64| (at - now) as f64 / per;
     let line = |label: &str, f: &dyn Fn(&atelier_protocol::endpoints::MetricPoint) -> Option<f64>| Series {
@@ -187,7 +223,7 @@ pub async fn endpoint_charts(name: String, range_secs: i64) -> Result<(String, i
     };
     let per_step = format!("per {} s", m.step);
     let x_desc = format!("{unit} from now");
-    let span = (-(range as f64) / per, 0.0);
+    let span = (x(end - range), x(end));
     let mut svg = time_chart(
         &format!("Invocations ({per_step})"),
         &x_desc,
@@ -221,6 +257,43 @@ pub async fn endpoint_charts(name: String, range_secs: i64) -> Result<(String, i
     ));
     let total = m.points.iter().map(|p| p.invocations).sum();
     Ok((svg, total))
+}
+
+/// The utilization charts of the nodes the endpoint's live instances run on (those the
+/// caller may see), over `range_secs` ending `end_secs_ago` before now.
+#[server]
+pub async fn endpoint_node_charts(
+    name: String,
+    range_secs: i64,
+    end_secs_ago: i64,
+) -> Result<Vec<(String, String)>, AppError> {
+    use atelier_core::compute::nodes;
+    use atelier_protocol::endpoints::{INSTANCE_IN_SERVICE, INSTANCE_PENDING, INSTANCE_STARTING};
+    let (db, p) = crate::context::db_and_principal()?;
+    let endpoint = atelier_core::endpoints::get(&db, &p, &name).await?;
+    let mut names: Vec<String> = endpoint
+        .instances
+        .iter()
+        .filter(|i| [INSTANCE_PENDING, INSTANCE_STARTING, INSTANCE_IN_SERVICE].contains(&i.state.as_str()))
+        .filter_map(|i| i.node.clone())
+        .collect();
+    names.sort();
+    names.dedup();
+    let end = atelier_core::now() - end_secs_ago.clamp(0, 400 * 86_400);
+    let since = end - range_secs.clamp(600, 31 * 86_400);
+    let mut charts = Vec::new();
+    for name in names {
+        match nodes::samples(&db, &p, &name, since).await {
+            Ok((node, mut samples)) => {
+                samples.retain(|s| s.ts <= end);
+                charts
+                    .push((node.name.clone(), crate::charts::node_utilization(&node.name, &node.gpu_list(), &samples)))
+            }
+            Err(atelier_core::CoreError::Forbidden(_)) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(charts)
 }
 
 fn status_class(status: &str) -> &'static str {
@@ -335,9 +408,19 @@ pub fn EndpointPage() -> impl IntoView {
     let name = move || params.read().get("name").unwrap_or_default();
     let update = ServerAction::<UpdateEndpointModel>::new();
     let tick = RwSignal::new(0u32);
-    let range = RwSignal::new(3600i64);
-    let detail = Resource::new(move || (name(), update.version().get(), tick.get()), |(n, _, _)| get_endpoint(n));
-    let charts = Resource::new(move || (name(), range.get(), tick.get()), |(n, r, _)| endpoint_charts(n, r));
+    // The charts' window: its length and how long before now it ends.
+    let window = RwSignal::new((3600i64, 0i64));
+    let custom = RwSignal::new(false);
+    let set_scaling = ServerAction::<SetAutoscaling>::new();
+    let remove_scaling = ServerAction::<RemoveAutoscaling>::new();
+    let changed = move || (update.version().get(), set_scaling.version().get(), remove_scaling.version().get());
+    let detail = Resource::new(move || (name(), changed(), tick.get()), |(n, _, _)| get_endpoint(n));
+    // The forms are drawn from a copy read again only after a change: the live parts
+    // re-render every few seconds, which would reset what a user is typing.
+    let config: Config = Resource::new(move || (name(), changed()), |(n, _)| get_endpoint(n));
+    let charts = Resource::new(move || (name(), window.get(), tick.get()), |(n, (r, e), _)| endpoint_charts(n, r, e));
+    let node_charts =
+        Resource::new(move || (name(), window.get(), tick.get()), |(n, (r, e), _)| endpoint_node_charts(n, r, e));
     let versions = Resource::new(|| (), |_| deployable_versions());
     Effect::new(move |_| {
         let handle = set_interval_with_handle(move || tick.update(|t| *t += 1), std::time::Duration::from_secs(3));
@@ -353,27 +436,40 @@ pub fn EndpointPage() -> impl IntoView {
             {move || Suspend::new(async move {
                 match detail.await {
                     Err(e) => view! { <p class="error">{e.message}</p> }.into_any(),
-                    Ok(d) => view! { <EndpointSummary detail=d update update_error versions/> }.into_any(),
+                    Ok(d) => view! { <EndpointSummary detail=d/> }.into_any(),
                 }
+            })}
+        </Transition>
+        <Transition fallback=|| ()>
+            {move || Suspend::new(async move {
+                config.await.ok().filter(|d| d.may_update).map(|d| view! {
+                    <EndpointForms detail=d update update_error versions set_scaling remove_scaling/>
+                })
             })}
         </Transition>
         <h2>"Test request"</h2>
         <TestRequest name=Signal::derive(name)/>
         <h2>"Data capture and model monitor"</h2>
-        <MonitorSection name=Signal::derive(name) tick/>
+        <MonitorSection name=Signal::derive(name) tick config/>
         <h2>"Alarms"</h2>
-        <AlarmsSection name=Signal::derive(name) tick/>
+        <AlarmsSection name=Signal::derive(name) tick config/>
         <h2>"Monitoring"</h2>
         <div class="actions">
             <label for="metrics-range">"Range"</label>
             <select id="metrics-range" on:change=move |ev| {
-                if let Ok(v) = event_target_value(&ev).parse() { range.set(v) }
+                let value = event_target_value(&ev);
+                custom.set(value == "custom");
+                if let Ok(v) = value.parse() { window.set((v, 0)) }
             }>
                 <option value="3600">"Last hour"</option>
                 <option value="86400">"Last day"</option>
                 <option value="604800">"Last week"</option>
+                <option value="custom">"Custom…"</option>
             </select>
         </div>
+        <Show when=move || custom.get()>
+            <CustomRange window/>
+        </Show>
         <Transition fallback=|| ()>
             {move || Suspend::new(async move {
                 match charts.await {
@@ -385,16 +481,55 @@ pub fn EndpointPage() -> impl IntoView {
                 }
             })}
         </Transition>
+        <h3>"Nodes serving it"</h3>
+        <Transition fallback=|| ()>
+            {move || Suspend::new(async move {
+                match node_charts.await {
+                    Ok(list) if list.is_empty() => view! { <p class="muted">"No instance is placed on a node you can see."</p> }.into_any(),
+                    Ok(list) => list.into_iter().map(|(node, svg)| view! {
+                        <div class="chart" data-testid="node-chart" data-node=node inner_html=svg></div>
+                    }).collect_view().into_any(),
+                    Err(e) => view! { <p class="error">{e.message}</p> }.into_any(),
+                }
+            })}
+        </Transition>
     }
 }
 
+/// The endpoint as last read, for forms that must not re-render on every refresh.
+type Config = Resource<Result<EndpointDetail, AppError>>;
+
+/// A window given in hours before now ("from 30 to 6 hours ago").
 #[component]
-fn EndpointSummary(
-    detail: EndpointDetail,
-    update: ServerAction<UpdateEndpointModel>,
-    update_error: Signal<Option<AppError>>,
-    versions: Deployable,
-) -> impl IntoView {
+fn CustomRange(window: RwSignal<(i64, i64)>) -> impl IntoView {
+    let from = RwSignal::new("24".to_string());
+    let to = RwSignal::new("0".to_string());
+    let error = RwSignal::new(None::<String>);
+    let apply = move |_| {
+        let hours = |s: String| s.trim().parse::<f64>().ok().filter(|h| h.is_finite() && *h >= 0.0);
+        match (hours(from.get()), hours(to.get())) {
+            (Some(f), Some(t)) if f > t && f - t <= 31.0 * 24.0 => {
+                error.set(None);
+                window.set((((f - t) * 3600.0) as i64, (t * 3600.0) as i64));
+            }
+            _ => error.set(Some("From must be more hours ago than To, at most 31 days apart.".into())),
+        }
+    };
+    view! {
+        <div class="actions" data-testid="custom-range">
+            <label for="range-from">"From (hours ago)"</label>
+            <input id="range-from" type="number" min="0" step="any" prop:value=from on:input=move |ev| from.set(event_target_value(&ev))/>
+            <label for="range-to">"To (hours ago)"</label>
+            <input id="range-to" type="number" min="0" step="any" prop:value=to on:input=move |ev| to.set(event_target_value(&ev))/>
+            <button type="button" on:click=apply>"Show"</button>
+            {move || error.get().map(|e| view! { <span class="error">{e}</span> })}
+        </div>
+    }
+}
+
+/// Status, variants, instances and history (re-rendered on every refresh).
+#[component]
+fn EndpointSummary(detail: EndpointDetail) -> impl IntoView {
     let e = detail.endpoint;
     let variant_rows = |variants: &[atelier_protocol::endpoints::Variant]| {
         variants
@@ -407,6 +542,7 @@ fn EndpointSummary(
                         <td>{v.weight}</td>
                         <td data-testid="healthy">{format!("{}/{}", v.healthy, v.instance_count)}</td>
                         <td>{format!("{} CPU, {} MB, {} GPU", v.cpus, v.memory_mb, v.gpus)}</td>
+                        <td data-testid="autoscaling">{autoscaling_summary(v.autoscaling.as_ref())}</td>
                     </tr>
                 }
             })
@@ -442,8 +578,6 @@ fn EndpointSummary(
         .take(20)
         .map(|ev| view! { <li><span class="muted">{format_time(ev.at_ms / 1000)}</span> " " {ev.message.clone()}</li> })
         .collect_view();
-    let (name, name2) = (e.name.clone(), e.name.clone());
-    let delete = ServerAction::<DeleteEndpoint>::new();
     view! {
         <h1>{e.name.clone()}</h1>
         <p>
@@ -459,7 +593,7 @@ fn EndpointSummary(
         </dl>
         <h2>"Variants"</h2>
         <table class="table" data-testid="variants">
-            <thead><tr><th>"Variant"</th><th>"Model version"</th><th>"Weight"</th><th>"Healthy"</th><th>"Resources"</th></tr></thead>
+            <thead><tr><th>"Variant"</th><th>"Model version"</th><th>"Weight"</th><th>"Healthy"</th><th>"Resources"</th><th>"Autoscaling"</th></tr></thead>
             <tbody>{current}</tbody>
         </table>
         {pending}
@@ -468,24 +602,99 @@ fn EndpointSummary(
             <thead><tr><th>"Instance"</th><th>"Variant"</th><th>"Node"</th><th>"State"</th><th>"Message"</th></tr></thead>
             <tbody>{instances}</tbody>
         </table>
-        {detail.may_update.then(move || view! {
-            <ActionForm action=update attr:class="card form" attr:data-testid="update-endpoint">
-                <h2>"Deploy another version"</h2>
-                <input type="hidden" name="name" value=name/>
-                <label for="update-model">"Approved model version"</label>
-                <ModelSelect id="update-model" versions/>
-                <FormError error=update_error/>
-                <button type="submit">"Deploy (blue/green)"</button>
-            </ActionForm>
-            <ActionForm action=delete attr:class="inline-form">
-                <input type="hidden" name="name" value=name2/>
-                <button type="submit" class="danger">"Delete endpoint"</button>
-            </ActionForm>
-        })}
         <h2>"History"</h2>
         <ul class="events" data-testid="endpoint-events">{events}</ul>
     }
     .into_any()
+}
+
+/// What someone allowed to change the endpoint can do: deploy another version, set
+/// autoscaling, delete it.
+#[component]
+fn EndpointForms(
+    detail: EndpointDetail,
+    update: ServerAction<UpdateEndpointModel>,
+    update_error: Signal<Option<AppError>>,
+    versions: Deployable,
+    set_scaling: ServerAction<SetAutoscaling>,
+    remove_scaling: ServerAction<RemoveAutoscaling>,
+) -> impl IntoView {
+    let (name, name2, name3) =
+        (detail.endpoint.name.clone(), detail.endpoint.name.clone(), detail.endpoint.name.clone());
+    let variants: Vec<String> = detail.endpoint.variants.iter().map(|v| v.name.clone()).collect();
+    let delete = ServerAction::<DeleteEndpoint>::new();
+    view! {
+        <ActionForm action=update attr:class="card form" attr:data-testid="update-endpoint">
+            <h2>"Deploy another version"</h2>
+            <input type="hidden" name="name" value=name/>
+            <label for="update-model">"Approved model version"</label>
+            <ModelSelect id="update-model" versions/>
+            <FormError error=update_error/>
+            <button type="submit">"Deploy (blue/green)"</button>
+        </ActionForm>
+        <AutoscalingForm name=name2 variants set=set_scaling remove=remove_scaling/>
+        <ActionForm action=delete attr:class="inline-form">
+            <input type="hidden" name="name" value=name3/>
+            <button type="submit" class="danger">"Delete endpoint"</button>
+        </ActionForm>
+    }
+}
+
+fn autoscaling_summary(a: Option<&atelier_protocol::endpoints::Autoscaling>) -> String {
+    match a {
+        None => "off".into(),
+        Some(a) => format!(
+            "{}-{} instances, {} invocations/min per instance",
+            a.min_instances, a.max_instances, a.target_invocations_per_instance
+        ),
+    }
+}
+
+/// Sets or removes a variant's autoscaling policy.
+#[component]
+fn AutoscalingForm(
+    name: String,
+    variants: Vec<String>,
+    set: ServerAction<SetAutoscaling>,
+    remove: ServerAction<RemoveAutoscaling>,
+) -> impl IntoView {
+    let error = Signal::derive(move || {
+        set.value().get().and_then(Result::err).or_else(|| remove.value().get().and_then(Result::err))
+    });
+    let options = variants.iter().map(|v| view! { <option value=v.clone()>{v.clone()}</option> }).collect_view();
+    let options2 = variants.iter().map(|v| view! { <option value=v.clone()>{v.clone()}</option> }).collect_view();
+    let name2 = name.clone();
+    view! {
+        <details class="card" data-testid="autoscaling-form">
+            <summary>"Autoscaling"</summary>
+            <ActionForm action=set attr:class="form">
+                <input type="hidden" name="name" value=name/>
+                <label for="scaling-variant">"Variant"</label>
+                <select id="scaling-variant" name="variant">{options}</select>
+                <label for="scaling-min">"Minimum instances"</label>
+                <input id="scaling-min" name="min_instances" type="number" min="1" max="20" value="1" required/>
+                <FieldError error field="min_instances"/>
+                <label for="scaling-max">"Maximum instances"</label>
+                <input id="scaling-max" name="max_instances" type="number" min="1" max="20" value="4" required/>
+                <FieldError error field="max_instances"/>
+                <label for="scaling-target">"Target invocations per instance and minute"</label>
+                <input id="scaling-target" name="target" type="text" value="600" required/>
+                <FieldError error field="target_invocations_per_instance"/>
+                <label for="scaling-out">"Scale-out cooldown (seconds)"</label>
+                <input id="scaling-out" name="scale_out_cooldown_secs" type="number" min="0" max="86400" value="60"/>
+                <label for="scaling-in">"Scale-in cooldown (seconds)"</label>
+                <input id="scaling-in" name="scale_in_cooldown_secs" type="number" min="0" max="86400" value="300"/>
+                <FormError error/>
+                <button type="submit">"Save policy"</button>
+            </ActionForm>
+            <ActionForm action=remove attr:class="inline-form">
+                <input type="hidden" name="name" value=name2/>
+                <label for="scaling-remove">"Variant"</label>
+                <select id="scaling-remove" name="variant">{options2}</select>
+                <button type="submit">"Turn autoscaling off"</button>
+            </ActionForm>
+        </details>
+    }
 }
 
 fn capture_summary(c: &atelier_protocol::endpoints::DataCaptureStatus) -> String {
@@ -613,7 +822,7 @@ fn number(v: Option<f64>) -> String {
 
 /// Data capture settings and the model monitor of one endpoint.
 #[component]
-fn MonitorSection(name: Signal<String>, tick: RwSignal<u32>) -> impl IntoView {
+fn MonitorSection(name: Signal<String>, tick: RwSignal<u32>, config: Config) -> impl IntoView {
     let capture = ServerAction::<SetDataCapture>::new();
     let setup = ServerAction::<SetupMonitor>::new();
     let run = ServerAction::<RunMonitor>::new();
@@ -632,11 +841,7 @@ fn MonitorSection(name: Signal<String>, tick: RwSignal<u32>) -> impl IntoView {
     view! {
         <Transition fallback=|| ()>
             {move || Suspend::new(async move {
-                let d = match detail.await {
-                    Ok(d) => d,
-                    Err(e) => return view! { <p class="error">{e.message}</p> }.into_any(),
-                };
-                let forms = d.may_update.then(|| view! {
+                config.await.ok().filter(|d| d.may_update).map(|_| view! {
                     <div class="card-row">
                         <ActionForm action=capture attr:class="card form" attr:data-testid="capture-form">
                             <h3>"Data capture"</h3>
@@ -660,12 +865,20 @@ fn MonitorSection(name: Signal<String>, tick: RwSignal<u32>) -> impl IntoView {
                             <button type="submit">"Set up model monitor"</button>
                         </ActionForm>
                     </div>
-                    {d.monitor.is_some().then(|| view! {
+                })
+            })}
+        </Transition>
+        <Transition fallback=|| ()>
+            {move || Suspend::new(async move {
+                let d = match detail.await {
+                    Ok(d) => d,
+                    Err(e) => return view! { <p class="error">{e.message}</p> }.into_any(),
+                };
+                let run_button = (d.may_update && d.monitor.is_some()).then(|| view! {
                         <ActionForm action=run attr:class="actions">
                             <input type="hidden" name="name" value=name.get_untracked()/>
                             <button type="submit" class="primary">"Run monitor now"</button>
                         </ActionForm>
-                    })}
                 });
                 let baseline = d.monitor.as_ref().map(|m| {
                     let rows = m.baseline.features.iter().map(|f| view! {
@@ -724,7 +937,7 @@ fn MonitorSection(name: Signal<String>, tick: RwSignal<u32>) -> impl IntoView {
                     }
                 });
                 view! {
-                    {forms}
+                    {run_button}
                     {baseline}
                     <h3>"Runs"</h3>
                     <table class="table" data-testid="monitor-runs">
@@ -740,15 +953,11 @@ fn MonitorSection(name: Signal<String>, tick: RwSignal<u32>) -> impl IntoView {
     }
 }
 
-/// An endpoint's alarms, and whether the caller may add some.
+/// An endpoint's alarms.
 #[server]
-pub async fn list_alarms(name: String) -> Result<(Vec<atelier_protocol::endpoints::Alarm>, bool), AppError> {
-    use atelier_core::authz::Action;
+pub async fn list_alarms(name: String) -> Result<Vec<atelier_protocol::endpoints::Alarm>, AppError> {
     let (db, p) = crate::context::db_and_principal()?;
-    let alarms = atelier_core::endpoints::alarms::list(&db, &p, &name).await?;
-    let endpoint = atelier_core::endpoints::get(&db, &p, &name).await?;
-    let resource = atelier_core::endpoints::resource(&name).created_by(endpoint.created_by);
-    Ok((alarms, p.can(Action::UpdateEndpoint, &resource)))
+    Ok(atelier_core::endpoints::alarms::list(&db, &p, &name).await?)
 }
 
 #[server]
@@ -776,13 +985,13 @@ pub async fn put_alarm(
 
 /// Alarms: their state and history, and a form to add one.
 #[component]
-fn AlarmsSection(name: Signal<String>, tick: RwSignal<u32>) -> impl IntoView {
+fn AlarmsSection(name: Signal<String>, tick: RwSignal<u32>, config: Config) -> impl IntoView {
     let add = ServerAction::<PutAlarm>::new();
     let alarms = Resource::new(move || (name.get(), add.version().get(), tick.get() / 5), |(n, _, _)| list_alarms(n));
     view! {
         <Transition fallback=|| ()>
             {move || Suspend::new(async move {
-                let (list, may_update) = match alarms.await {
+                let list = match alarms.await {
                     Err(e) => return view! { <p class="error">{e.message}</p> }.into_any(),
                     Ok(answer) => answer,
                 };
@@ -812,7 +1021,12 @@ fn AlarmsSection(name: Signal<String>, tick: RwSignal<u32>) -> impl IntoView {
                         </table>
                     }.into_any()
                 };
-                view! { {table} {may_update.then(|| view! { <AlarmForm add name/> })} }.into_any()
+                table
+            })}
+        </Transition>
+        <Transition fallback=|| ()>
+            {move || Suspend::new(async move {
+                config.await.ok().filter(|d| d.may_update).map(|_| view! { <AlarmForm add name/> })
             })}
         </Transition>
     }

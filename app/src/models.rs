@@ -148,6 +148,31 @@ pub async fn remove_webhook(id: String) -> Result<(), AppError> {
     Ok(atelier_core::models::webhooks::delete(&db, &p, &id).await?)
 }
 
+/// The group's deployment rule, whether the caller may change it, and the endpoints
+/// they could point it at.
+#[server]
+pub async fn deployment_rule(group: String) -> Result<(Option<String>, bool, Vec<String>), AppError> {
+    use atelier_core::endpoints::rules;
+    let (db, p) = crate::context::db_and_principal()?;
+    let rule = rules::get(&db, &p, &group).await?;
+    let may_change = rules::may_change(&db, &p, &group).await?;
+    let endpoints = match atelier_core::endpoints::list(&db, &p).await {
+        Ok(list) => list.into_iter().map(|e| e.name).collect(),
+        Err(atelier_core::CoreError::Forbidden(_)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    Ok((rule, may_change, endpoints))
+}
+
+/// Sets the deployment rule (a blank endpoint removes it).
+#[server]
+pub async fn set_deployment_rule(group: String, endpoint: String) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    let endpoint = Some(endpoint.trim()).filter(|e| !e.is_empty());
+    atelier_core::endpoints::rules::set(&db, &p, &group, endpoint).await?;
+    Ok(())
+}
+
 #[server]
 pub async fn approval_inbox() -> Result<Vec<PendingVersion>, AppError> {
     let (db, p) = crate::context::db_and_principal()?;
@@ -331,7 +356,51 @@ fn GroupSummary(detail: GroupDetail, picked: RwSignal<Vec<i64>>) -> impl IntoVie
         <p>
             <a class="button" href=compare_href class:disabled=move || picked.get().len() < 2 data-testid="compare-versions">"Compare selected"</a>
         </p>
+        <GroupDeploymentRule group=group.clone()/>
         <GroupWebhooks group/>
+    }
+}
+
+/// "Deploy each newly approved version to endpoint X", and its form.
+#[component]
+fn GroupDeploymentRule(group: String) -> impl IntoView {
+    let set = ServerAction::<SetDeploymentRule>::new();
+    let key = group.clone();
+    let rule = Resource::new(move || (key.clone(), set.version().get()), |(g, _)| deployment_rule(g));
+    let error = Signal::derive(move || set.value().get().and_then(Result::err));
+    view! {
+        <Transition fallback=|| ()>
+            {move || {
+                let group = group.clone();
+                Suspend::new(async move {
+                    let (current, may_change, endpoints) = rule.await.ok()?;
+                    let summary = match &current {
+                        Some(e) => format!("Each newly approved version is deployed to endpoint {e}; rejecting the version it serves goes back to the previous approved one."),
+                        None => "None: approved versions are deployed by hand.".to_string(),
+                    };
+                    let options = endpoints.into_iter().map(|e| {
+                        let selected = current.as_deref() == Some(e.as_str());
+                        view! { <option value=e.clone() selected=selected>{e.clone()}</option> }
+                    }).collect_view();
+                    Some(view! {
+                        <h2>"Deployment rule"</h2>
+                        <p data-testid="deployment-rule">{summary}</p>
+                        {may_change.then(|| view! {
+                            <ActionForm action=set attr:class="card form" attr:data-testid="deployment-rule-form">
+                                <input type="hidden" name="group" value=group/>
+                                <label for="rule-endpoint">"Deploy approved versions to"</label>
+                                <select id="rule-endpoint" name="endpoint">
+                                    <option value="">"no endpoint (no rule)"</option>
+                                    {options}
+                                </select>
+                                <FormError error/>
+                                <button type="submit">"Save rule"</button>
+                            </ActionForm>
+                        })}
+                    }.into_any())
+                })
+            }}
+        </Transition>
     }
 }
 

@@ -73,6 +73,21 @@ test('a data scientist deploys an approved version, invokes it from the test pag
   await expect(esme.getByTestId('invocation-total')).toHaveText('2', { timeout: 30_000 });
   await expect(esme.getByTestId('endpoint-charts').locator('svg')).toHaveCount(3);
   await expect(esme.getByTestId('endpoint-charts')).toContainText('milliseconds');
+  // A custom window: one that ended an hour ago holds none of them; a backwards one
+  // is refused.
+  await esme.getByLabel('Range').selectOption('custom');
+  const custom = esme.getByTestId('custom-range');
+  await custom.getByLabel('From (hours ago)').fill('1');
+  await custom.getByLabel('To (hours ago)').fill('2');
+  await custom.getByRole('button', { name: 'Show' }).click();
+  await expect(custom).toContainText('From must be more hours ago than To');
+  await custom.getByLabel('From (hours ago)').fill('2');
+  await custom.getByLabel('To (hours ago)').fill('1');
+  await custom.getByRole('button', { name: 'Show' }).click();
+  await expect(esme.getByTestId('invocation-total')).toHaveText('0');
+  await custom.getByLabel('To (hours ago)').fill('0');
+  await custom.getByRole('button', { name: 'Show' }).click();
+  await expect(esme.getByTestId('invocation-total')).toHaveText('2');
 
   // The model monitor: a baseline from the training data, then a run over what was
   // captured.
@@ -93,6 +108,27 @@ test('a data scientist deploys an approved version, invokes it from the test pag
   await alarm.getByLabel('Threshold').fill('5');
   await alarm.getByRole('button', { name: 'Add alarm' }).click();
   await expect(esme.getByTestId('alarms').locator('tr[data-alarm="client-errors"]').getByTestId('alarm-state')).toHaveText('INSUFFICIENT_DATA');
+
+  // Autoscaling for the variant, shown in the variants table; the node serving it is
+  // charted beside the endpoint's own metrics.
+  const scaling = esme.getByTestId('autoscaling-form');
+  await scaling.locator('summary').click();
+  await scaling.getByLabel('Maximum instances').fill('2');
+  await scaling.getByLabel('Target invocations per instance and minute').fill('600');
+  await scaling.getByRole('button', { name: 'Save policy' }).click();
+  await expect(esme.getByTestId('variants').getByTestId('autoscaling')).toHaveText('1-2 instances, 600 invocations/min per instance');
+  await expect(esme.getByTestId('endpoint-events')).toContainText('autoscaling of variant primary set by esme');
+  await expect(esme.locator('[data-testid="node-chart"][data-node="local"] svg')).toBeVisible();
+
+  // The model group's deployment rule points at the endpoint.
+  await esme.goto('/models/ui-sides');
+  await hydrated(esme);
+  await expect(esme.getByTestId('deployment-rule')).toContainText('approved versions are deployed by hand');
+  const rule = esme.getByTestId('deployment-rule-form');
+  await rule.getByLabel('Deploy approved versions to').selectOption('ui-sides');
+  await rule.getByRole('button', { name: 'Save rule' }).click();
+  await expect(esme.getByTestId('deployment-rule')).toContainText('deployed to endpoint ui-sides');
+  expect((await (await esme.request.get('/api/v1/model-groups/ui-sides/deployment-rule')).json()).endpoint).toBe('ui-sides');
   // The page hydrated and ran without a browser error.
   expect(errors, errors.join('\n')).toEqual([]);
 

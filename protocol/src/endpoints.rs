@@ -144,6 +144,36 @@ pub struct Variant {
     pub gpus: i64,
     /// Instances answering health checks.
     pub healthy: i64,
+    /// The autoscaling policy of variants of this name, if one is set.
+    #[serde(default)]
+    pub autoscaling: Option<Autoscaling>,
+}
+
+/// Target tracking for a variant (`PUT /api/v1/endpoints/{name}/variants/{variant}/autoscaling`):
+/// the instance count follows the invocations of the last minute, one instance per
+/// `target_invocations_per_instance`, between `min_instances` and `max_instances`.
+/// The policy belongs to the variant name, so it carries over to later configurations.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Autoscaling {
+    pub min_instances: i64,
+    pub max_instances: i64,
+    /// Invocations per instance and minute to aim for.
+    pub target_invocations_per_instance: f64,
+    /// After a scale-out, no further scale-out for this long (default 60); a scale-in
+    /// never delays a scale-out.
+    #[serde(default = "default_scale_out_cooldown")]
+    pub scale_out_cooldown_secs: i64,
+    /// After any scaling, no scale-in for this long (default 300).
+    #[serde(default = "default_scale_in_cooldown")]
+    pub scale_in_cooldown_secs: i64,
+}
+
+fn default_scale_out_cooldown() -> i64 {
+    60
+}
+fn default_scale_in_cooldown() -> i64 {
+    300
 }
 
 impl Variant {

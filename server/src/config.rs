@@ -96,6 +96,15 @@ pub struct Config {
     #[arg(long, env = "ATELIER_INVOCATION_TIMEOUT_SECS", default_value_t = 60, global = true)]
     pub invocation_timeout_secs: u64,
 
+    /// Endpoint metrics stay per minute for this many hours, then are folded into hours
+    /// (node utilization stays per heartbeat for an hour, then per minute).
+    #[arg(long, env = "ATELIER_METRICS_DETAIL_HOURS", default_value_t = 48, global = true)]
+    pub metrics_detail_hours: u32,
+
+    /// Endpoint metrics and node utilization older than this many days are deleted.
+    #[arg(long, env = "ATELIER_METRICS_RETENTION_DAYS", default_value_t = 90, global = true)]
+    pub metrics_retention_days: u32,
+
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "ATELIER_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
@@ -126,6 +135,14 @@ impl Config {
         }
     }
 
+    /// How long metrics are kept, and at what resolution.
+    pub fn retention(&self) -> atelier_core::retention::Retention {
+        atelier_core::retention::Retention {
+            detail_hours: i64::from(self.metrics_detail_hours.max(1)),
+            days: i64::from(self.metrics_retention_days.max(1)),
+        }
+    }
+
     /// Whether cookies must carry the Secure flag.
     pub fn secure_cookies(&self) -> bool {
         self.public_url.as_deref().is_some_and(|u| u.starts_with("https://"))
@@ -147,6 +164,8 @@ impl Config {
             log_format: "text".into(),
             webhook_retry_base_ms: 2000,
             invocation_timeout_secs: 60,
+            metrics_detail_hours: 48,
+            metrics_retention_days: 90,
             artifact_dir: None,
             artifact_store: None,
             max_upload_bytes: 10 * 1024 * 1024 * 1024,

@@ -151,7 +151,7 @@ impl Invoker {
                     } else {
                         (502, format!("the model server's answer was cut short: {err}"))
                     };
-                    self.record(&route, variant, status, model_us, started);
+                    self.record(state, &route, variant, status, model_us, started);
                     return Err(upstream(status, message));
                 }
             };
@@ -160,15 +160,15 @@ impl Invoker {
             let body = match response.bytes().await {
                 Ok(body) => body,
                 Err(err) => {
-                    self.record(&route, variant, 502, sent.elapsed().as_micros() as u64, started);
+                    self.record(state, &route, variant, 502, sent.elapsed().as_micros() as u64, started);
                     return Err(upstream(502, format!("the model server's answer was cut short: {err}")));
                 }
             };
             let model_us = sent.elapsed().as_micros() as u64;
-            self.record(&route, variant, status.as_u16(), model_us, started);
+            self.record(state, &route, variant, status.as_u16(), model_us, started);
             let answer = Answer { status, content_type, variant: variant.clone(), body };
             if route.capture_percent > 0 && rand::thread_rng().gen_range(0..100) < route.capture_percent {
-                self.capture(&route, request_type.as_ref(), &request_body, &answer);
+                self.capture(state, &route, request_type.as_ref(), &request_body, &answer);
             }
             return Ok(answer);
         }
@@ -177,7 +177,14 @@ impl Invoker {
 
     /// Adds one request and its response to the endpoint's capture, in SageMaker's
     /// capture record format.
-    fn capture(&self, route: &Route, content_type: Option<&HeaderValue>, body: &Bytes, answer: &Answer) {
+    fn capture(
+        &self,
+        state: &AppState,
+        route: &Route,
+        content_type: Option<&HeaderValue>,
+        body: &Bytes,
+        answer: &Answer,
+    ) {
         let at = time::OffsetDateTime::now_utc();
         let t = at.unix_timestamp();
         let record = serde_json::json!({
@@ -207,6 +214,7 @@ impl Invoker {
             lines: Vec::new(),
         });
         if batch.lines.len() + line.len() > CAPTURE_BUFFER_BYTES {
+            state.metrics.capture_dropped(&route.name);
             return;
         }
         batch.last_at = t;
@@ -232,9 +240,10 @@ impl Invoker {
         // A paused or changed capture is seen at the next route read.
     }
 
-    fn record(&self, route: &Route, variant: &str, status: u16, model_us: u64, started: Instant) {
-        let total = started.elapsed().as_micros() as u64;
-        self.recorder.record(&route.endpoint_id, variant, status, model_us, total.saturating_sub(model_us));
+    fn record(&self, state: &AppState, route: &Route, variant: &str, status: u16, model_us: u64, started: Instant) {
+        let overhead_us = started.elapsed().as_micros().saturating_sub(model_us as u128) as u64;
+        self.recorder.record(&route.endpoint_id, variant, status, model_us, overhead_us);
+        state.metrics.observe_invocation(&route.name, variant, status, model_us, overhead_us);
     }
 }
 
@@ -347,9 +356,12 @@ pub fn router() -> Router<AppState> {
     Router::new().route("/endpoints/{name}/invocations", post(invoke))
 }
 
-/// Deploys endpoints (every second) and stores invocation counts (every five).
+/// Background work: deploys endpoints and evaluates alarms (every second); stores
+/// invocation counts and captures, autoscales, and starts due monitor runs (every
+/// five); folds and deletes old metrics (every minute).
 pub fn spawn_background(state: AppState) {
     let s = state.clone();
+    let retention = state.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -370,9 +382,23 @@ pub fn spawn_background(state: AppState) {
         loop {
             tick.tick().await;
             state.invoker.flush(&state).await;
+            // Autoscaling reads the counts just stored.
+            if let Err(err) = atelier_core::endpoints::autoscaling::autoscale(&state.db).await {
+                tracing::warn!(error = %err, "endpoint autoscaling failed");
+            }
             // Scheduled model monitor runs, checked on the same beat.
             if let Err(err) = atelier_core::monitor::runs::run_due(&state.db, &state.artifacts).await {
                 tracing::warn!(error = %err, "scheduled model monitor runs failed");
+            }
+        }
+    });
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            if let Err(err) = atelier_core::retention::run(&retention.db, retention.config.retention()).await {
+                tracing::warn!(error = %err, "old metrics could not be folded or deleted");
             }
         }
     });

@@ -187,7 +187,7 @@ struct UpdateModel {
 
 async fn update_model(State(state): State<AppState>, Auth(p): Auth, bytes: Bytes) -> Answer {
     let req: UpdateModel = body(&bytes)?;
-    let g = models::update_group(&state.db, &p, &req.name, req.description.as_deref(), None, None).await?;
+    let g = models::update_group(&state.db, &p, &req.name, None, req.description.as_deref(), None, None).await?;
     Ok(Json(json!({"registered_model": model_json(&state, &p, &g).await?})))
 }
 

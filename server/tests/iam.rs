@@ -57,6 +57,9 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         "/api/v1/endpoints/{name}/data-capture" => json!({"percent": 10}),
         "/api/v1/model-groups/{group}/deployment-rule" => json!({"endpoint": "ep-1"}),
         "/api/v1/endpoints/{name}/monitor" => json!({"frequency": "daily"}),
+        "/api/v1/endpoints/{name}/variants/{variant}/autoscaling" => {
+            json!({"min_instances": 1, "max_instances": 2, "target_invocations_per_instance": 10})
+        }
         "/api/v1/endpoints/{name}/alarms" => {
             json!({"name": "a", "metric": "errors_5xx", "comparison": "ge", "threshold": 1})
         }
@@ -255,6 +258,7 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         ("content_type", "application/json"),
         ("body", "{}"),
         ("range_secs", "3600"),
+        ("end_secs_ago", "0"),
         ("percent", "10"),
         ("budget_mb", "10"),
         ("frequency", "daily"),
@@ -263,6 +267,13 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         ("comparison", "ge"),
         ("threshold", "1"),
         ("periods", "1"),
+        ("variant", "primary"),
+        ("min_instances", "1"),
+        ("max_instances", "2"),
+        ("target", "10"),
+        ("scale_out_cooldown_secs", "60"),
+        ("scale_in_cooldown_secs", "60"),
+        ("endpoint", "ep-1"),
     ];
     // Server functions that take JSON (nested arguments), with a body each.
     let json_bodies: Vec<(&str, Value)> = vec![

@@ -183,6 +183,15 @@ async fn versions_move_through_approval_and_creators_cannot_approve_their_own() 
     assert_eq!(inbox(rob.clone()).await, vec!["churn/1", "fraud/2"]);
     // A data scientist decides nothing, so their inbox is empty.
     assert!(inbox(ds.clone()).await.is_empty());
+    // A reviewer scoped to one group sees that group's pending versions (and may not
+    // list every group's).
+    let scoped = r#"{"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Action": ["models:Get*", "models:UpdateModelApprovalStatus"], "Resource": "atelier:models:group/churn*"}]}"#;
+    atelier_core::iam::store::create_policy(&app.state.db, "admin", "ChurnReviewer", "", scoped).await.expect("policy");
+    let carl = user(&app, "carl", &["ChurnReviewer"]).await;
+    assert_eq!(inbox(carl.clone()).await, vec!["churn/1"]);
+    let r = call(&app, Method::GET, "/api/v1/model-groups/fraud/versions", &carl, None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
 
     // The decisions are in the audit log.
     let admin = app.create_user("admin", true).await;
@@ -213,6 +222,26 @@ async fn a_quorum_needs_distinct_reviewers() {
 
     let r = call(&app, Method::PATCH, "/api/v1/model-groups/risk", &ds, Some(json!({"required_approvals": 1}))).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "data scientists do not change the quorum: {}", r.text());
+
+    // A change is all or nothing: a refused part leaves the name as it was.
+    for body in
+        [json!({"name": "risk-2", "required_approvals": 1}), json!({"name": "risk-2", "description": "x".repeat(5001)})]
+    {
+        let r = call(&app, Method::PATCH, "/api/v1/model-groups/risk", &ds, Some(body.clone())).await;
+        assert!(r.status.is_client_error(), "{body}: {}", r.text());
+        let r = call(&app, Method::GET, "/api/v1/model-groups/risk-2", &ds, None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{body}: renamed although refused");
+    }
+    let r = call(
+        &app,
+        Method::PATCH,
+        "/api/v1/model-groups/risk",
+        &ds,
+        Some(json!({"name": "risk-2", "description": "d"})),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!((r.json()["name"].clone(), r.json()["description"].clone()), (json!("risk-2"), json!("d")));
 }
 
 #[tokio::test]

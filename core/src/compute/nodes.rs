@@ -276,6 +276,14 @@ pub async fn samples(db: &Db, p: &Principal, name: &str, since: i64) -> CoreResu
     Ok((node, samples))
 }
 
+/// Every registered node with its latest utilization, for the metrics export (which
+/// is not per principal: it is on the public list, for the operator's scraper).
+pub async fn all_for_export(db: &Db) -> CoreResult<Vec<Node>> {
+    Ok(sqlx::query_as(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE status <> 'Deregistered' ORDER BY name"))
+        .fetch_all(&db.pool)
+        .await?)
+}
+
 /// Removes a node: its token stops working and its work is requeued elsewhere.
 pub async fn deregister(db: &Db, p: &Principal, name: &str) -> CoreResult<()> {
     authorize(p, Action::DeregisterNode, &resource(name))?;
@@ -293,8 +301,8 @@ pub async fn deregister(db: &Db, p: &Principal, name: &str) -> CoreResult<()> {
     Ok(())
 }
 
-/// Marks nodes whose heartbeats stopped as Lost and requeues their work; prunes old
-/// samples. Returns the nodes marked lost.
+/// Marks nodes whose heartbeats stopped as Lost and requeues their work (old samples
+/// go by [`crate::retention`]). Returns the nodes marked lost.
 pub async fn sweep(db: &Db, settings: &Settings) -> CoreResult<Vec<String>> {
     let t = now();
     let lost: Vec<(String, String)> =
@@ -315,6 +323,5 @@ pub async fn sweep(db: &Db, settings: &Settings) -> CoreResult<Vec<String>> {
             jobs::requeue_node(db, id, &format!("compute node {name} stopped sending heartbeats")).await?;
         }
     }
-    sqlx::query("DELETE FROM node_samples WHERE ts < $1").bind(t - 86_400).execute(&db.pool).await?;
     Ok(lost.into_iter().map(|(_, name)| name).collect())
 }

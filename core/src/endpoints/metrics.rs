@@ -130,6 +130,28 @@ impl Recorder {
     }
 }
 
+/// Per endpoint and variant of the serving configurations: the instance count asked
+/// for and the healthy one (for the metrics export).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct InstanceGauge {
+    pub endpoint: String,
+    pub variant: String,
+    pub desired: i64,
+    pub healthy: i64,
+}
+
+pub async fn instance_gauges(db: &Db) -> CoreResult<Vec<InstanceGauge>> {
+    Ok(sqlx::query_as(
+        "SELECT e.name AS endpoint, v.name AS variant, v.instance_count AS desired, \
+         CAST(COUNT(i.id) AS BIGINT) AS healthy FROM endpoints e \
+         JOIN endpoint_variants v ON v.endpoint_id = e.id AND v.generation = e.active_generation \
+         LEFT JOIN endpoint_instances i ON i.variant_id = v.id AND i.state = 'InService' \
+         GROUP BY e.name, v.name, v.instance_count ORDER BY e.name, v.name",
+    )
+    .fetch_all(&db.pool)
+    .await?)
+}
+
 /// Seconds per point for a range: per minute up to a day, coarser beyond, so a chart
 /// has at most about 1,500 points.
 pub fn step_for(seconds: i64) -> i64 {

@@ -7,6 +7,7 @@
 //! blue/green, so a version switch drops no request.
 
 pub mod alarms;
+pub mod autoscaling;
 pub mod capture;
 pub mod metrics;
 pub mod reconcile;
@@ -280,7 +281,13 @@ pub async fn create(db: &Db, p: &Principal, new: &NewEndpoint) -> CoreResult<End
 /// which keeps serving until the new one is healthy.
 pub async fn update(db: &Db, p: &Principal, name: &str, config: &EndpointConfig) -> CoreResult<Endpoint> {
     let row = endpoint_for(db, p, name, Action::UpdateEndpoint).await?;
-    let variants = resolve(db, p, &config.variants).await?;
+    let mut variants = resolve(db, p, &config.variants).await?;
+    // A variant under autoscaling starts within its policy's range.
+    let policies = autoscaling::policies(db, &row.id).await?;
+    for v in &mut variants {
+        let policy = policies.iter().find(|(name, _)| *name == v.spec.name).map(|(_, a)| a);
+        v.spec.instance_count = autoscaling::clamp(v.spec.instance_count, policy);
+    }
     // Read before the transaction: on SQLite a transaction that reads first and then
     // writes fails at once (rather than waiting) if another connection wrote meanwhile.
     // The conditional update below still makes concurrent updates exclusive.
@@ -310,17 +317,8 @@ pub async fn update(db: &Db, p: &Principal, name: &str, config: &EndpointConfig)
     }
     insert_variants(&mut tx, &row.id, generation, &variants).await?;
     // Instances of a superseded, never-active generation are no longer wanted.
-    sqlx::query(
-        "UPDATE endpoint_instances SET state = 'Stopped', message = 'superseded by a newer configuration', \
-         updated_at = $1 WHERE endpoint_id = $2 AND state IN ('Pending', 'Starting', 'InService') AND variant_id IN \
-         (SELECT id FROM endpoint_variants WHERE endpoint_id = $2 AND generation <> $3 AND generation <> $4)",
-    )
-    .bind(now())
-    .bind(&row.id)
-    .bind(generation)
-    .bind(row.active_generation.unwrap_or(-1))
-    .execute(&mut *tx)
-    .await?;
+    let keep = [generation, row.active_generation.unwrap_or(generation)];
+    reconcile::stop_other_generations(&mut *tx, &row.id, keep, "superseded by a newer configuration", now()).await?;
     add_event(&mut *tx, &row.id, &format!("update by {}: {}", p.user.username, describe(&variants))).await?;
     tx.commit().await?;
     p.note_change(format!("updated endpoint {name}: {}", describe(&variants)));
@@ -337,6 +335,7 @@ pub async fn delete(db: &Db, store: &crate::artifacts::ArtifactStore, p: &Princi
     let mut tx = db.pool.begin().await?;
     let tables = [
         "endpoint_alarms",
+        "endpoint_autoscaling",
         "monitor_runs",
         "monitor_schedules",
         "endpoint_captures",
@@ -471,6 +470,7 @@ async fn view(db: &Db, row: EndpointRow) -> CoreResult<Endpoint> {
     .fetch_all(&db.pool)
     .await?;
     let by_id: HashMap<&str, &VariantRow> = variants.iter().map(|v| (v.id.as_str(), v)).collect();
+    let policies = autoscaling::policies(db, &row.id).await?;
     let to_wire = |v: &VariantRow| Variant {
         name: v.name.clone(),
         generation: v.generation,
@@ -482,6 +482,7 @@ async fn view(db: &Db, row: EndpointRow) -> CoreResult<Endpoint> {
         memory_mb: v.memory_mb,
         gpus: v.gpus,
         healthy: instances.iter().filter(|i| i.variant_id == v.id && i.state == "InService").count() as i64,
+        autoscaling: policies.iter().find(|(name, _)| *name == v.name).map(|(_, a)| a.clone()),
     };
     let shown = row.active_generation.unwrap_or(row.generation);
     let current = variants.iter().filter(|v| v.generation == shown).map(to_wire).collect();

@@ -110,12 +110,69 @@ async fn reconcile_one(db: &Db, e: &EndpointRow, t: i64) -> CoreResult<bool> {
             .await?;
             changed = true;
         }
+        if live > v.instance_count {
+            changed |= scale_in(db, &v.id, live - v.instance_count, t).await?;
+        }
     }
     let promotable = e.status == CREATING || e.status == UPDATING || e.status == FAILED;
     if all_healthy && !variants.is_empty() && (promotable || e.active_generation != Some(e.generation)) {
         changed |= promote(db, e, t).await?;
     }
     record_instances(db, e, t).await?;
+    Ok(changed)
+}
+
+/// Stops the live instances of every configuration of an endpoint but the two in
+/// `keep` (give one twice to keep one): when traffic moved, or an update was rolled
+/// back or superseded.
+pub(super) async fn stop_other_generations<'e, E>(
+    executor: E,
+    endpoint_id: &str,
+    keep: [i64; 2],
+    message: &str,
+    t: i64,
+) -> CoreResult<()>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(&format!(
+        "UPDATE endpoint_instances SET state = 'Stopped', message = $1, updated_at = $2 WHERE endpoint_id = $3 \
+         AND state IN {LIVE} AND variant_id IN (SELECT id FROM endpoint_variants WHERE endpoint_id = $3 \
+         AND generation <> $4 AND generation <> $5)"
+    ))
+    .bind(message)
+    .bind(t)
+    .bind(endpoint_id)
+    .bind(keep[0])
+    .bind(keep[1])
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+/// The count went down (autoscaling): the extra instances stop, those not serving yet
+/// first, then the newest. The agent lets a stopped instance drain before it ends it.
+async fn scale_in(db: &Db, variant_id: &str, extra: i64, t: i64) -> CoreResult<bool> {
+    let victims: Vec<(String,)> = sqlx::query_as(&format!(
+        "SELECT id FROM endpoint_instances WHERE variant_id = $1 AND state IN {LIVE} ORDER BY \
+         CASE state WHEN 'Pending' THEN 0 WHEN 'Starting' THEN 1 ELSE 2 END, created_at DESC, id DESC LIMIT $2"
+    ))
+    .bind(variant_id)
+    .bind(extra)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut changed = false;
+    for (id,) in victims {
+        let done = sqlx::query(&format!(
+            "UPDATE endpoint_instances SET state = 'Stopped', message = 'scaled in', updated_at = $1 \
+             WHERE id = $2 AND state IN {LIVE}"
+        ))
+        .bind(t)
+        .bind(&id)
+        .execute(&db.pool)
+        .await?;
+        changed |= done.rows_affected() == 1;
+    }
     Ok(changed)
 }
 
@@ -136,16 +193,8 @@ async fn promote(db: &Db, e: &EndpointRow, t: i64) -> CoreResult<bool> {
     if done.rows_affected() != 1 {
         return Ok(false);
     }
-    sqlx::query(&format!(
-        "UPDATE endpoint_instances SET state = 'Stopped', message = $1, updated_at = $2 WHERE endpoint_id = $3 \
-         AND state IN {LIVE} AND variant_id IN (SELECT id FROM endpoint_variants WHERE endpoint_id = $3 AND generation <> $4)"
-    ))
-    .bind(format!("replaced by configuration {}", e.generation))
-    .bind(t)
-    .bind(&e.id)
-    .bind(e.generation)
-    .execute(&mut *tx)
-    .await?;
+    let replaced = format!("replaced by configuration {}", e.generation);
+    stop_other_generations(&mut *tx, &e.id, [e.generation; 2], &replaced, t).await?;
     let message = match e.active_generation {
         Some(old) if old != e.generation => {
             format!("configuration {} in service; traffic moved from configuration {old}", e.generation)
@@ -196,16 +245,7 @@ async fn give_up(db: &Db, e: &EndpointRow, variant_id: &str, variant: &str) -> C
         return Ok(false);
     }
     if generation != e.generation {
-        sqlx::query(&format!(
-            "UPDATE endpoint_instances SET state = 'Stopped', message = 'the update was rolled back', updated_at = $1 \
-             WHERE endpoint_id = $2 AND state IN {LIVE} AND variant_id IN \
-             (SELECT id FROM endpoint_variants WHERE endpoint_id = $2 AND generation = $3)"
-        ))
-        .bind(t)
-        .bind(&e.id)
-        .bind(e.generation)
-        .execute(&mut *tx)
-        .await?;
+        stop_other_generations(&mut *tx, &e.id, [generation; 2], "the update was rolled back", t).await?;
     }
     add_event(&mut *tx, &e.id, &reason).await?;
     tx.commit().await?;
@@ -213,19 +253,24 @@ async fn give_up(db: &Db, e: &EndpointRow, variant_id: &str, variant: &str) -> C
 }
 
 /// The healthy instance count of the serving configuration's variants, as this
-/// minute's gauge.
+/// minute's gauge. Written only when it differs from what this minute holds: the
+/// reconciler runs every second, and writes contend on SQLite.
 async fn record_instances(db: &Db, e: &EndpointRow, t: i64) -> CoreResult<()> {
     let Some(active) = e.active_generation else { return Ok(()) };
-    let rows: Vec<(String, i64)> = sqlx::query_as(
-        "SELECT v.name, CAST(COUNT(i.id) AS BIGINT) FROM endpoint_variants v LEFT JOIN endpoint_instances i \
-         ON i.variant_id = v.id AND i.state = 'InService' WHERE v.endpoint_id = $1 AND v.generation = $2 GROUP BY v.name",
+    let minute = t - t.rem_euclid(60);
+    let rows: Vec<(String, i64, Option<i64>)> = sqlx::query_as(
+        "SELECT v.name, CAST(COUNT(i.id) AS BIGINT), \
+         (SELECT m.instances FROM endpoint_metrics m WHERE m.endpoint_id = v.endpoint_id AND m.variant = v.name \
+          AND m.minute = $3) FROM endpoint_variants v LEFT JOIN endpoint_instances i \
+         ON i.variant_id = v.id AND i.state = 'InService' WHERE v.endpoint_id = $1 AND v.generation = $2 \
+         GROUP BY v.endpoint_id, v.name",
     )
     .bind(&e.id)
     .bind(active)
+    .bind(minute)
     .fetch_all(&db.pool)
     .await?;
-    let minute = t - t.rem_euclid(60);
-    for (variant, n) in rows {
+    for (variant, n, _) in rows.into_iter().filter(|(_, n, stored)| *stored != Some(*n)) {
         sqlx::query(
             "INSERT INTO endpoint_metrics (endpoint_id, variant, minute, instances) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (endpoint_id, variant, minute) DO UPDATE SET instances = excluded.instances",

@@ -46,6 +46,13 @@ pub async fn get(db: &Db, p: &Principal, group: &str) -> CoreResult<Option<Strin
     Ok(endpoint)
 }
 
+/// Whether the caller may change the group's rule (as far as the group goes: the
+/// endpoint is checked when one is named).
+pub async fn may_change(db: &Db, p: &Principal, group: &str) -> CoreResult<bool> {
+    let g = crate::models::find_group(db, group).await?;
+    Ok(p.can(Action::UpdateModelGroup, &crate::models::group_resource(&g)))
+}
+
 /// Called after a version's status changed: deploys a newly Approved version, or
 /// rolls the endpoint back from a rejected one it serves.
 pub async fn on_status_change(db: &Db, group_id: &str, version: i64, status: &str) {

@@ -180,11 +180,16 @@ async fn changed(db: &Db, row: &VersionRow) -> CoreError {
     ))
 }
 
-/// A version's timeline, oldest first.
+/// A version's events, oldest first. Decisions on a version are serialized, so events
+/// in the same millisecond are put in the only order they can have happened in: by
+/// round, registration before votes, votes that left the version pending before the
+/// one that decided it.
 pub async fn timeline(db: &Db, p: &Principal, group: &str, version: i64) -> CoreResult<Vec<VersionEvent>> {
     let row = versions::get_for(db, p, group, version, Action::GetModelVersion).await?;
     let events: Vec<(i64, String, String, String, String)> = sqlx::query_as(
-        "SELECT ts_ms, actor, kind, status, comment FROM model_version_events WHERE version_id = $1 ORDER BY ts_ms, kind DESC",
+        "SELECT ts_ms, actor, kind, status, comment FROM model_version_events WHERE version_id = $1 \
+         ORDER BY ts_ms, round, CASE kind WHEN 'registered' THEN 0 WHEN 'approve' THEN 1 ELSE 2 END, \
+         CASE status WHEN 'PendingManualApproval' THEN 0 ELSE 1 END, actor",
     )
     .bind(&row.id)
     .fetch_all(&db.pool)
@@ -198,7 +203,12 @@ pub async fn timeline(db: &Db, p: &Principal, group: &str, version: i64) -> Core
 /// Pending versions the caller may decide on, oldest first: the reviewer inbox. A
 /// version the caller already approved in its current round is not theirs to decide.
 pub async fn inbox(db: &Db, p: &Principal) -> CoreResult<Vec<PendingVersion>> {
-    authorize(p, Action::ListModelVersions, &Resource::new("atelier:models:group/*"))?;
+    // Listing every group's versions, or a say on some group's (a reviewer scoped to
+    // a few groups sees theirs), opens the inbox; its rows are then checked one by one.
+    let every = Resource::new("atelier:models:group/*");
+    if !p.can(Action::ListModelVersions, &every) && !reviews_some_group(db, p).await? {
+        authorize(p, Action::ListModelVersions, &every)?;
+    }
     let rows: Vec<VersionRow> = sqlx::query_as(&format!(
         "{VERSION_SELECT} WHERE v.status = $1 AND NOT EXISTS (SELECT 1 FROM model_version_events e \
          WHERE e.version_id = v.id AND e.round = v.approval_round AND e.kind = 'approve' AND e.actor = $2) \
@@ -224,4 +234,10 @@ pub async fn inbox(db: &Db, p: &Principal) -> CoreResult<Vec<PendingVersion>> {
             training_job: v.training_job,
         })
         .collect())
+}
+
+/// Whether the caller may decide on the versions of at least one group.
+async fn reviews_some_group(db: &Db, p: &Principal) -> CoreResult<bool> {
+    let groups: Vec<(String,)> = sqlx::query_as("SELECT name FROM model_groups").fetch_all(&db.pool).await?;
+    Ok(groups.iter().any(|(g,)| p.can(Action::UpdateModelApprovalStatus, &versions::resource(g, 0, ""))))
 }

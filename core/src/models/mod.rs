@@ -196,16 +196,22 @@ pub async fn create_group(db: &Db, p: &Principal, new: NewGroup<'_>) -> CoreResu
     v.pop().ok_or(CoreError::NotFound("model group"))
 }
 
-/// Changes a group's description, tags (replacing them) or quorum.
+/// Changes a group: what is given of its name, description, tags and quorum, in one
+/// write (a refused part leaves the group as it was).
 pub async fn update_group(
     db: &Db,
     p: &Principal,
     name: &str,
+    new_name: Option<&str>,
     description: Option<&str>,
     tags: Option<&BTreeMap<String, String>>,
     required_approvals: Option<i64>,
 ) -> CoreResult<GroupView> {
     let group = group_for(db, p, name, Action::UpdateModelGroup).await?;
+    let new_name = new_name.filter(|n| *n != name).map(|n| validate_name("new_name", n)).transpose()?;
+    if let Some(new_name) = &new_name {
+        authorize(p, Action::CreateModelGroup, &named(new_name))?;
+    }
     let description = description.map(versions::validate_description).transpose()?;
     if let Some(t) = tags {
         versions::validate_tags(t)?;
@@ -218,18 +224,28 @@ pub async fn update_group(
     }
     // Only what was given is written, so concurrent edits of other fields survive.
     sqlx::query(
-        "UPDATE model_groups SET description = COALESCE($1, description), tags = COALESCE($2, tags), \
-         required_approvals = COALESCE($3, required_approvals), updated_at = $4 WHERE id = $5",
+        "UPDATE model_groups SET name = COALESCE($1, name), description = COALESCE($2, description), \
+         tags = COALESCE($3, tags), required_approvals = COALESCE($4, required_approvals), updated_at = $5 WHERE id = $6",
     )
+    .bind(new_name.as_deref())
     .bind(description)
     .bind(tags)
     .bind(required)
     .bind(now())
     .bind(&group.id)
     .execute(&db.pool)
-    .await?;
-    p.note_change(format!("updated model group {name}"));
-    get_group(db, p, name).await
+    .await
+    .map_err(|e| match (CoreError::from(e), &new_name) {
+        (CoreError::Conflict(_), Some(new_name)) => {
+            CoreError::Conflict(format!("a model group named {new_name} already exists"))
+        }
+        (other, _) => other,
+    })?;
+    match &new_name {
+        Some(new_name) => p.note_change(format!("updated model group {name}, renamed to {new_name}")),
+        None => p.note_change(format!("updated model group {name}")),
+    }
+    get_group(db, p, new_name.as_deref().unwrap_or(name)).await
 }
 
 /// Sets (`Some`) or removes (`None`) one tag of a group.
@@ -264,26 +280,10 @@ pub async fn set_group_tag(db: &Db, p: &Principal, name: &str, key: &str, value:
     Ok(())
 }
 
-/// Renames a group; allowed when the caller may update it under its old name and
-/// create one under the new.
+/// Renames a group (MLflow's `rename`); allowed when the caller may update it under
+/// its old name and create one under the new.
 pub async fn rename_group(db: &Db, p: &Principal, name: &str, new_name: &str) -> CoreResult<GroupView> {
-    let new_name = validate_name("new_name", new_name)?;
-    authorize(p, Action::UpdateModelGroup, &named(name))?;
-    let group = find_group(db, name).await?;
-    authorize(p, Action::UpdateModelGroup, &group_resource(&group))?;
-    authorize(p, Action::CreateModelGroup, &named(&new_name))?;
-    sqlx::query("UPDATE model_groups SET name = $1, updated_at = $2 WHERE id = $3")
-        .bind(&new_name)
-        .bind(now())
-        .bind(&group.id)
-        .execute(&db.pool)
-        .await
-        .map_err(|e| match CoreError::from(e) {
-            CoreError::Conflict(_) => CoreError::Conflict(format!("a model group named {new_name} already exists")),
-            other => other,
-        })?;
-    p.note_change(format!("renamed model group {name} to {new_name}"));
-    get_group(db, p, &new_name).await
+    update_group(db, p, name, Some(new_name), None, None, None).await
 }
 
 /// Deletes a group and its versions.

@@ -1,11 +1,11 @@
 //! `/api/v1/endpoints`: endpoints, their deployments, events and metrics, and
 //! invocations (also served at `/endpoints/{name}/invocations`).
 
-use atelier_core::endpoints::{self, alarms, capture, metrics};
+use atelier_core::endpoints::{self, alarms, autoscaling, capture, metrics};
 use atelier_core::monitor::runs;
 use atelier_protocol::endpoints::{
-    Alarm, CaptureFile, DataCapture, DataCaptureStatus, Endpoint, EndpointConfig, EndpointEvent, EndpointMetrics,
-    NewAlarm, NewEndpoint,
+    Alarm, Autoscaling, CaptureFile, DataCapture, DataCaptureStatus, Endpoint, EndpointConfig, EndpointEvent,
+    EndpointMetrics, NewAlarm, NewEndpoint,
 };
 use atelier_protocol::monitor::{Monitor, MonitorConfig, MonitorRun};
 use axum::body::Bytes;
@@ -312,6 +312,35 @@ pub async fn delete_alarm(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// Sets a variant's autoscaling policy: the instance count follows the last minute's
+/// invocations (one instance per `target_invocations_per_instance`) within
+/// `min_instances`-`max_instances`; each scaling is in the endpoint's history.
+#[utoipa::path(put, path = "/api/v1/endpoints/{name}/variants/{variant}/autoscaling", tag = "endpoints",
+    request_body = Autoscaling,
+    params(("name" = String, Path, description = "Endpoint name"), ("variant" = String, Path, description = "Variant name")),
+    responses((status = 200, body = Autoscaling), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn put_autoscaling(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, variant)): Path<(String, String)>,
+    ApiJson(body): ApiJson<Autoscaling>,
+) -> Result<Json<Autoscaling>, ApiError> {
+    Ok(Json(autoscaling::put(&state.db, &p, &name, &variant, &body).await?))
+}
+
+/// Removes a variant's autoscaling policy; its instance count stays as it is.
+#[utoipa::path(delete, path = "/api/v1/endpoints/{name}/variants/{variant}/autoscaling", tag = "endpoints",
+    params(("name" = String, Path, description = "Endpoint name"), ("variant" = String, Path, description = "Variant name")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn delete_autoscaling(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, variant)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    autoscaling::delete(&state.db, &p, &name, &variant).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_endpoints, create_endpoint))
@@ -327,4 +356,5 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(get_monitor_run))
         .routes(routes!(list_alarms, create_alarm))
         .routes(routes!(delete_alarm))
+        .routes(routes!(put_autoscaling, delete_autoscaling))
 }

@@ -159,18 +159,16 @@ pub async fn update_group(
     Path(group): GroupPath,
     ApiJson(body): ApiJson<UpdateModelGroupRequest>,
 ) -> Result<Json<ModelGroup>, ApiError> {
-    let mut view = models::update_group(
+    let view = models::update_group(
         &state.db,
         &p,
         &group,
+        body.name.as_deref(),
         body.description.as_deref(),
         body.tags.as_ref(),
         body.required_approvals,
     )
     .await?;
-    if let Some(new_name) = body.name.filter(|n| *n != group) {
-        view = models::rename_group(&state.db, &p, &group, &new_name).await?;
-    }
     Ok(Json(view))
 }
 
