@@ -127,6 +127,9 @@ pub struct Authenticated {
     pub user: User,
     pub token_id: String,
     pub policy: Option<String>,
+    /// The IAM generation read with the token (see `iam::store::generation`), so a
+    /// request costs one database round trip.
+    pub iam_generation: i64,
 }
 
 /// Resolves a presented secret to its active user, token id and inline policy. Revoked
@@ -142,11 +145,13 @@ pub async fn authenticate(db: &Db, secret: &str) -> CoreResult<Authenticated> {
         token_id: String,
         last_used_at: Option<i64>,
         policy: Option<String>,
+        iam_generation: i64,
         #[sqlx(flatten)]
         user: User,
     }
     let row: Option<Row> = sqlx::query_as(
-        "SELECT t.id AS token_id, t.last_used_at, t.policy, u.id, u.username, u.display_name, u.active, u.created_at \
+        "SELECT t.id AS token_id, t.last_used_at, t.policy, u.id, u.username, u.display_name, u.active, u.created_at, \
+         (SELECT generation FROM iam_state WHERE id = 1) AS iam_generation \
          FROM api_tokens t JOIN users u ON u.id = t.user_id \
          WHERE t.token_hash = $1 AND t.revoked_at IS NULL AND u.active = 1 \
            AND (t.expires_at IS NULL OR t.expires_at > $2)",
@@ -155,7 +160,7 @@ pub async fn authenticate(db: &Db, secret: &str) -> CoreResult<Authenticated> {
     .bind(now)
     .fetch_optional(&db.pool)
     .await?;
-    let Row { token_id, last_used_at, policy, user } = row.ok_or_else(rejected)?;
+    let Row { token_id, last_used_at, policy, iam_generation, user } = row.ok_or_else(rejected)?;
     // Record use at minute granularity: enough to spot stale tokens, without a write
     // on every request.
     if last_used_at.is_none_or(|t| now - t >= 60) {
@@ -165,7 +170,7 @@ pub async fn authenticate(db: &Db, secret: &str) -> CoreResult<Authenticated> {
             .execute(&db.pool)
             .await?;
     }
-    Ok(Authenticated { user, token_id, policy })
+    Ok(Authenticated { user, token_id, policy, iam_generation })
 }
 
 #[cfg(test)]

@@ -247,7 +247,7 @@ async fn resolve_principal(
 ) -> Result<Option<Principal>, CoreError> {
     if let Some(secret) = bearer {
         let token = tokens::authenticate(&state.db, &secret).await?;
-        let generation = store::generation(&state.db).await?;
+        let generation = token.iam_generation;
         let token_policies = match &token.policy {
             Some(text) => Some(
                 state
