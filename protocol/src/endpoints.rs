@@ -164,7 +164,7 @@ pub struct Autoscaling {
     /// never delays a scale-out.
     #[serde(default = "default_scale_out_cooldown")]
     pub scale_out_cooldown_secs: i64,
-    /// After any scaling, no scale-in for this long (default 300).
+    /// After any scaling, or setting the policy, no scale-in for this long (default 300).
     #[serde(default = "default_scale_in_cooldown")]
     pub scale_in_cooldown_secs: i64,
 }

@@ -162,6 +162,30 @@ pub fn desired(a: &Autoscaling, per_minute: f64) -> i64 {
     ((per_minute / a.target_invocations_per_instance).ceil() as i64).clamp(a.min_instances, a.max_instances)
 }
 
+/// When a policy last acted, and when it was set (seconds).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct History {
+    pub last_scaled_at: Option<i64>,
+    pub last_scale_out_at: Option<i64>,
+    pub set_at: i64,
+}
+
+/// The count to move a variant to at `t`, if any: into the range at once when it is
+/// outside it, else the desired count when the cooldowns allow it. A scale-in
+/// never delays a scale-out; a policy just set waits a scale-in cooldown before
+/// removing instances, as after a scaling, since it has not seen a window of traffic.
+pub fn next_count(a: &Autoscaling, per_minute: f64, current: i64, h: &History, t: i64) -> Option<i64> {
+    if current < a.min_instances || current > a.max_instances {
+        return Some(current.clamp(a.min_instances, a.max_instances));
+    }
+    let wanted = desired(a, per_minute);
+    let since = |at: Option<i64>| at.map_or(i64::MAX, |at| t - at);
+    let settled = since(h.last_scaled_at).min(since(Some(h.set_at)));
+    let allowed = (wanted > current && since(h.last_scale_out_at) >= a.scale_out_cooldown_secs)
+        || (wanted < current && settled >= a.scale_in_cooldown_secs);
+    (wanted != current && allowed).then_some(wanted)
+}
+
 #[derive(sqlx::FromRow)]
 struct Candidate {
     endpoint_id: String,
@@ -175,6 +199,7 @@ struct Candidate {
     scale_in_cooldown_secs: i64,
     last_scaled_at: Option<i64>,
     last_scale_out_at: Option<i64>,
+    updated_at: i64,
 }
 
 /// Invocations of a variant over the last 60 seconds: this minute's so far and the
@@ -200,8 +225,8 @@ async fn last_minute(db: &Db, endpoint_id: &str, variant: &str, t: i64) -> CoreR
 pub async fn autoscale(db: &Db) -> CoreResult<usize> {
     let candidates: Vec<Candidate> = sqlx::query_as(
         "SELECT a.endpoint_id, a.variant, v.id AS variant_id, v.instance_count, a.min_instances, a.max_instances, \
-         a.target, a.scale_out_cooldown_secs, a.scale_in_cooldown_secs, a.last_scaled_at, a.last_scale_out_at \
-         FROM endpoint_autoscaling a JOIN endpoints e ON e.id = a.endpoint_id \
+         a.target, a.scale_out_cooldown_secs, a.scale_in_cooldown_secs, a.last_scaled_at, a.last_scale_out_at, \
+         a.updated_at FROM endpoint_autoscaling a JOIN endpoints e ON e.id = a.endpoint_id \
          JOIN endpoint_variants v ON v.endpoint_id = e.id AND v.generation = e.generation AND v.name = a.variant \
          WHERE e.status = $1 AND e.active_generation = e.generation",
     )
@@ -219,15 +244,10 @@ pub async fn autoscale(db: &Db) -> CoreResult<usize> {
             scale_in_cooldown_secs: c.scale_in_cooldown_secs,
         };
         let per_minute = last_minute(db, &c.endpoint_id, &c.variant, t).await?;
-        let wanted = desired(&policy, per_minute);
+        let history =
+            History { last_scaled_at: c.last_scaled_at, last_scale_out_at: c.last_scale_out_at, set_at: c.updated_at };
+        let Some(wanted) = next_count(&policy, per_minute, c.instance_count, &history, t) else { continue };
         let outside = c.instance_count < c.min_instances || c.instance_count > c.max_instances;
-        let since = |at: Option<i64>| at.map_or(i64::MAX, |at| t - at);
-        let allowed = outside
-            || (wanted > c.instance_count && since(c.last_scale_out_at) >= c.scale_out_cooldown_secs)
-            || (wanted < c.instance_count && since(c.last_scaled_at) >= c.scale_in_cooldown_secs);
-        if wanted == c.instance_count || !allowed {
-            continue;
-        }
         // Written first (SQLite), and only if nobody scaled meanwhile.
         let mut tx = db.pool.begin().await?;
         let done =
@@ -298,6 +318,31 @@ mod tests {
         assert_eq!(desired(&a, 350.0), 4);
         assert_eq!(desired(&a, 10_000.0), 4);
         assert_eq!(desired(&policy(2, 3, 10.0), 0.0), 2);
+    }
+
+    #[test]
+    fn cooldowns_hold_scaling_back() {
+        let a = policy(1, 4, 10.0);
+        let t = 10_000;
+        let long_ago = History { last_scaled_at: Some(0), last_scale_out_at: Some(0), set_at: 0 };
+        // Free to move either way.
+        assert_eq!(next_count(&a, 35.0, 1, &long_ago, t), Some(4));
+        assert_eq!(next_count(&a, 5.0, 3, &long_ago, t), Some(1));
+        assert_eq!(next_count(&a, 25.0, 3, &long_ago, t), None);
+        // A scale-out 30 s ago holds the next one (cooldown 60) but a scale-in 30 s ago
+        // does not.
+        let out = History { last_scaled_at: Some(t - 30), last_scale_out_at: Some(t - 30), set_at: 0 };
+        assert_eq!(next_count(&a, 35.0, 2, &out, t), None);
+        let scaled_in = History { last_scaled_at: Some(t - 30), last_scale_out_at: Some(0), set_at: 0 };
+        assert_eq!(next_count(&a, 35.0, 2, &scaled_in, t), Some(4));
+        // Any scaling, or setting the policy, holds a scale-in for 300 s.
+        assert_eq!(next_count(&a, 0.0, 3, &scaled_in, t), None);
+        let just_set = History { last_scaled_at: None, last_scale_out_at: None, set_at: t - 10 };
+        assert_eq!(next_count(&a, 0.0, 3, &just_set, t), None);
+        assert_eq!(next_count(&a, 0.0, 3, &just_set, t + 300), Some(1));
+        // A count outside the range is corrected whatever the cooldowns say.
+        assert_eq!(next_count(&a, 0.0, 6, &just_set, t), Some(4));
+        assert_eq!(next_count(&policy(2, 4, 10.0), 0.0, 1, &out, t), Some(2));
     }
 
     #[test]
