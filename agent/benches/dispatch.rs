@@ -6,17 +6,14 @@
 //! interpreter's start-up). Run with `cargo bench -p atelier-agent --bench dispatch`;
 //! `BENCH_JOBS` (default 40) sets how many jobs are timed.
 
+mod studio;
 #[path = "../../server/benches/support/mod.rs"]
 mod support;
 use support::percentile;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context};
-use atelier_core::accounts::{self, NewUser, ADMIN_POLICY};
-use atelier_server::config::Config;
-use atelier_server::AppState;
 use serde_json::{json, Value};
 
 fn now_ms() -> i64 {
@@ -30,38 +27,8 @@ fn main() -> anyhow::Result<()> {
 
 async fn run() -> anyhow::Result<()> {
     let count: usize = std::env::var("BENCH_JOBS").ok().and_then(|s| s.parse().ok()).unwrap_or(40);
-    let dir = std::env::temp_dir().join(format!("atelier-dispatch-{}", uuid::Uuid::new_v4().simple()));
-    let state = AppState::new(Config::for_data_dir(dir.clone(), None)).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let app = atelier_server::app(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    atelier_server::compute::spawn_sweeper(state.clone());
-
-    let user = accounts::create_user(
-        &state.db,
-        NewUser {
-            username: "bench".into(),
-            display_name: String::new(),
-            password: "a long bench password".into(),
-            policies: vec![ADMIN_POLICY.to_string()],
-            groups: Vec::new(),
-        },
-    )
-    .await?;
-    let token = atelier_core::tokens::create(&state.db, &user, "bench", None, None).await?.secret;
-    let node = atelier_core::compute::nodes::create_unchecked(&state.db, "bench-node", "bench").await?;
-    let work = dir.join("agent");
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_atelier-agent"))
-        .args(["--server", &base, "--work-dir"])
-        .arg(&work)
-        .env("ATELIER_NODE_TOKEN", &node.token)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting the agent")?;
+    let studio = studio::Studio::start("dispatch", |_| {}).await?;
+    let (base, token) = (studio.base.clone(), studio.token.clone());
 
     let http = reqwest::Client::new();
     let get = |path: String| {
@@ -71,13 +38,6 @@ async fn run() -> anyhow::Result<()> {
             anyhow::Ok(r.json::<Value>().await?)
         }
     };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while get("/api/v1/compute/nodes/bench-node".into()).await?["status"] != "Ready" {
-        if Instant::now() > deadline {
-            bail!("the agent did not register");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     let script = "import time\nprint(f'started {time.time_ns() // 1_000_000}', flush=True)\n";
     let upload: Value = http
         .post(format!("{base}/api/v1/artifacts?name=start.py"))
@@ -128,8 +88,7 @@ async fn run() -> anyhow::Result<()> {
         to_spawn.push((training - submitted) as f64);
         to_first_line.push((started - submitted) as f64);
     }
-    let _ = agent.kill();
-    let _ = agent.wait();
+    drop(studio);
     to_spawn.sort_by(f64::total_cmp);
     to_first_line.sort_by(f64::total_cmp);
     println!("dispatch bench: {count} jobs, one idle local agent, SQLite, loopback HTTP");
@@ -143,6 +102,5 @@ async fn run() -> anyhow::Result<()> {
         percentile(&to_first_line, 0.5),
         percentile(&to_first_line, 0.99)
     );
-    let _ = std::fs::remove_dir_all(dir);
     Ok(())
 }

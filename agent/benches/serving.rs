@@ -10,17 +10,16 @@
 //! Run with `cargo bench -p atelier-agent --bench serving`; `BENCH_REQUESTS` (default
 //! 4000) sets the requests per measurement.
 
+mod studio;
 #[path = "../../server/benches/support/mod.rs"]
 mod support;
 use support::percentile;
 
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use atelier_core::accounts::{self, NewUser, ADMIN_POLICY};
-use atelier_server::config::Config;
+use atelier_core::accounts;
 use atelier_server::AppState;
 use serde_json::{json, Value};
 
@@ -53,58 +52,15 @@ impl Api {
 
 async fn run() -> anyhow::Result<()> {
     let requests: usize = std::env::var("BENCH_REQUESTS").ok().and_then(|s| s.parse().ok()).unwrap_or(4000);
-    let dir = std::env::temp_dir().join(format!("atelier-serving-{}", uuid::Uuid::new_v4().simple()));
-    let mut config = Config::for_data_dir(dir.clone(), None);
-    config.heartbeat_secs = 1;
-    let state = AppState::new(config).await?;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let base = format!("http://{}", listener.local_addr()?);
-    let app = atelier_server::app(state.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    tokio::spawn(async move {
-        let _ = axum::serve(listener, app).await;
-    });
-    atelier_server::compute::spawn_sweeper(state.clone());
-    atelier_server::endpoints::spawn_background(state.clone());
-
-    let user = accounts::create_user(
-        &state.db,
-        NewUser {
-            username: "bench".into(),
-            display_name: String::new(),
-            password: "a long bench password".into(),
-            policies: vec![ADMIN_POLICY.to_string()],
-            groups: Vec::new(),
-        },
-    )
-    .await?;
-    let token = atelier_core::tokens::create(&state.db, &user, "bench", None, None).await?.secret;
-    let node = atelier_core::compute::nodes::create_unchecked(&state.db, "bench-node", "bench").await?;
-    let mut agent = Command::new(env!("CARGO_BIN_EXE_atelier-agent"))
-        .args(["--server", &base, "--work-dir"])
-        .arg(dir.join("agent"))
-        .env("ATELIER_NODE_TOKEN", &node.token)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .spawn()
-        .context("starting atelier-agent")?;
+    let studio = studio::Studio::start("serving", |config| config.heartbeat_secs = 1).await?;
+    atelier_server::endpoints::spawn_background(studio.state.clone());
     let http = reqwest::Client::builder().pool_max_idle_per_host(256).tcp_nodelay(true).build()?;
-    let api = Api { http: http.clone(), base: base.clone(), token: token.clone() };
-    let result = measure(&api, &state, requests).await;
-    let _ = agent.kill();
-    let _ = agent.wait();
-    let _ = std::fs::remove_dir_all(&dir);
-    result
+    let api = Api { http, base: studio.base.clone(), token: studio.token.clone() };
+    measure(&api, &studio.state, requests).await
 }
 
 async fn measure(api: &Api, state: &AppState, requests: usize) -> anyhow::Result<()> {
     use reqwest::Method;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while api.call(Method::GET, "/api/v1/compute/nodes/bench-node", None).await?["status"] != "Ready" {
-        if Instant::now() > deadline {
-            bail!("the agent did not register");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
     // A small model: two features, two classes.
     let mut csv = String::from("x1,x2,label\n");
     for i in 0..400 {
