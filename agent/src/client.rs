@@ -30,6 +30,18 @@ pub enum CallError {
 
 pub type CallResult<T> = Result<T, CallError>;
 
+/// What a poll for work got.
+#[derive(Debug)]
+pub enum Work {
+    /// A job to run (200).
+    Assigned(Box<Assignment>),
+    /// Nothing before the wait ran out (204).
+    Nothing,
+    /// Something this node should run changed (kernels): heartbeat now to learn what
+    /// (202).
+    Sync,
+}
+
 /// A connection to the server.
 #[derive(Clone)]
 pub struct Client {
@@ -95,7 +107,7 @@ impl Client {
     }
 
     /// Waits up to `wait` for work.
-    pub async fn poll_work(&self, wait: Duration) -> CallResult<Option<Assignment>> {
+    pub async fn poll_work(&self, wait: Duration) -> CallResult<Work> {
         let response = self
             .http
             .get(self.url(&format!("/work?wait={}", wait.as_secs())))
@@ -105,10 +117,15 @@ impl Client {
             .await
             .map_err(|e| CallError::Transient(e.to_string()))?;
         let response = Self::check(response).await?;
-        if response.status() == StatusCode::NO_CONTENT {
-            return Ok(None);
+        match response.status() {
+            StatusCode::NO_CONTENT => Ok(Work::Nothing),
+            StatusCode::ACCEPTED => Ok(Work::Sync),
+            _ => response
+                .json()
+                .await
+                .map(|a| Work::Assigned(Box::new(a)))
+                .map_err(|e| CallError::Transient(e.to_string())),
         }
-        response.json().await.map(Some).map_err(|e| CallError::Transient(e.to_string()))
     }
 
     pub async fn report(&self, job_id: &str, report: &StatusReport) -> CallResult<()> {

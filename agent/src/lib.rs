@@ -7,12 +7,15 @@
 //! It registers the node (CPUs, memory, disk, NVIDIA GPUs through NVML), then keeps two
 //! loops going, both connecting out to the server so a node behind NAT works: a
 //! heartbeat (utilization and the jobs it runs; the answer says which to stop) and a
-//! long-poll for work. Each leased job runs as a child process (see [`runner`]).
+//! long-poll for work. Each leased job runs as a child process (see [`runner`]); the
+//! heartbeat answer also lists the model servers (see [`serving`]) and Jupyter kernels
+//! (see [`kernels`]) the node should run.
 //! Network failures are retried with backoff, so the agent rides out server restarts.
 
 pub mod builtin;
 pub mod client;
 pub mod inventory;
+pub mod kernels;
 pub mod runner;
 pub mod serve;
 pub mod serving;
@@ -28,7 +31,7 @@ use atelier_protocol::{HeartbeatRequest, Held, RegisterRequest, StopOrder};
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
-use crate::client::{CallError, Client};
+use crate::client::{CallError, Client, Work};
 use crate::inventory::Inventory;
 use crate::runner::Context;
 
@@ -66,6 +69,13 @@ pub struct Args {
     /// node's address as the server reaches it (the local agent's is loopback).
     #[arg(long, env = "ATELIER_ADVERTISE_HOST", default_value = "127.0.0.1")]
     pub advertise_host: String,
+    /// The Python environment notebook kernels run in, created (a virtualenv of
+    /// `--python`) if missing [default: WORK_DIR/kernel-env].
+    #[arg(long, env = "ATELIER_KERNEL_ENV")]
+    pub kernel_env: Option<PathBuf>,
+    /// The packages pip installs into a new kernel environment, space separated.
+    #[arg(long, env = "ATELIER_KERNEL_PACKAGES", default_value = "ipykernel matplotlib")]
+    pub kernel_packages: String,
 }
 
 /// Sub-commands besides running the agent.
@@ -168,11 +178,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     });
     let running: Running = Arc::default();
     let serving = serving::Serving::new(client.clone(), &ctx.work_dir, args.advertise_host.clone());
+    let kernels = kernels::Kernels::new(kernels::KernelSettings {
+        work_dir: ctx.work_dir.clone(),
+        advertise_host: args.advertise_host.clone(),
+        python: ctx.python.clone(),
+        env: args.kernel_env.clone().unwrap_or_else(|| ctx.work_dir.join("kernel-env")),
+        packages: args.kernel_packages.split_whitespace().map(str::to_string).collect(),
+    });
+    // Woken when the server says the kernels wanted here changed: heartbeat at once.
+    let sync = kernels.changed.clone();
     let heartbeat = tokio::spawn(heartbeats(
         client.clone(),
         inventory,
         running.clone(),
         serving,
+        kernels,
         Duration::from_secs(registered.heartbeat_secs.max(1)),
         Duration::from_secs(registered.lease_secs.max(2)),
     ));
@@ -183,7 +203,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             bail!("the server refused this node's token; stopping");
         }
         match client.poll_work(poll_wait).await {
-            Ok(Some(assignment)) => {
+            Ok(Work::Assigned(assignment)) => {
                 backoff.reset();
                 tracing::info!(job = %assignment.job_name, attempt = assignment.attempt, "leased a job");
                 let (tx, rx) = watch::channel(None);
@@ -193,7 +213,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 let (ctx, running) = (ctx.clone(), running.clone());
                 tokio::spawn(async move {
                     let (id, attempt) = (assignment.job_id.clone(), assignment.attempt);
-                    runner::run(ctx, assignment, rx).await;
+                    runner::run(ctx, *assignment, rx).await;
                     if let Ok(mut map) = running.lock() {
                         // A later attempt of the same job may have replaced this entry.
                         if map.get(&id).is_some_and(|(a, _)| *a == attempt) {
@@ -202,7 +222,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     }
                 });
             }
-            Ok(None) => backoff.reset(),
+            Ok(Work::Nothing) => backoff.reset(),
+            Ok(Work::Sync) => {
+                backoff.reset();
+                // A stored permit if the heartbeat loop is busy: the wake is not lost.
+                sync.notify_one();
+            }
             Err(CallError::Refused(message)) => bail!("the server refused this node's token: {message}"),
             Err(err) => {
                 tracing::warn!(%err, "polling for work failed; retrying");
@@ -247,6 +272,7 @@ async fn heartbeats(
     mut inventory: Inventory,
     running: Running,
     serving: Arc<serving::Serving>,
+    kernels: Arc<kernels::Kernels>,
     every: Duration,
     lease: Duration,
 ) {
@@ -261,12 +287,18 @@ async fn heartbeats(
             .lock()
             .map(|m| m.iter().map(|(id, (attempt, _))| Held { job_id: id.clone(), attempt: *attempt }).collect())
             .unwrap_or_default();
-        let request = HeartbeatRequest { usage: inventory.usage(), running: held, instances: serving.reports() };
+        let request = HeartbeatRequest {
+            usage: inventory.usage(),
+            running: held,
+            instances: serving.reports(),
+            kernels: kernels.reports(),
+        };
         match client.heartbeat(&request, every).await {
             Ok(response) => {
                 last_ok = sent;
                 fenced = false;
                 serving.apply(response.instances);
+                kernels.apply(response.kernels);
                 for order in response.stop {
                     if let Ok(map) = running.lock() {
                         if let Some((_, tx)) = map.get(&order.job_id) {
@@ -280,6 +312,7 @@ async fn heartbeats(
                 tracing::error!(%message, "heartbeat refused: node token revoked");
                 stop_all(&running, "the node was deregistered", 5);
                 serving.stop_all();
+                kernels.stop_all();
                 return;
             }
             Err(err) => {
@@ -299,10 +332,13 @@ async fn heartbeats(
             }
         }
         // Every interval, failing or not: a longer pause would itself let leases lapse.
-        // Sooner when a model server changed state, so the server routes to it at once.
+        // Sooner when a model server or kernel changed state, so the server routes to
+        // it at once, or when the server asked for one (kernels to start or stop, see
+        // `Work::Sync`).
         tokio::select! {
             _ = tokio::time::sleep(every.saturating_sub(sent.elapsed())) => {}
             _ = serving.changed.notified() => {}
+            _ = kernels.changed.notified() => {}
         }
     }
 }

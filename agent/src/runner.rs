@@ -580,8 +580,9 @@ pub fn unpack(archive: &Path, dir: &Path) -> anyhow::Result<()> {
 /// Kills processes an earlier run of this agent left behind (it was killed and could
 /// not stop them), so a requeued job never runs twice at once.
 pub fn kill_leftovers(work_dir: &Path) {
-    // Model servers too: each instance's directory has a pid file the same way.
-    let entries = ["jobs", "instances"].into_iter().filter_map(|d| std::fs::read_dir(work_dir.join(d)).ok()).flatten();
+    // Model servers and kernels too: each one's directory has a pid file the same way.
+    let entries =
+        ["jobs", "instances", "kernels"].into_iter().filter_map(|d| std::fs::read_dir(work_dir.join(d)).ok()).flatten();
     for entry in entries.flatten() {
         let pid_file = entry.path().join("pid");
         let Ok(text) = std::fs::read_to_string(&pid_file) else { continue };

@@ -281,7 +281,7 @@ fn free_port(host: &str) -> anyhow::Result<u16> {
     Ok(listener.local_addr()?.port())
 }
 
-fn url_host(host: &str) -> String {
+pub(crate) fn url_host(host: &str) -> String {
     if host.contains(':') {
         format!("[{host}]")
     } else {

@@ -44,10 +44,11 @@ pub enum Can {
     DecideModelVersions,
     ListEndpoints,
     CreateEndpoint,
+    ListNotebooks,
 }
 
 impl Can {
-    pub const ALL: [Can; 21] = [
+    pub const ALL: [Can; 22] = [
         Can::ListModelGroups,
         Can::CreateModelGroup,
         Can::ListUsers,
@@ -69,6 +70,7 @@ impl Can {
         Can::DecideModelVersions,
         Can::ListEndpoints,
         Can::CreateEndpoint,
+        Can::ListNotebooks,
     ];
 }
 
@@ -125,6 +127,7 @@ pub async fn get_me() -> Result<Me, AppError> {
                 Can::DecideModelVersions => (Action::UpdateModelApprovalStatus, "atelier:models:group/*/version/*"),
                 Can::ListEndpoints => (Action::ListEndpoints, "atelier:endpoints:endpoint/*"),
                 Can::CreateEndpoint => (Action::CreateEndpoint, "atelier:endpoints:endpoint/*"),
+                Can::ListNotebooks => (Action::ListNotebooks, "atelier:notebooks:notebook/*"),
             };
             principal.can(action, &Resource::new(resource))
         })

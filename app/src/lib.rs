@@ -19,6 +19,7 @@ pub mod iam;
 pub mod labeler;
 pub mod labeling;
 pub mod models;
+pub mod notebooks;
 pub mod tokens;
 pub mod training;
 pub mod users;
@@ -110,6 +111,8 @@ pub fn App() -> impl IntoView {
                     <Route path=path!("training/compare") view=CompareTrainingJobsPage/>
                     <Route path=path!("training/:name") view=TrainingJobPage/>
                     <Route path=path!("compute") view=NodesPage/>
+                    <Route path=path!("notebooks") view=notebooks::NotebooksPage/>
+                    <Route path=path!("notebooks/:id") view=notebooks::NotebookPage/>
                     <Route path=path!("admin/users") view=UsersPage/>
                     <Route path=path!("admin/users/:username") view=UserPage/>
                     <Route path=path!("admin/groups") view=GroupsPage/>
@@ -162,6 +165,9 @@ fn AppShell() -> impl IntoView {
                     <Show when=move || may(Can::ListLabelingJobs)>
                         <A href="/work">"My work"</A>
                         <A href="/labeling">"Labeling jobs"</A>
+                    </Show>
+                    <Show when=move || may(Can::ListNotebooks)>
+                        <A href="/notebooks">"Notebooks"</A>
                     </Show>
                     <Show when=move || may(Can::ListTrainingJobs)>
                         <A href="/training">"Training"</A>

@@ -57,6 +57,8 @@ pub struct Resource {
     pub tags: Vec<(String, String)>,
     /// `atelier:WorkTeam`, for labeling work.
     pub work_team: Option<String>,
+    /// `atelier:NotebookRole`: the acting user's role on a notebook.
+    pub notebook_role: Option<String>,
 }
 
 impl Resource {
@@ -88,6 +90,10 @@ impl Resource {
     }
     pub fn for_team(mut self, team: impl Into<String>) -> Self {
         self.work_team = Some(team.into());
+        self
+    }
+    pub fn with_notebook_role(mut self, role: impl Into<String>) -> Self {
+        self.notebook_role = Some(role.into());
         self
     }
 }
@@ -188,6 +194,9 @@ pub fn resource_facts(resource: &Resource) -> Facts {
     }
     if let Some(t) = &resource.work_team {
         facts.set("atelier:WorkTeam", t.clone());
+    }
+    if let Some(r) = &resource.notebook_role {
+        facts.set("atelier:NotebookRole", r.clone());
     }
     for (k, v) in &resource.tags {
         facts.set(format!("atelier:ResourceTag/{k}"), v.clone());

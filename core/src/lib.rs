@@ -17,6 +17,7 @@ pub mod iam;
 pub mod labeling;
 pub mod models;
 pub mod monitor;
+pub mod notebooks;
 pub mod retention;
 pub mod sessions;
 pub mod throttle;

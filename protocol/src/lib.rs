@@ -9,6 +9,7 @@ pub mod endpoints;
 pub mod labeling;
 pub mod models;
 pub mod monitor;
+pub mod notebooks;
 
 use std::collections::BTreeMap;
 
@@ -96,6 +97,9 @@ pub struct HeartbeatRequest {
     /// The model server instances the agent runs, with their state.
     #[serde(default)]
     pub instances: Vec<endpoints::InstanceReport>,
+    /// The Jupyter kernels the agent runs, with their state.
+    #[serde(default)]
+    pub kernels: Vec<notebooks::KernelReport>,
 }
 
 /// The heartbeat's answer: work to stop now (stopped by a user, past its maximum
@@ -106,6 +110,9 @@ pub struct HeartbeatResponse {
     /// Every model server instance this node should run.
     #[serde(default)]
     pub instances: Vec<endpoints::InstanceOrder>,
+    /// Every Jupyter kernel this node should run.
+    #[serde(default)]
+    pub kernels: Vec<notebooks::KernelOrder>,
 }
 
 /// Stop one job: SIGTERM, then SIGKILL after `grace_secs`.

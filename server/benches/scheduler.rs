@@ -98,7 +98,12 @@ async fn run() -> anyhow::Result<()> {
     }
     let mut solo_beats = Vec::new();
     for caller in callers.iter().take(200) {
-        let request = HeartbeatRequest { usage: Usage::default(), running: Vec::new(), instances: Vec::new() };
+        let request = HeartbeatRequest {
+            usage: Usage::default(),
+            running: Vec::new(),
+            instances: Vec::new(),
+            kernels: Vec::new(),
+        };
         let t = Instant::now();
         jobs::heartbeat(&db, caller, &request, &settings).await?;
         solo_beats.push(t.elapsed().as_secs_f64() * 1000.0);
@@ -140,8 +145,12 @@ async fn run() -> anyhow::Result<()> {
                     Err(err) => eprintln!("lease failed: {err}"),
                 }
                 if Instant::now() >= next_beat {
-                    let request =
-                        HeartbeatRequest { usage: Usage::default(), running: held.clone(), instances: Vec::new() };
+                    let request = HeartbeatRequest {
+                        usage: Usage::default(),
+                        running: held.clone(),
+                        instances: Vec::new(),
+                        kernels: Vec::new(),
+                    };
                     let t = Instant::now();
                     if let Err(err) = jobs::heartbeat(&db, &caller, &request, &settings).await {
                         eprintln!("heartbeat failed: {err}");

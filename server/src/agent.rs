@@ -11,6 +11,7 @@ use atelier_core::audit::{self, NewEvent};
 use atelier_core::compute::jobs;
 use atelier_core::compute::nodes::{self, NodeCaller};
 use atelier_core::endpoints::reconcile;
+use atelier_core::notebooks::kernels;
 use atelier_core::CoreError;
 use atelier_protocol::{
     Assignment, HeartbeatRequest, HeartbeatResponse, LogBatch, RegisterRequest, RegisterResponse, StatusReport,
@@ -89,6 +90,7 @@ async fn heartbeat(
 ) -> Result<Json<HeartbeatResponse>, ApiError> {
     let mut answer = jobs::heartbeat(&state.db, &node, &body, &state.config.compute()).await?;
     answer.instances = reconcile::sync_node(&state.db, &node, &body.instances).await?;
+    answer.kernels = kernels::sync_node(&state.db, &node, &body.kernels).await?;
     Ok(Json(answer))
 }
 
@@ -120,7 +122,9 @@ struct WaitQuery {
     wait: Option<u64>,
 }
 
-/// Long-poll: a lease as soon as one fits this node, or 204 after the wait.
+/// Long-poll: a lease as soon as one fits this node, 202 when a kernel was placed on
+/// it (the agent then sends a heartbeat at once, whose answer lists the kernel), or 204
+/// after the wait.
 async fn work(
     State(state): State<AppState>,
     Node(node): Node,
@@ -133,6 +137,9 @@ async fn work(
         // Register interest before looking, so a wake-up between the look and the
         // wait is not lost.
         let (work, freed) = (state.work.notified(), state.freed.notified());
+        if kernels::pending_on(&state.db, &node.id).await? {
+            return Ok(StatusCode::ACCEPTED.into_response());
+        }
         let full = match jobs::lease(&state.db, &node, &settings).await? {
             jobs::Lease::Assigned(assignment) => return Ok(Json::<Assignment>(*assignment).into_response()),
             jobs::Lease::Full => true,
@@ -142,7 +149,8 @@ async fn work(
         if now >= deadline {
             return Ok(StatusCode::NO_CONTENT.into_response());
         }
-        // New work cannot help a full node; a job ending can help anyone. Another
+        // New work cannot help a full node; a job ending can help anyone (and a kernel
+        // placed, which also wakes `freed`, since kernels fit on full nodes). Another
         // replica's changes wake no one here, hence the periodic look.
         let wake = async {
             if full {

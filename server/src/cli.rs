@@ -130,6 +130,7 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     crate::compute::spawn_sweeper(state.clone());
     crate::webhooks::spawn_deliverer(state.clone());
     crate::endpoints::spawn_background(state.clone());
+    crate::notebooks::spawn_background(state.clone());
     let listener =
         tokio::net::TcpListener::bind(config.addr).await.with_context(|| format!("binding {}", config.addr))?;
     let local_addr = listener.local_addr().unwrap_or(config.addr);

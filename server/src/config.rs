@@ -105,6 +105,16 @@ pub struct Config {
     #[arg(long, env = "ATELIER_METRICS_RETENTION_DAYS", default_value_t = 90, global = true)]
     pub metrics_retention_days: u32,
 
+    /// A notebook kernel without activity for this many seconds is shut down (never
+    /// while it runs a cell).
+    #[arg(long, env = "ATELIER_KERNEL_IDLE_SECS", default_value_t = 3600, global = true)]
+    pub kernel_idle_secs: u32,
+
+    /// A kernel not running this many seconds after it was placed is given up (the
+    /// first kernel on a node installs ipykernel into its environment, which takes a while).
+    #[arg(long, env = "ATELIER_KERNEL_START_TIMEOUT_SECS", default_value_t = 600, global = true)]
+    pub kernel_start_timeout_secs: u32,
+
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "ATELIER_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
@@ -143,6 +153,14 @@ impl Config {
         }
     }
 
+    /// When kernels are shut down without being asked.
+    pub fn kernel_lifecycle(&self) -> atelier_core::notebooks::kernels::Lifecycle {
+        atelier_core::notebooks::kernels::Lifecycle {
+            idle_secs: i64::from(self.kernel_idle_secs.max(1)),
+            start_secs: i64::from(self.kernel_start_timeout_secs.max(10)),
+        }
+    }
+
     /// Whether cookies must carry the Secure flag.
     pub fn secure_cookies(&self) -> bool {
         self.public_url.as_deref().is_some_and(|u| u.starts_with("https://"))
@@ -166,6 +184,8 @@ impl Config {
             invocation_timeout_secs: 60,
             metrics_detail_hours: 48,
             metrics_retention_days: 90,
+            kernel_idle_secs: 3600,
+            kernel_start_timeout_secs: 600,
             artifact_dir: None,
             artifact_store: None,
             max_upload_bytes: 10 * 1024 * 1024 * 1024,

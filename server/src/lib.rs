@@ -12,6 +12,7 @@ pub mod health;
 pub mod metrics;
 pub mod middleware;
 pub mod mlflow;
+pub mod notebooks;
 pub mod router;
 pub mod state;
 pub mod webhooks;

@@ -30,6 +30,8 @@ pub struct AppState {
     pub freed: Arc<tokio::sync::Notify>,
     /// Routes endpoint invocations and counts them until the next flush.
     pub invoker: Arc<crate::endpoints::Invoker>,
+    /// Talks to the agents' kernel gateways (see `crate::notebooks`).
+    pub kernel_client: reqwest::Client,
 }
 
 impl AppState {
@@ -52,6 +54,7 @@ impl AppState {
             work: Arc::new(tokio::sync::Notify::new()),
             freed: Arc::new(tokio::sync::Notify::new()),
             invoker: Arc::new(crate::endpoints::Invoker::new(std::time::Duration::from_secs(config_timeout))?),
+            kernel_client: crate::notebooks::client()?,
         })
     }
 }

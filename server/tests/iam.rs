@@ -64,6 +64,13 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
             json!({"name": "a", "metric": "errors_5xx", "comparison": "ge", "threshold": 1})
         }
         "/api/v1/compute/nodes" => json!({"name": "newnode"}),
+        "/api/v1/notebooks"
+        | "/api/v1/notebooks/{id}"
+        | "/api/v1/notebooks/{id}/duplicate"
+        | "/api/v1/notebooks/{id}/revisions" => json!({"name": "nb"}),
+        "/api/v1/notebooks/{id}/content" => json!({"content": {"nbformat": 4, "cells": []}, "base_version": 1}),
+        "/api/v1/notebooks/{id}/shares/{username}" => json!({"role": "reader"}),
+        "/api/v1/kernels/{id}/execute" => json!({"code": "1+1"}),
         "/api/v1/labeling/jobs" => json!({
             "name": "newlabeling", "dataset": "photos", "task_type": "image_classification",
             "categories": [{"name": "a"}, {"name": "b"}], "teams": ["team"],
@@ -127,6 +134,29 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         .execute(&app.state.db.pool)
         .await
         .expect("test setup");
+    // Notebooks for the REST paths ({id}), the server functions (id, notebook), and a
+    // kernel.
+    for id in [token_id.as_str(), admin.id.as_str(), "n1"] {
+        sqlx::query(
+            "INSERT INTO notebooks (id, name, owner_id, content, cells, version, updated_by, created_at, updated_at) \
+             VALUES ($1, 'nb', $2, '{\"nbformat\": 4, \"nbformat_minor\": 5, \"metadata\": {}, \"cells\": []}', 0, 1, 'admin', 0, 0)",
+        )
+        .bind(id)
+        .bind(&admin.id)
+        .execute(&app.state.db.pool)
+        .await
+        .expect("test setup");
+    }
+    sqlx::query(
+        "INSERT INTO kernels (id, notebook_id, user_id, username, node_id, cpus, memory_mb, gpus, gpu_indices, state, \
+         url, secret, message, created_at, updated_at, last_activity_at) \
+         VALUES ($1, $1, $2, 'admin', 'no-node', 0, 0, 0, '[]', 'idle', 'http://127.0.0.1:9', 's', '', 0, 0, 0)",
+    )
+    .bind(&token_id)
+    .bind(&admin.id)
+    .execute(&app.state.db.pool)
+    .await
+    .expect("test setup");
     // An administrator with an explicit Deny of everything: the Deny must win everywhere.
     let denied = app.create_user_with("mallory", &["AdministratorAccess".into(), "DenyAll".into()]).await;
     let token = app.token_for(&denied, None).await;
@@ -163,7 +193,11 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
                 .replace("{alarm}", "a");
             assert!(!is_public(&path), "{path} is public but documented as an authorized route");
             // Uploads name their file in the query.
-            let path = if path == "/api/v1/artifacts" { format!("{path}?name=x.py") } else { path };
+            let path = match path.as_str() {
+                "/api/v1/artifacts" => format!("{path}?name=x.py"),
+                "/api/v1/notebooks/import" => format!("{path}?name=x"),
+                _ => path,
+            };
             let anonymous = app.call(method.clone(), &path, Auth::None, body_for(&method, template)).await;
             assert_eq!(anonymous.status, StatusCode::UNAUTHORIZED, "anonymous {method} {path}");
             let before = deny_events(&app, "mallory").await;
@@ -274,6 +308,10 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         ("scale_out_cooldown_secs", "60"),
         ("scale_in_cooldown_secs", "60"),
         ("endpoint", "ep-1"),
+        ("revision", "r1"),
+        ("notebook", "n1"),
+        ("source", "# title"),
+        ("role", "reader"),
     ];
     // Server functions that take JSON (nested arguments), with a body each.
     let json_bodies: Vec<(&str, Value)> = vec![

@@ -110,6 +110,8 @@ impl TestServer {
             .env("ATELIER_DATA_DIR", &data_dir)
             .env("ATELIER_ADDR", &addr)
             .env("ATELIER_ADMIN_PASSWORD", admin_password)
+            // The notebook kernel environment the Rust tests created (or create it there).
+            .env("ATELIER_KERNEL_ENV", target_dir().join("tmp").join("kernel-env"))
             .env_remove("DATABASE_URL")
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .stdout(Stdio::null())

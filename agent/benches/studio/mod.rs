@@ -57,6 +57,8 @@ impl Studio {
             .args(["--server", &base, "--work-dir"])
             .arg(dir.join("agent"))
             .env("ATELIER_NODE_TOKEN", &node.token)
+            // The notebook kernel environment the tests create (or create it there).
+            .env("ATELIER_KERNEL_ENV", std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel-env"))
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .spawn()

@@ -44,6 +44,9 @@ impl Agent {
             .arg(work_dir)
             .env("ATELIER_NODE_TOKEN", node_token)
             .env("ATELIER_CHECKPOINT_SECS", "1")
+            // One notebook kernel environment for every test run (creating it installs
+            // ipykernel and matplotlib once).
+            .env("ATELIER_KERNEL_ENV", kernel_env())
             .env("RUST_LOG", "warn")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit());
@@ -63,6 +66,11 @@ impl Drop for Agent {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// The kernel environment the tests share (`target/tmp/kernel-env`).
+pub fn kernel_env() -> PathBuf {
+    Path::new(env!("CARGO_TARGET_TMPDIR")).join("kernel-env")
 }
 
 pub fn temp_dir(tag: &str) -> PathBuf {

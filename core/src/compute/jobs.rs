@@ -56,6 +56,8 @@ const JOB_COLUMNS: &str = "id, name, spec, state, message, priority, cpus, memor
 /// States an agent holds a lease in.
 const ACTIVE: &str = "('Starting', 'Downloading', 'Training', 'Uploading')";
 /// What model server instances hold on their nodes: training and serving share them.
+/// What notebook kernels hold (GPUs, and CPUs and memory when they reserved some).
+const KERNEL_USE: &str = crate::notebooks::kernels::KERNEL_USE;
 const SERVING_USE: &str =
     "SELECT node_id, cpus, memory_mb, gpu_indices FROM endpoint_instances WHERE state IN ('Pending', 'Starting', 'InService')";
 
@@ -578,7 +580,7 @@ pub async fn capacities(db: &Db, include_lost: bool) -> CoreResult<Vec<(String, 
             .await?;
     let used: Vec<(String, i64, i64, String)> = sqlx::query_as(&format!(
         "SELECT node_id, cpus, memory_mb, gpu_indices FROM training_jobs WHERE state IN {ACTIVE} AND node_id IS NOT NULL \
-         UNION ALL {SERVING_USE} AND node_id IS NOT NULL"
+         UNION ALL {SERVING_USE} AND node_id IS NOT NULL UNION ALL {KERNEL_USE}"
     ))
     .fetch_all(&db.pool)
     .await?;
@@ -595,7 +597,7 @@ async fn node_capacity(db: &Db, node_id: &str) -> CoreResult<Option<Capacity>> {
     let Some(node) = node else { return Ok(None) };
     let used: Vec<(String, i64, i64, String)> = sqlx::query_as(&format!(
         "SELECT node_id, cpus, memory_mb, gpu_indices FROM training_jobs WHERE node_id = $1 AND state IN {ACTIVE} \
-         UNION ALL {SERVING_USE} AND node_id = $1"
+         UNION ALL {SERVING_USE} AND node_id = $1 UNION ALL {KERNEL_USE} AND node_id = $1"
     ))
     .bind(node_id)
     .fetch_all(&db.pool)
@@ -626,7 +628,7 @@ pub async fn node_names(db: &Db) -> CoreResult<std::collections::HashMap<String,
 /// the next job: quadratic work in a fill burst (1,000 agents placed 43 jobs/s that
 /// way). Replicas sharing a PostgreSQL database are still kept apart by the
 /// conditional update below.
-static PLACING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+pub(crate) static PLACING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 pub async fn lease(db: &Db, node: &NodeCaller, settings: &Settings) -> CoreResult<Lease> {
     // A full node (the steady state of a busy cluster) costs one aggregate query.
@@ -987,7 +989,7 @@ pub async fn heartbeat(
         }
         query.execute(&db.pool).await?;
     }
-    Ok(HeartbeatResponse { stop, instances: Vec::new() })
+    Ok(HeartbeatResponse { stop, instances: Vec::new(), kernels: Vec::new() })
 }
 
 /// Puts a job whose lease ended without an outcome back in the queue (or marks it

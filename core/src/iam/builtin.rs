@@ -31,12 +31,21 @@ pub const BUILTINS: &[Builtin] = &[
   "Version": "2012-10-17",
   "Statement": [
     {"Sid": "Build", "Effect": "Allow",
-     "Action": ["datasets:*", "labeling:*", "training:*", "notebooks:*", "endpoints:*",
+     "Action": ["datasets:*", "labeling:*", "training:*", "endpoints:*",
                 "models:List*", "models:Get*", "models:CreateModelGroup", "models:UpdateModelGroup", "models:DeleteModelGroup",
                 "models:RegisterModelVersion", "models:UpdateModelVersion", "models:DeleteModelVersion",
                 "compute:ListNodes", "compute:GetNode"],
      "Resource": "*"},
     {"Sid": "GroupWebhooks", "Effect": "Allow", "Action": "models:ManageWebhooks", "Resource": "atelier:models:group/*"},
+    {"Sid": "Notebooks", "Effect": "Allow", "Action": ["notebooks:ListNotebooks", "notebooks:CreateNotebook"], "Resource": "*"},
+    {"Sid": "OwnNotebooks", "Effect": "Allow", "Action": "notebooks:*", "Resource": "atelier:notebooks:notebook/*",
+     "Condition": {"StringEquals": {"atelier:NotebookRole": "owner"}}},
+    {"Sid": "EditSharedNotebooks", "Effect": "Allow", "Action": ["notebooks:GetNotebook", "notebooks:UpdateNotebook", "notebooks:RunCell"],
+     "Resource": "atelier:notebooks:notebook/*", "Condition": {"StringEquals": {"atelier:NotebookRole": "editor"}}},
+    {"Sid": "ReadSharedNotebooks", "Effect": "Allow", "Action": "notebooks:GetNotebook", "Resource": "atelier:notebooks:notebook/*",
+     "Condition": {"StringEquals": {"atelier:NotebookRole": "reader"}}},
+    {"Sid": "OwnKernels", "Effect": "Allow", "Action": "notebooks:AttachKernel", "Resource": "atelier:notebooks:kernel/*",
+     "Condition": {"StringEquals": {"atelier:ResourceCreator": "${atelier:username}"}}},
     {"Sid": "SeeColleagues", "Effect": "Allow", "Action": ["iam:ListUsers", "iam:ListGroups", "iam:GetCatalogue"], "Resource": "*"}
   ]
 }"#,
@@ -236,11 +245,7 @@ mod tests {
                 "endpoints:DeleteEndpoint",
                 "endpoints:InvokeEndpoint",
                 "notebooks:ListNotebooks",
-                "notebooks:GetNotebook",
                 "notebooks:CreateNotebook",
-                "notebooks:UpdateNotebook",
-                "notebooks:DeleteNotebook",
-                "notebooks:RunCell",
                 "compute:ListNodes",
                 "compute:GetNode",
             ],
@@ -288,6 +293,32 @@ mod tests {
         let e = reviewer.evaluate(Action::UpdateModelApprovalStatus, &own).expect("test input");
         assert_eq!(e.outcome, crate::iam::Outcome::ExplicitDeny);
         assert_eq!(e.decided_by[0].sid.as_deref(), Some("NotOwnVersions"));
+    }
+
+    #[test]
+    fn data_scientists_act_on_notebooks_by_their_role() {
+        let c = compiled("DataScientist");
+        let as_role = |role: &str, action: Action| {
+            let mut f = Facts::new("atelier:notebooks:notebook/n1");
+            f.set("atelier:ResourceCreator", "bob").set("atelier:NotebookRole", role);
+            c.evaluate(action, &f).expect("test input").allowed()
+        };
+        use Action::*;
+        for (role, allowed) in [
+            ("owner", &[GetNotebook, UpdateNotebook, RunCell, DeleteNotebook, ShareNotebook][..]),
+            ("editor", &[GetNotebook, UpdateNotebook, RunCell][..]),
+            ("reader", &[GetNotebook][..]),
+            ("none", &[][..]),
+        ] {
+            for action in [GetNotebook, UpdateNotebook, RunCell, DeleteNotebook, ShareNotebook] {
+                assert_eq!(as_role(role, action), allowed.contains(&action), "{role} / {action}");
+            }
+        }
+        let mut own_kernel = Facts::new("atelier:notebooks:kernel/k1");
+        own_kernel.set("atelier:ResourceCreator", "alice");
+        assert!(c.evaluate(AttachKernel, &own_kernel).expect("test input").allowed());
+        own_kernel.set("atelier:ResourceCreator", "bob");
+        assert!(!c.evaluate(AttachKernel, &own_kernel).expect("test input").allowed(), "another user's kernel");
     }
 
     #[test]

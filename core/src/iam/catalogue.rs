@@ -133,7 +133,9 @@ catalogue! {
         CreateNotebook, Write, "atelier:notebooks:notebook/*", "Create or import a notebook";
         UpdateNotebook, Write, "atelier:notebooks:notebook/{notebook}", "Edit and save a notebook";
         DeleteNotebook, Write, "atelier:notebooks:notebook/{notebook}", "Delete a notebook";
-        RunCell, Write, "atelier:notebooks:notebook/{notebook}", "Run a notebook's cells on a kernel";
+        RunCell, Write, "atelier:notebooks:notebook/{notebook}", "Start a kernel for a notebook and run its cells";
+        ShareNotebook, Write, "atelier:notebooks:notebook/{notebook}", "Share a notebook with users as readers or editors";
+        AttachKernel, Write, "atelier:notebooks:kernel/{kernel}", "Run code on, interrupt, restart or shut down a kernel (checked with the user who started it as creator)";
     }
     "compute" {
         ListNodes, Read, "atelier:compute:node/*", "List compute nodes and their GPUs";
@@ -239,6 +241,11 @@ pub const CONDITION_KEYS: &[ConditionKey] = &[
         name: "atelier:WorkTeam",
         key_type: KeyType::String,
         description: "The work team (a group) that a labeling job's tasks are assigned to",
+    },
+    ConditionKey {
+        name: "atelier:NotebookRole",
+        key_type: KeyType::String,
+        description: "The acting user's role on a notebook: owner, editor, reader (shared with them) or none",
     },
     ConditionKey {
         name: "atelier:SourceIp",

@@ -14,6 +14,7 @@ pub mod error;
 pub mod iam;
 pub mod labeling;
 pub mod models;
+pub mod notebooks;
 pub mod tokens;
 pub mod training;
 
@@ -71,6 +72,7 @@ pub struct ApiJson<T>(pub T);
         (name = "training", description = "Training jobs, their logs, metrics and artifacts, and file uploads"),
         (name = "compute", description = "Compute nodes and their agents"),
         (name = "endpoints", description = "Endpoints serving approved model versions: deployments, invocations, metrics"),
+        (name = "notebooks", description = "Notebooks (nbformat 4), their revisions and shares, and the Jupyter kernels that run their cells on compute nodes"),
     )
 )]
 pub struct ApiDoc;
@@ -127,6 +129,7 @@ fn split() -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .merge(labeling::routes())
         .merge(compute::routes())
         .merge(endpoints::routes())
+        .merge(notebooks::routes())
         .split_for_parts()
 }
 
