@@ -88,6 +88,66 @@ async fn start_kernel(app: &TestApp, token: &str, notebook: &str) -> String {
     r.json()["id"].as_str().expect("kernel id").to_string()
 }
 
+/// A Python with the official `nbformat` package (a virtualenv made once per checkout).
+fn nbformat_python() -> std::path::PathBuf {
+    static PYTHON: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    PYTHON
+        .get_or_init(|| {
+            let env = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("nbformat-env");
+            let python = env.join("bin").join("python");
+            let ready = |p: &std::path::Path| {
+                std::process::Command::new(p).args(["-c", "import nbformat"]).output().is_ok_and(|o| o.status.success())
+            };
+            if !ready(&python) {
+                let made =
+                    std::process::Command::new("python3").arg("-m").arg("venv").arg(&env).status().expect("python3");
+                assert!(made.success(), "creating {}", env.display());
+                let pip = std::process::Command::new(&python)
+                    .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "nbformat"])
+                    .status()
+                    .expect("pip");
+                assert!(pip.success() && ready(&python), "installing nbformat");
+            }
+            python
+        })
+        .clone()
+}
+
+/// Validates `exported` with nbformat and compares its cells with `original`'s (types,
+/// sources, outputs except HTML, which is sanitized, and attachments). Answers what the
+/// script printed: the cell count and output types.
+fn nbformat_check(original: &std::path::Path, exported: &std::path::Path) -> String {
+    let script = r#"
+import nbformat, sys
+a = nbformat.read(sys.argv[1], as_version=4)
+b = nbformat.read(sys.argv[2], as_version=4)
+nbformat.validate(b)
+assert b.nbformat == 4 and b.nbformat_minor >= 5, (b.nbformat, b.nbformat_minor)
+assert len(a.cells) == len(b.cells), (len(a.cells), len(b.cells))
+def plain(outputs):
+    for o in outputs:
+        o = dict(o)
+        if 'data' in o:
+            o['data'] = {k: v for k, v in o['data'].items() if k != 'text/html'}
+        yield o
+for x, y in zip(a.cells, b.cells):
+    assert x.cell_type == y.cell_type and x.source == y.source, (x, y)
+    assert list(plain(x.get('outputs', []))) == list(plain(y.get('outputs', []))), (x.get('outputs'), y.get('outputs'))
+    assert x.get('attachments') == y.get('attachments')
+    assert x.metadata == y.metadata, (x.metadata, y.metadata)
+print(len(b.cells), sorted({o.output_type for c in b.cells for o in c.get('outputs', [])}))
+"#;
+    let out = std::process::Command::new(nbformat_python())
+        .args(["-c", script])
+        .arg(original)
+        .arg(exported)
+        .output()
+        .expect("python");
+    let said = String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nbformat refused {}: {said}", exported.display());
+    said
+}
+
 /// A studio with one agent and the kernel culler running.
 async fn notebook_studio(idle_secs: u32) -> (TestApp, String, Agent) {
     let app = TestApp::with_config(|c| {
@@ -289,24 +349,7 @@ async fn a_notebook_with_real_outputs_exports_valid_nbformat_and_round_trips() {
     let file = temp_dir("export").join("report.ipynb");
     std::fs::write(&file, &r.body).expect("write export");
 
-    // Validate with the official package, installed into the kernel environment.
-    let python = kernel_env().join("bin").join("python");
-    let pip = std::process::Command::new(&python)
-        .args(["-m", "pip", "install", "-q", "--disable-pip-version-check", "nbformat"])
-        .status()
-        .expect("pip");
-    assert!(pip.success(), "installing nbformat");
-    let check = std::process::Command::new(&python)
-        .args([
-            "-c",
-            "import nbformat, sys; nb = nbformat.read(sys.argv[1], as_version=4); nbformat.validate(nb); \
-                      print(len(nb.cells), sorted({o.output_type for c in nb.cells for o in c.get('outputs', [])}))",
-        ])
-        .arg(&file)
-        .output()
-        .expect("python");
-    let said = String::from_utf8_lossy(&check.stdout).to_string() + &String::from_utf8_lossy(&check.stderr);
-    assert!(check.status.success(), "nbformat refused the export: {said}");
+    let said = nbformat_check(&file, &file);
     assert!(said.contains("6 ['display_data', 'error', 'execute_result', 'stream']"), "{said}");
 
     let request = Request::builder()
@@ -318,4 +361,38 @@ async fn a_notebook_with_real_outputs_exports_valid_nbformat_and_round_trips() {
     let again = app.send(request).await;
     assert_eq!(again.status, StatusCode::CREATED, "{}", again.text());
     assert_eq!(again.json()["content"]["cells"], saved["cells"]);
+}
+
+/// Notebooks as Jupyter, JupyterLab and VS Code write them (lists of lines, no cell ids,
+/// attachments, SVG, JSON and widget outputs, errors with ANSI colours) import, export
+/// as valid nbformat with the same cells, and import again unchanged.
+#[tokio::test]
+async fn real_world_notebooks_round_trip_and_validate_with_nbformat() {
+    let app = TestApp::new().await;
+    let dana = app.create_user_with("dana", &["DataScientist".into()]).await;
+    let token = app.token_for(&dana, None).await;
+    let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests").join("fixtures");
+    let out_dir = temp_dir("round-trip");
+    for name in ["classic.ipynb", "attachments.ipynb", "vscode.ipynb"] {
+        let original = fixtures.join(name);
+        let import = |bytes: Vec<u8>| {
+            Request::builder()
+                .method(Method::POST)
+                .uri(format!("/api/v1/notebooks/import?name={name}"))
+                .header(header::AUTHORIZATION, format!("Bearer {token}"))
+                .body(Body::from(bytes))
+                .expect("request")
+        };
+        let first = app.send(import(std::fs::read(&original).expect("fixture"))).await;
+        assert_eq!(first.status, StatusCode::CREATED, "{name}: {}", first.text());
+        let id = first.json()["id"].as_str().expect("id").to_string();
+        let r = app.call(Method::GET, &format!("/api/v1/notebooks/{id}/export"), Auth::Bearer(&token), None).await;
+        assert_eq!(r.status, StatusCode::OK, "{name}");
+        let exported = out_dir.join(name);
+        std::fs::write(&exported, &r.body).expect("write export");
+        nbformat_check(&original, &exported);
+        let again = app.send(import(r.body.clone())).await;
+        assert_eq!(again.status, StatusCode::CREATED, "{name}: {}", again.text());
+        assert_eq!(again.json()["content"]["cells"], first.json()["content"]["cells"], "{name}");
+    }
 }

@@ -86,7 +86,7 @@ async fn find(db: &Db, id: &str) -> CoreResult<Row> {
 /// The caller's kernel for a notebook: the live one, else the last one (so the editor
 /// can say why it stopped).
 pub async fn for_notebook(db: &Db, p: &Principal, notebook_id: &str) -> CoreResult<Option<Kernel>> {
-    super::get(db, p, notebook_id).await?;
+    super::open(db, p, notebook_id, Action::GetNotebook).await?;
     let row: Option<Row> = sqlx::query_as(&format!(
         "{ROW} WHERE k.notebook_id = $1 AND k.user_id = $2 \
          ORDER BY CASE WHEN k.state = 'stopped' THEN 1 ELSE 0 END, k.created_at DESC, k.id DESC LIMIT 1"

@@ -40,10 +40,16 @@ pub(crate) struct Row {
     shared_role: Option<String>,
 }
 
-const ROW: &str = "SELECT n.id, n.name, n.owner_id, u.username AS owner, n.content, n.cells, n.version, \
+/// A notebook's row; `{content}` is `n.content`, or `''` where only access is checked
+/// (a notebook can be megabytes).
+const ROW: &str = "SELECT n.id, n.name, n.owner_id, u.username AS owner, {content} AS content, n.cells, n.version, \
                    n.updated_by, n.updated_at, s.role AS shared_role FROM notebooks n \
                    JOIN users u ON u.id = n.owner_id \
                    LEFT JOIN notebook_shares s ON s.notebook_id = n.id AND s.user_id = $1";
+
+fn row_query(content: bool) -> String {
+    ROW.replace("{content}", if content { "n.content" } else { "''" })
+}
 
 impl Row {
     fn role(&self, p: &Principal) -> String {
@@ -76,8 +82,8 @@ pub fn resource(id: &str) -> Resource {
     Resource::new(format!("atelier:notebooks:notebook/{id}"))
 }
 
-async fn load(db: &Db, p: &Principal, id: &str) -> CoreResult<Row> {
-    sqlx::query_as(&format!("{ROW} WHERE n.id = $2"))
+async fn load(db: &Db, p: &Principal, id: &str, content: bool) -> CoreResult<Row> {
+    sqlx::query_as(&format!("{} WHERE n.id = $2", row_query(content)))
         .bind(&p.user.id)
         .bind(id)
         .fetch_optional(&db.pool)
@@ -85,9 +91,17 @@ async fn load(db: &Db, p: &Principal, id: &str) -> CoreResult<Row> {
         .ok_or(CoreError::NotFound("notebook"))
 }
 
-/// Loads a notebook and checks that the caller may do `action` on it.
+/// Loads a notebook (without its content) and checks that the caller may do `action`
+/// on it.
 pub(crate) async fn open(db: &Db, p: &Principal, id: &str, action: Action) -> CoreResult<Row> {
-    let row = load(db, p, id).await?;
+    let row = load(db, p, id, false).await?;
+    authorize(p, action, &row.resource(p))?;
+    Ok(row)
+}
+
+/// [`open`] with the content.
+async fn open_full(db: &Db, p: &Principal, id: &str, action: Action) -> CoreResult<Row> {
+    let row = load(db, p, id, true).await?;
     authorize(p, action, &row.resource(p))?;
     Ok(row)
 }
@@ -123,8 +137,10 @@ fn to_stored(content: &Value) -> CoreResult<String> {
 /// others their policies let them open.
 pub async fn list(db: &Db, p: &Principal) -> CoreResult<Vec<NotebookSummary>> {
     authorize(p, Action::ListNotebooks, &resource("*"))?;
-    let rows: Vec<Row> =
-        sqlx::query_as(&format!("{ROW} ORDER BY n.updated_at DESC, n.id")).bind(&p.user.id).fetch_all(&db.pool).await?;
+    let rows: Vec<Row> = sqlx::query_as(&format!("{} ORDER BY n.updated_at DESC, n.id", row_query(false)))
+        .bind(&p.user.id)
+        .fetch_all(&db.pool)
+        .await?;
     Ok(rows
         .into_iter()
         .filter(|r| p.can(Action::GetNotebook, &r.resource(p)))
@@ -183,7 +199,7 @@ async fn insert(db: &Db, p: &Principal, name: &str, content: &Value) -> CoreResu
 
 /// A notebook with its content.
 pub async fn get(db: &Db, p: &Principal, id: &str) -> CoreResult<Notebook> {
-    open(db, p, id, Action::GetNotebook).await?.notebook(p)
+    open_full(db, p, id, Action::GetNotebook).await?.notebook(p)
 }
 
 /// The caller's role on a notebook they may open (for the editor: readers get a
@@ -194,7 +210,7 @@ pub async fn role(db: &Db, p: &Principal, id: &str) -> CoreResult<String> {
 
 /// Whether the caller may do `action` on the notebook (to hide what they cannot do).
 pub async fn can(db: &Db, p: &Principal, id: &str, action: Action) -> CoreResult<bool> {
-    let row = load(db, p, id).await?;
+    let row = load(db, p, id, false).await?;
     Ok(p.can(action, &row.resource(p)))
 }
 
@@ -217,7 +233,7 @@ pub async fn save(db: &Db, p: &Principal, id: &str, save: &SaveNotebook) -> Core
     .execute(&db.pool)
     .await?;
     if updated.rows_affected() == 0 {
-        let now_row = load(db, p, id).await?;
+        let now_row = load(db, p, id, false).await?;
         return Err(CoreError::Conflict(format!(
             "notebook {} changed while you were editing: version {} was saved by {} after the version {} you started from. \
              Your changes are not saved; reload to see theirs, or overwrite them.",
@@ -303,7 +319,7 @@ pub async fn rename(db: &Db, p: &Principal, id: &str, name: &str) -> CoreResult<
 
 /// A copy of a notebook, owned by the caller.
 pub async fn duplicate(db: &Db, p: &Principal, id: &str, name: &str) -> CoreResult<Notebook> {
-    let source = open(db, p, id, Action::GetNotebook).await?;
+    let source = open_full(db, p, id, Action::GetNotebook).await?;
     authorize(p, Action::CreateNotebook, &resource("*"))?;
     let name = validate_name(name)?;
     let content: Value = serde_json::from_str(&source.content).map_err(CoreError::internal)?;
@@ -351,7 +367,7 @@ pub async fn revisions(db: &Db, p: &Principal, id: &str) -> CoreResult<Vec<Revis
 
 /// A named checkpoint of the notebook as saved now.
 pub async fn checkpoint(db: &Db, p: &Principal, id: &str, name: &str) -> CoreResult<Revision> {
-    let row = open(db, p, id, Action::UpdateNotebook).await?;
+    let row = open_full(db, p, id, Action::UpdateNotebook).await?;
     let name = name.trim();
     if name.is_empty() || name.chars().count() > 200 {
         return Err(CoreError::invalid("name", "a checkpoint needs a name of at most 200 characters"));
@@ -376,7 +392,7 @@ pub async fn revision_content(db: &Db, p: &Principal, id: &str, revision: &str) 
 /// Makes an earlier revision the notebook's content; what it replaces is kept as a
 /// `before-restore` revision, so a restore can be undone.
 pub async fn restore(db: &Db, p: &Principal, id: &str, revision: &str) -> CoreResult<Notebook> {
-    let row = open(db, p, id, Action::UpdateNotebook).await?;
+    let row = open_full(db, p, id, Action::UpdateNotebook).await?;
     let content = revision_content(db, p, id, revision).await?;
     let stored = to_stored(&content)?;
     let t = now();
