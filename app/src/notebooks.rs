@@ -19,7 +19,6 @@ use serde_json::{json, Value};
 
 use crate::error::AppError;
 use crate::format::format_time;
-use crate::forms::FormError;
 
 /// What the editor needs: the notebook, what the caller may do, rendered Markdown,
 /// their kernel and the nodes to start one on.
@@ -198,7 +197,7 @@ pub fn NotebooksPage() -> impl IntoView {
     });
     view! {
         <h1>"Notebooks"</h1>
-        <FormError error=row_error/>
+        <AnyError error=row_error/>
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 match list.await {
@@ -220,7 +219,7 @@ pub fn NotebooksPage() -> impl IntoView {
                 <h2>"New notebook"</h2>
                 <label for="nb-name">"Name"</label>
                 <input id="nb-name" name="name" required=true placeholder="Untitled"/>
-                <FormError error=create_error/>
+                <AnyError error=create_error/>
                 <button type="submit">"Create"</button>
             </ActionForm>
             <ImportForm imported/>
@@ -310,6 +309,12 @@ fn ImportForm(imported: RwSignal<u32>) -> impl IntoView {
         </form>
     }
     .into_any()
+}
+
+/// An action's error, whatever field it names (these forms have one or two inputs).
+#[component]
+fn AnyError(#[prop(into)] error: Signal<Option<AppError>>) -> impl IntoView {
+    move || error.get().map(|e| view! { <p class="error" role="alert">{e.message}</p> })
 }
 
 /// Percent-encodes a query value.
@@ -539,6 +544,10 @@ impl Ed {
                     self.saved_edits.set(upto);
                     self.conflict.set(None);
                     self.save_error.set(None);
+                    // Edits made while this save was on its way go out now.
+                    if self.edits.get_untracked() != upto {
+                        self.save(None);
+                    }
                 }
                 409 => self.conflict.set(Some(error_message(status, &text))),
                 _ => self.save_error.set(Some(error_message(status, &text))),
@@ -563,6 +572,11 @@ impl Ed {
         let id = self.id.get_value();
         leptos::task::spawn_local(async move {
             if let Ok(k) = kernel_state(id).await {
+                // With no cell of this page running, the server's state is the truth
+                // (an interrupted or restarted kernel's last message may say busy).
+                if !self.cells.get_untracked().iter().any(|c| c.running.get_untracked()) {
+                    self.activity.set(String::new());
+                }
                 self.kernel.set(k);
             }
         });
@@ -593,28 +607,65 @@ impl Ed {
 
     /// Runs cell `i` (Markdown is rendered instead).
     fn run(self, i: usize) {
-        let Some(cell) = self.cells.get_untracked().get(i).copied() else { return };
+        self.run_in_order(vec![i]);
+    }
+
+    /// Runs cells one after another, as Jupyter does: each waits for the one before,
+    /// and an error stops the rest (they are left unrun).
+    fn run_in_order(self, indices: Vec<usize>) {
+        let all = self.cells.get_untracked();
+        let queue: Vec<Cell> = indices.into_iter().filter_map(|i| all.get(i).copied()).collect();
+        if queue.iter().any(|c| c.kind.get_untracked() == "code") && self.kernel_id().is_none() {
+            self.notice.set(Some("Start a kernel first (Kernel, above).".into()));
+            return;
+        }
+        // Queued cells show [*] until their turn, as in Jupyter.
+        for c in &queue {
+            if c.kind.get_untracked() == "code" && self.can_run {
+                c.running.set(true);
+            }
+        }
+        self.run_next(queue.into());
+    }
+
+    fn run_next(self, mut queue: std::collections::VecDeque<Cell>) {
+        let Some(cell) = queue.pop_front() else { return };
+        self.run_cell(
+            cell,
+            Box::new(move |ok| {
+                if ok {
+                    self.run_next(queue);
+                } else {
+                    for c in queue {
+                        c.running.set(false);
+                    }
+                }
+            }),
+        );
+    }
+
+    /// Runs one cell and calls `then` with whether it succeeded.
+    fn run_cell(self, cell: Cell, then: Box<dyn FnOnce(bool)>) {
         if cell.kind.get_untracked() == "markdown" {
             let source = cell.source.get_untracked();
             leptos::task::spawn_local(async move {
                 if let Ok(html) = render_markdown(source).await {
                     cell.html.set(html);
                 }
+                then(true);
             });
             return;
         }
-        if cell.kind.get_untracked() != "code" || !self.can_run {
-            return;
-        }
-        let Some(kernel) = self.kernel_id() else {
-            self.notice.set(Some("Start a kernel first (Kernel, above).".into()));
-            return;
+        let Some(kernel) = self.kernel_id().filter(|_| cell.kind.get_untracked() == "code" && self.can_run) else {
+            cell.running.set(false);
+            return then(cell.kind.get_untracked() != "code");
         };
         cell.outputs.set(Vec::new());
         cell.running.set(true);
         let seen = Rc::new(RefCell::new(0usize));
         let clear_pending = Rc::new(RefCell::new(false));
-        let cp = clear_pending.clone();
+        let ok = Rc::new(std::cell::Cell::new(true));
+        let (cp, ok_seen) = (clear_pending.clone(), ok.clone());
         let on_chunk = move |text: &str| {
             let mut from = seen.borrow_mut();
             // Whole events only: they end with a blank line.
@@ -624,6 +675,11 @@ impl Ed {
                 for line in event.lines() {
                     if let Some(data) = line.strip_prefix("data:") {
                         if let Ok(message) = serde_json::from_str::<KernelMessage>(data.trim_start()) {
+                            let failed = matches!(message.msg_type.as_str(), "error" | "kernel_dead" | "kernel_lost")
+                                || (message.msg_type == "execute_reply" && message.content["status"] != "ok");
+                            if failed {
+                                ok_seen.set(false);
+                            }
                             self.apply(cell, &message, &cp);
                         }
                     }
@@ -640,8 +696,10 @@ impl Ed {
                     o.push(json!({"output_type": "error", "ename": "Not run", "evalue": message, "traceback": []}))
                 });
                 self.refresh_kernel();
+                ok.set(false);
             }
             self.changed();
+            then(ok.get());
         });
     }
 
@@ -771,10 +829,22 @@ fn Editor(data: EditorData) -> impl IntoView {
             }
         });
     });
+    // Keys work at once, without a click into the notebook first.
+    Effect::new(move |_| request_animation_frame(focus_notebook));
+    // Leaving with edits not yet saved asks first (the autosave waits a second).
+    let unload = window_event_listener(leptos::ev::beforeunload, move |ev| {
+        if ed.edits.get_untracked() != ed.saved_edits.get_untracked() {
+            ev.prevent_default();
+            ev.set_return_value("unsaved changes");
+        }
+    });
+    on_cleanup(move || unload.remove());
     let last_key = StoredValue::new(String::new());
     let on_key = move |ev: leptos::ev::KeyboardEvent| command_key(ed, &ev, last_key);
     let save_state = move || {
-        if ed.conflict.get().is_some() {
+        if !ed.can_edit {
+            "Read-only"
+        } else if ed.conflict.get().is_some() {
             "Not saved"
         } else if ed.saving.get() {
             "Saving…"
@@ -816,7 +886,7 @@ fn Editor(data: EditorData) -> impl IntoView {
                 <button class="secondary" on:click=move |_| ed.insert(ed.cells.get_untracked().len(), "markdown")>"+ Markdown"</button>
             </p>
         </Show>
-        <p class="muted small">"Keys: Shift+Enter run and advance · Ctrl+Enter run · Esc leave the cell · Enter edit · A/B insert above/below · D,D delete · M/Y Markdown/code · ↑/↓ or K/J move · I,I interrupt."</p>
+        <p class="muted small" class:hidden=!can_edit>"Keys: Shift+Enter run and advance · Ctrl+Enter run · Esc leave the cell · Enter edit · A/B insert above/below · D,D delete · M/Y Markdown/code · ↑/↓ or K/J move · I,I interrupt."</p>
         <Revisions id=notebook.id.clone() can_edit/>
         <Show when=move || can_share><Sharing id=notebook.id.clone()/></Show>
     }
@@ -825,7 +895,13 @@ fn Editor(data: EditorData) -> impl IntoView {
 
 /// Command-mode keys, as in Jupyter.
 fn command_key(ed: Ed, ev: &leptos::ev::KeyboardEvent, last_key: StoredValue<String>) {
+    use leptos::wasm_bindgen::JsCast;
     let key = ev.key();
+    // A cell's own controls (type select, buttons, inputs) keep their keys.
+    let target = ev.target().and_then(|t| t.dyn_into::<leptos::web_sys::Element>().ok()).map(|e| e.tag_name());
+    if matches!(target.as_deref(), Some("INPUT" | "SELECT" | "BUTTON" | "A")) {
+        return;
+    }
     let n = ed.cells.get_untracked().len();
     let i = ed.selected.get_untracked().min(n.saturating_sub(1));
     if key == "Enter" && (ev.shift_key() || ev.ctrl_key()) {
@@ -1003,7 +1079,9 @@ fn KernelBar(ed: Ed, nodes: Vec<(String, usize)>) -> impl IntoView {
             </Show>
             <Show when=live>
                 " "
-                <button class="secondary" on:click=move |_| ed.kernel_call("interrupt")>"Interrupt"</button>
+                <Show when=move || ed.kernel.get().is_some_and(|k| k.state == "idle" || k.state == "busy")>
+                    <button class="secondary" on:click=move |_| ed.kernel_call("interrupt")>"Interrupt"</button>
+                </Show>
                 " "
                 <button class="secondary" on:click=move |_| ed.kernel_call("restart")>"Restart"</button>
                 " "
@@ -1016,11 +1094,7 @@ fn KernelBar(ed: Ed, nodes: Vec<(String, usize)>) -> impl IntoView {
 
 #[component]
 fn Toolbar(ed: Ed, nb_id: String) -> impl IntoView {
-    let run_range = move |from: usize, to: usize| {
-        for i in from..to {
-            ed.run(i);
-        }
-    };
+    let run_range = move |from: usize, to: usize| ed.run_in_order((from..to).collect());
     let clear = move |_| {
         for c in ed.cells.get_untracked() {
             c.outputs.set(Vec::new());
@@ -1085,6 +1159,7 @@ fn CellView(ed: Ed, cell: Cell) -> impl IntoView {
                     <textarea id=input_id.clone() class="source" spellcheck="false" rows=rows readonly=!ed.can_edit
                         prop:value=move || cell.source.get()
                         on:focus=move |_| { ed.selected.set(index()); ed.mode.set(Mode::Edit); }
+                        on:blur=move |_| ed.mode.set(Mode::Command)
                         on:input=move |e| { cell.source.set(event_target_value(&e)); ed.changed(); }></textarea>
                 }>
                     <div class="markdown" inner_html=move || cell.html.get() on:dblclick=move |_| { ed.mode.set(Mode::Edit); focus_cell(ed, index()); }></div>
@@ -1212,7 +1287,7 @@ fn Revisions(id: String, can_edit: bool) -> impl IntoView {
     view! {
         <section class="card" data-testid="revisions">
             <h2>"Revisions"</h2>
-            <FormError error/>
+            <AnyError error/>
             <Show when=move || can_edit>
                 <ActionForm action=checkpoint attr:class="inline">
                     <input type="hidden" name="id" value=nb.get_value()/>
@@ -1328,7 +1403,7 @@ fn Sharing(id: String) -> impl IntoView {
                 </select>
                 <button type="submit">"Share"</button>
             </ActionForm>
-            <FormError error/>
+            <AnyError error/>
         </section>
     }
     .into_any()

@@ -55,6 +55,14 @@ test('a data scientist runs cells on a kernel, sees printed text and a plot, and
   await cells.nth(3).locator('textarea').press('Shift+Enter');
   await expect(cells.nth(3).locator('.markdown h1')).toHaveText('Findings');
 
+  // Run all: in order, one after another, stopping at the error.
+  await nadia.getByTestId('run-all').click();
+  await expect(cells.nth(2).locator('.prompt')).toHaveText('[6]:', { timeout: 60_000 });
+  await expect(cells.nth(0).locator('.prompt')).toHaveText('[4]:');
+  await expect(cells.nth(1).locator('.prompt')).toHaveText('[5]:');
+  await expect(cells.nth(2).locator('pre.output.error')).toContainText('ZeroDivisionError');
+  await expect(cells.nth(4).locator('.prompt')).toHaveText('[ ]:');
+
   // Autosave: the outputs reach the server.
   await expect(nadia.getByTestId('save-state')).toHaveText('All changes saved', { timeout: 15_000 });
   const id = nadia.url().split('/').pop()!;

@@ -235,7 +235,7 @@ pub async fn save(db: &Db, p: &Principal, id: &str, save: &SaveNotebook) -> Core
     if updated.rows_affected() == 0 {
         let now_row = load(db, p, id, false).await?;
         return Err(CoreError::Conflict(format!(
-            "notebook {} changed while you were editing: version {} was saved by {} after the version {} you started from. \
+            "notebook \"{}\" changed while you were editing: version {} was saved by {} after the version {} you started from. \
              Your changes are not saved; reload to see theirs, or overwrite them.",
             row.name, now_row.version, now_row.updated_by, save.base_version
         )));
