@@ -208,6 +208,11 @@ impl Kernels {
         }
         let router = gateway::router(kernel.clone());
         let id = kernel.id.clone();
+        // An execution streams many small writes; without TCP_NODELAY, Nagle's
+        // algorithm holds each for the server's delayed ACK (40 ms a cell).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         Ok(tokio::spawn(async move {
             if let Err(err) = axum::serve(listener, router).await {
                 tracing::warn!(kernel = %id, %err, "the kernel gateway stopped");
