@@ -690,7 +690,7 @@ fn TaskView(desk: Labeler, task: Task) -> impl IntoView {
         }
         (TaskType::BoundingBox, None) => view! { <BoxEditor desk src=content_url(&job, seq)/> }.into_any(),
         (_, None) => view! {
-            <img class="task-image" data-testid="task-image" src=content_url(&job, seq) alt=task.item_name.clone()/>
+            <img class="task-image fit" data-testid="task-image" src=content_url(&job, seq) alt=task.item_name.clone()/>
         }
         .into_any(),
     };

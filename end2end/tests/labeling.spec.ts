@@ -1,42 +1,7 @@
 import { test, expect, type Browser, type Page } from '@playwright/test';
-import { deflateSync } from 'node:zlib';
-import { ADMIN_PASSWORD, hydrated, signIn } from './helpers';
+import { ADMIN_PASSWORD, hydrated, openWork, png, settled, signIn, taskId } from './helpers';
 
 const PASSWORD = 'labeler-password-1';
-
-/** A solid-colour PNG of the given size, encoded here (no image files in the repo). */
-function png(width: number, height: number, [r, g, b]: [number, number, number]): Buffer {
-  const crcTable = Array.from({ length: 256 }, (_, n) => {
-    let c = n;
-    for (let k = 0; k < 8; k++) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-    return c >>> 0;
-  });
-  const crc = (bytes: Buffer) => {
-    let c = 0xffffffff;
-    for (const byte of bytes) c = crcTable[(c ^ byte) & 0xff] ^ (c >>> 8);
-    return (c ^ 0xffffffff) >>> 0;
-  };
-  const chunk = (type: string, data: Buffer) => {
-    const length = Buffer.alloc(4);
-    length.writeUInt32BE(data.length);
-    const body = Buffer.concat([Buffer.from(type, 'ascii'), data]);
-    const sum = Buffer.alloc(4);
-    sum.writeUInt32BE(crc(body));
-    return Buffer.concat([length, body, sum]);
-  };
-  const header = Buffer.alloc(13);
-  header.writeUInt32BE(width, 0);
-  header.writeUInt32BE(height, 4);
-  header.set([8, 2, 0, 0, 0], 8);
-  const row = Buffer.concat([Buffer.from([0]), Buffer.from(Array.from({ length: width }, () => [r, g, b]).flat())]);
-  const pixels = Buffer.concat(Array.from({ length: height }, () => row));
-  return Buffer.concat([
-    Buffer.from('89504e470d0a1a0a', 'hex'),
-    chunk('IHDR', header),
-    chunk('IDAT', deflateSync(pixels)),
-    chunk('IEND', Buffer.alloc(0)),
-  ]);
-}
 
 /** The admin's API calls, made with the signed-in session. */
 async function api(page: Page, method: 'get' | 'post', path: string, data?: unknown) {
@@ -66,36 +31,6 @@ async function labelerPage(browser: Browser, username: string): Promise<Page> {
   page.on('pageerror', (e) => seen.push(String(e).slice(0, 500)));
   await signIn(page, username, PASSWORD);
   return page;
-}
-
-/** The id of the task on screen. */
-async function taskId(page: Page) {
-  return page.getByTestId('task').getAttribute('data-task');
-}
-
-/** Waits until the page shows another task than `previous`, or says none is left. */
-async function settled(page: Page, previous: string | null) {
-  try {
-    await expect
-      .poll(async () => {
-        if (await page.getByTestId('idle').isVisible()) return true;
-        const task = page.getByTestId('task');
-        return (await task.count()) > 0 && (await task.getAttribute('data-task')) !== previous;
-      })
-      .toBe(true);
-  } catch (e) {
-    const shown = await page.locator('.error').allTextContents();
-    throw new Error(`${e}\npage errors: ${shown.join(' | ') || 'none'}\nbrowser errors: ${(problems.get(page) ?? []).join('\n') || 'none'}`);
-  }
-}
-
-/** Opens the job from "My work". */
-async function openWork(page: Page, job: string) {
-  await page.getByRole('link', { name: 'My work' }).click();
-  await hydrated(page);
-  const card = page.getByTestId('my-work').locator('section', { hasText: job });
-  await card.getByRole('link', { name: 'Start labeling' }).click();
-  await expect(page.getByTestId('task')).toBeVisible();
 }
 
 test('a team labels an image job from the keyboard and the output manifest downloads', async ({ page, browser }) => {
@@ -142,7 +77,7 @@ test('a team labels an image job from the keyboard and the output manifest downl
   // The next item is held and its image preloaded before the first key is pressed.
   await expect(lara.locator('img.preload')).toHaveCount(1);
   await lara.keyboard.press('s');
-  await settled(lara, first);
+  await settled(lara, first, problems.get(lara));
   expect(await itemName(lara)).not.toBe(skipped);
   let done = 0;
   while (!(await lara.getByTestId('idle').isVisible())) {
@@ -161,7 +96,7 @@ test('a team labels an image job from the keyboard and the output manifest downl
     await lara.keyboard.press('Enter');
     done += 1;
     await expect(lara.getByTestId('session')).toContainText(`${done} tasks this session`);
-    await settled(lara, id);
+    await settled(lara, id, problems.get(lara));
   }
   expect(done).toBe(2);
 
@@ -178,7 +113,7 @@ test('a team labels an image job from the keyboard and the output manifest downl
       await labeler.keyboard.press('Enter');
       count += 1;
       await expect(labeler.getByTestId('session')).toContainText(`${count} tasks this session`);
-      await settled(labeler, id);
+      await settled(labeler, id, problems.get(labeler));
     }
     expect(count).toBe(expected);
     if (name === 'lou') await expect(labeler.getByTestId('idle')).toContainText('Completed');

@@ -2,4 +2,5 @@
 //! pure and live in `atelier_protocol::monitor`, shared with the UI; this module keeps
 //! baselines, schedules and runs.
 
+pub mod images;
 pub mod runs;

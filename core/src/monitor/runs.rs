@@ -8,8 +8,10 @@ use atelier_protocol::monitor::{
     compare, suggest_constraints, Baseline, Constraints, Monitor, MonitorConfig, MonitorRun, Profiler, Report,
     Thresholds,
 };
+use base64::Engine as _;
 use futures::TryStreamExt;
 
+use super::images;
 use crate::artifacts::ArtifactStore;
 use crate::authz::{Action, Principal};
 use crate::db::Db;
@@ -161,7 +163,8 @@ pub async fn configure(
 }
 
 /// The training table of the version the endpoint's first variant serves: the CSV
-/// files of its training job's `train` channel, without the label column.
+/// files of its training job's `train` channel without the label column, or, for an
+/// image model, the statistics of each training image (see [`images`]).
 async fn training_data(
     db: &Db,
     store: &ArtifactStore,
@@ -184,7 +187,9 @@ async fn training_data(
     let no_baseline = |why: &str| {
         CoreError::invalid(
             "endpoint",
-            format!("no baseline for {group} v{version}: {why}; monitoring needs a model trained on CSV data"),
+            format!(
+                "no baseline for {group} v{version}: {why}; monitoring needs a model trained here on CSV data or images"
+            ),
         )
     };
     let spec: atelier_protocol::JobSpec =
@@ -195,11 +200,24 @@ async fn training_data(
         .find(|c| c.name == "train")
         .filter(|c| !c.artifacts.is_empty())
         .ok_or_else(|| no_baseline("its training job had no train channel of files"))?;
+    if matches!(&spec.algorithm, atelier_protocol::Algorithm::Builtin { name } if name == "image_classification") {
+        // The channel also holds the manifest; only the images are profiled.
+        let mut rows = Vec::new();
+        for artifact in &channel.artifacts {
+            if let Some(stats) = images::features(&read_bytes(store, artifact).await?) {
+                rows.push(stats.iter().map(|v| images::format(*v)).collect());
+            }
+        }
+        if rows.is_empty() {
+            return Err(no_baseline("its train channel held no images"));
+        }
+        return Ok((group, version, images::FEATURES.iter().map(|f| f.to_string()).collect(), rows));
+    }
     let hps: BTreeMap<String, String> = serde_json::from_str(&hyperparameters).unwrap_or_default();
     let mut header: Option<Vec<String>> = None;
     let mut rows = Vec::new();
     for artifact in &channel.artifacts {
-        let text = read_text(store, artifact).await?;
+        let text = String::from_utf8_lossy(&read_bytes(store, artifact).await?).into_owned();
         let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
         let this: Vec<String> = reader
             .headers()
@@ -226,7 +244,7 @@ async fn training_data(
     Ok((group, version, columns, rows))
 }
 
-async fn read_text(store: &ArtifactStore, artifact_id: &str) -> CoreResult<String> {
+async fn read_bytes(store: &ArtifactStore, artifact_id: &str) -> CoreResult<Vec<u8>> {
     let mut stream = store.get(artifact_id).await?;
     let mut bytes = Vec::new();
     while let Some(chunk) = stream.try_next().await.map_err(CoreError::internal)? {
@@ -235,11 +253,12 @@ async fn read_text(store: &ArtifactStore, artifact_id: &str) -> CoreResult<Strin
         }
         bytes.extend_from_slice(&chunk);
     }
-    Ok(String::from_utf8_lossy(&bytes).into_owned())
+    Ok(bytes)
 }
 
 /// The inputs of the captured invocations between `from` and `to`: JSON instances
-/// (objects of column to value) and CSV rows with a header. Other payloads are skipped.
+/// (objects of column to value), CSV rows with a header, and images (sent as bytes,
+/// or as JSON instances `{"b64": ...}`) as their statistics. Other payloads are skipped.
 async fn captured_rows(
     db: &Db,
     store: &ArtifactStore,
@@ -249,14 +268,18 @@ async fn captured_rows(
 ) -> CoreResult<Vec<BTreeMap<String, String>>> {
     let mut rows = Vec::new();
     for file in capture::files_of(db, endpoint_id, from, to).await? {
-        let text = read_text(store, &file.artifact_id).await?;
-        for line in text.lines() {
+        let bytes = read_bytes(store, &file.artifact_id).await?;
+        for line in String::from_utf8_lossy(&bytes).lines() {
             let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else { continue };
             let input = &record["captureData"]["endpointInput"];
             let Some(data) = input["data"].as_str() else { continue };
             match input["encoding"].as_str() {
                 Some("JSON") => rows.extend(json_rows(data)),
                 Some("CSV") => rows.extend(csv_rows(data)),
+                Some("BASE64") => {
+                    let decoded = base64::engine::general_purpose::STANDARD.decode(data).ok();
+                    rows.extend(decoded.as_deref().and_then(images::row));
+                }
                 _ => {}
             }
         }
@@ -275,11 +298,17 @@ fn json_rows(data: &str) -> Vec<BTreeMap<String, String>> {
     };
     list.iter()
         .filter_map(|item| item.as_object())
-        .map(|obj| {
-            obj.iter()
-                .filter(|(_, v)| !v.is_null())
-                .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
-                .collect()
+        .filter_map(|obj| {
+            if let Some(b64) = obj.get("b64").and_then(|v| v.as_str()) {
+                let bytes = base64::engine::general_purpose::STANDARD.decode(b64).ok()?;
+                return images::row(&bytes);
+            }
+            Some(
+                obj.iter()
+                    .filter(|(_, v)| !v.is_null())
+                    .map(|(k, v)| (k.clone(), v.as_str().map(str::to_string).unwrap_or_else(|| v.to_string())))
+                    .collect(),
+            )
         })
         .collect()
 }
@@ -499,6 +528,16 @@ mod tests {
         assert!(!rows[0].contains_key("gone"));
         assert_eq!(json_rows(r#"[{"a": 1}, {"a": 2}]"#).len(), 2);
         assert!(json_rows("not json").is_empty());
+        // An image sent as JSON becomes its statistics; one that does not decode is skipped.
+        let mut png = Vec::new();
+        image::DynamicImage::ImageRgb8(image::RgbImage::from_pixel(3, 2, image::Rgb([10, 20, 30])))
+            .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+            .expect("encode");
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&png);
+        let rows = json_rows(&format!(r#"{{"instances": [{{"b64": "{b64}"}}, {{"b64": "bm90IGFuIGltYWdl"}}]}}"#));
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].get("width").map(String::as_str), Some("3.000"));
+        assert_eq!(rows[0].get("mean_blue").map(String::as_str), Some("30.000"));
         let rows = csv_rows("x1,x2\n1,2\n3,4\n");
         assert_eq!(rows.len(), 2);
         assert_eq!(rows[1].get("x2").map(String::as_str), Some("4"));
