@@ -97,10 +97,12 @@ pub async fn load_notebook(id: String) -> Result<EditorData, AppError> {
             (n.name, gpus)
         })
         .collect();
+    let [can_edit, can_run, can_share] =
+        notebooks::can(&db, &p, &id, [Action::UpdateNotebook, Action::RunCell, Action::ShareNotebook]).await?;
     Ok(EditorData {
-        can_edit: notebooks::can(&db, &p, &id, Action::UpdateNotebook).await?,
-        can_run: notebooks::can(&db, &p, &id, Action::RunCell).await?,
-        can_share: notebooks::can(&db, &p, &id, Action::ShareNotebook).await?,
+        can_edit,
+        can_run,
+        can_share,
         kernel: kernels::for_notebook(&db, &p, &id).await?,
         notebook,
         markdown,

@@ -87,6 +87,11 @@ async fn find(db: &Db, id: &str) -> CoreResult<Row> {
 /// can say why it stopped).
 pub async fn for_notebook(db: &Db, p: &Principal, notebook_id: &str) -> CoreResult<Option<Kernel>> {
     super::open(db, p, notebook_id, Action::GetNotebook).await?;
+    latest_of(db, p, notebook_id).await
+}
+
+/// The caller's newest kernel for a notebook, without the access check (callers made it).
+async fn latest_of(db: &Db, p: &Principal, notebook_id: &str) -> CoreResult<Option<Kernel>> {
     let row: Option<Row> = sqlx::query_as(&format!(
         "{ROW} WHERE k.notebook_id = $1 AND k.user_id = $2 \
          ORDER BY CASE WHEN k.state = 'stopped' THEN 1 ELSE 0 END, k.created_at DESC, k.id DESC LIMIT 1"
@@ -102,7 +107,7 @@ pub async fn for_notebook(db: &Db, p: &Principal, notebook_id: &str) -> CoreResu
 /// for). A live kernel of theirs for the notebook is answered as it is.
 pub async fn start(db: &Db, p: &Principal, notebook_id: &str, ask: &StartKernel) -> CoreResult<Kernel> {
     let notebook = super::open(db, p, notebook_id, Action::RunCell).await?;
-    if let Some(k) = for_notebook(db, p, notebook_id).await?.filter(|k| k.state != STOPPED) {
+    if let Some(k) = latest_of(db, p, notebook_id).await?.filter(|k| k.state != STOPPED) {
         authorize(p, Action::AttachKernel, &resource(&k.id, &k.username))?;
         return Ok(k);
     }
@@ -199,29 +204,30 @@ pub struct Target {
 /// Checks that the caller may use the kernel (and still run its notebook's cells) and
 /// that it is running.
 pub async fn attach(db: &Db, p: &Principal, id: &str) -> CoreResult<Target> {
+    attach_if(db, p, id, false).await
+}
+
+/// Like [`attach`], but refuses a dead kernel (executions need a live one; a restart
+/// does not).
+pub async fn attach_live(db: &Db, p: &Principal, id: &str) -> CoreResult<Target> {
+    attach_if(db, p, id, true).await
+}
+
+async fn attach_if(db: &Db, p: &Principal, id: &str, live: bool) -> CoreResult<Target> {
     let row = find(db, id).await?;
     authorize(p, Action::AttachKernel, &resource(&row.id, &row.username))?;
     super::open(db, p, &row.notebook_id, Action::RunCell).await?;
     match (row.state.as_str(), row.url) {
-        (KERNEL_IDLE | KERNEL_BUSY, Some(url)) => Ok(Target { id: row.id, url, secret: row.secret }),
-        (KERNEL_DEAD, Some(url)) => Ok(Target { id: row.id, url, secret: row.secret }),
+        (KERNEL_DEAD, Some(_)) if live => {
+            Err(CoreError::Conflict(format!("the kernel died; restart it. {}", row.message)))
+        }
+        (KERNEL_IDLE | KERNEL_BUSY | KERNEL_DEAD, Some(url)) => Ok(Target { id: row.id, url, secret: row.secret }),
         (PENDING | KERNEL_STARTING, _) => {
             Err(CoreError::Conflict(format!("the kernel is still starting on node {}: {}", row.node, row.message)))
         }
         (STOPPED, _) => Err(CoreError::Conflict(format!("the kernel was shut down: {}", row.message))),
         (state, _) => Err(CoreError::Conflict(format!("the kernel is {state}: {}", row.message))),
     }
-}
-
-/// Like [`attach`], but refuses a dead kernel (executions need a live one; a restart
-/// does not).
-pub async fn attach_live(db: &Db, p: &Principal, id: &str) -> CoreResult<Target> {
-    let row = find(db, id).await?;
-    let target = attach(db, p, id).await?;
-    if row.state == KERNEL_DEAD {
-        return Err(CoreError::Conflict(format!("the kernel died; restart it. {}", row.message)));
-    }
-    Ok(target)
 }
 
 /// Notes activity (an execution starting or ending), which keeps the culler away.

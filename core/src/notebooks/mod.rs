@@ -208,10 +208,37 @@ pub async fn role(db: &Db, p: &Principal, id: &str) -> CoreResult<String> {
     Ok(open(db, p, id, Action::GetNotebook).await?.role(p))
 }
 
-/// Whether the caller may do `action` on the notebook (to hide what they cannot do).
-pub async fn can(db: &Db, p: &Principal, id: &str, action: Action) -> CoreResult<bool> {
-    let row = load(db, p, id, false).await?;
-    Ok(p.can(action, &row.resource(p)))
+/// Whether the caller may do each of `actions` on the notebook (to hide what they
+/// cannot do), from one read of it.
+pub async fn can<const N: usize>(db: &Db, p: &Principal, id: &str, actions: [Action; N]) -> CoreResult<[bool; N]> {
+    let resource = load(db, p, id, false).await?.resource(p);
+    Ok(actions.map(|action| p.can(action, &resource)))
+}
+
+/// Replaces the content if the notebook is still at `base_version` (a conditional
+/// write: two editors never silently overwrite each other). False when it was not.
+async fn write_content<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    executor: E,
+    id: &str,
+    base_version: i64,
+    content: &serde_json::Value,
+    stored: &str,
+    who: &str,
+    t: i64,
+) -> CoreResult<bool> {
+    let updated = sqlx::query(
+        "UPDATE notebooks SET content = $1, cells = $2, version = version + 1, updated_by = $3, updated_at = $4 \
+         WHERE id = $5 AND version = $6",
+    )
+    .bind(stored)
+    .bind(ipynb::cell_count(content))
+    .bind(who)
+    .bind(t)
+    .bind(id)
+    .bind(base_version)
+    .execute(executor)
+    .await?;
+    Ok(updated.rows_affected() > 0)
 }
 
 /// Saves new content, if nobody saved since `base_version`.
@@ -220,19 +247,7 @@ pub async fn save(db: &Db, p: &Principal, id: &str, save: &SaveNotebook) -> Core
     let content = ipynb::normalize(save.content.clone())?;
     let stored = to_stored(&content)?;
     let t = now();
-    let updated = sqlx::query(
-        "UPDATE notebooks SET content = $1, cells = $2, version = version + 1, updated_by = $3, updated_at = $4 \
-         WHERE id = $5 AND version = $6",
-    )
-    .bind(&stored)
-    .bind(ipynb::cell_count(&content))
-    .bind(&p.user.username)
-    .bind(t)
-    .bind(id)
-    .bind(save.base_version)
-    .execute(&db.pool)
-    .await?;
-    if updated.rows_affected() == 0 {
+    if !write_content(&db.pool, id, save.base_version, &content, &stored, &p.user.username, t).await? {
         let now_row = load(db, p, id, false).await?;
         return Err(CoreError::Conflict(format!(
             "notebook \"{}\" changed while you were editing: version {} was saved by {} after the version {} you started from. \
@@ -397,19 +412,7 @@ pub async fn restore(db: &Db, p: &Principal, id: &str, revision: &str) -> CoreRe
     let stored = to_stored(&content)?;
     let t = now();
     let mut tx = db.pool.begin().await?;
-    let updated = sqlx::query(
-        "UPDATE notebooks SET content = $1, cells = $2, version = version + 1, updated_by = $3, updated_at = $4 \
-         WHERE id = $5 AND version = $6",
-    )
-    .bind(&stored)
-    .bind(ipynb::cell_count(&content))
-    .bind(&p.user.username)
-    .bind(t)
-    .bind(id)
-    .bind(row.version)
-    .execute(&mut *tx)
-    .await?;
-    if updated.rows_affected() == 0 {
+    if !write_content(&mut *tx, id, row.version, &content, &stored, &p.user.username, t).await? {
         return Err(CoreError::Conflict(format!("notebook {} changed during the restore; try again", row.name)));
     }
     sqlx::query(
