@@ -181,6 +181,7 @@ test.describe.serial('the whole loop', () => {
     await expect(sofia.getByTestId('job-state')).toHaveText('Completed', { timeout: 240_000 });
     await expect(sofia.getByTestId('metric-chart').locator('svg').first()).toBeVisible();
     await expect(sofia.getByTestId('metric-chart')).toContainText('train_loss');
+    await sofia.getByTestId('metric-chart').first().scrollIntoViewIfNeeded();
     await shot(sofia, '07-training-job');
 
     // 5. She registers the version; it waits for approval, and she cannot approve it.
@@ -282,8 +283,9 @@ test.describe.serial('the whole loop', () => {
       await hydrated(page);
       await expect(page.locator(`tr[data-decision="${decision}"]`, { hasText: action }).first(), `${principal} ${action}`).toBeVisible();
     }
-    await page.goto('/admin/audit?principal=sofia');
+    await page.goto('/admin/audit?action=models:*');
     await hydrated(page);
+    await expect(page.locator('tr[data-decision="Deny"]', { hasText: 'models:UpdateModelApprovalStatus' })).toBeVisible();
     await shot(page, '12-audit-log');
 
     // The notebook journey reads the labeling output with a token of hers.

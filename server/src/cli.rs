@@ -1,5 +1,6 @@
-//! The `atelier` command line: `serve` (the default) and administrative commands that
-//! work against the configured database whether or not a server is running.
+//! The `atelier` command line: `serve` (the default), `demo` (serve a studio seeded with
+//! the whole story) and administrative commands that work against the configured
+//! database whether or not a server is running.
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -28,6 +29,10 @@ pub struct Cli {
 pub enum Command {
     /// Run the studio server (the default).
     Serve,
+    /// Run the studio like `serve` and, on first start, seed it with the whole story:
+    /// users, a dataset, a finished labeling job, a trained and approved model, an
+    /// endpoint with monitoring, and a notebook. Prints each account's password.
+    Demo,
     /// Manage API tokens.
     Token {
         #[command(subcommand)]
@@ -80,6 +85,7 @@ pub fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command.unwrap_or(Command::Serve) {
             Command::Serve => serve(cli.config).await,
+            Command::Demo => demo(cli.config).await,
             Command::Token { command: TokenCommand::Create { user, name, expires_in_days } } => {
                 create_token(cli.config, &user, &name, expires_in_days).await
             }
@@ -110,6 +116,16 @@ fn init_logging(format: &str) {
 
 /// Starts the server and runs until Ctrl-C or SIGTERM.
 pub async fn serve(config: Config) -> anyhow::Result<()> {
+    run(config, false).await
+}
+
+/// Starts the server as [`serve`] does and seeds it with the demo story through its own
+/// REST API once the local agent is Ready (see [`crate::demo`]).
+pub async fn demo(config: Config) -> anyhow::Result<()> {
+    run(config, true).await
+}
+
+async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
     // A lease must outlive a couple of missed heartbeats, or healthy jobs get requeued.
     anyhow::ensure!(
         config.lease_secs >= 2 * config.heartbeat_secs && config.node_lost_after_secs >= 2 * config.heartbeat_secs,
@@ -143,6 +159,15 @@ pub async fn serve(config: Config) -> anyhow::Result<()> {
     let url =
         config.public_url.clone().unwrap_or_else(|| format!("http://{}", listener.local_addr().unwrap_or(config.addr)));
     println!("Atelier is running at {url}");
+    if demo {
+        // The seeding talks to this listener directly, as the local agent does.
+        let own = if local_addr.ip().is_unspecified() {
+            std::net::SocketAddr::from(([127, 0, 0, 1], local_addr.port()))
+        } else {
+            local_addr
+        };
+        crate::demo::spawn(state.db.clone(), format!("http://{own}"), url.clone());
+    }
     // Pages stream in several writes (shell first, then resolved data); without
     // TCP_NODELAY, Nagle's algorithm holds the later writes for the client's delayed
     // ACK and adds ~40 ms to a page.

@@ -7,6 +7,7 @@ pub mod assets;
 pub mod cli;
 pub mod compute;
 pub mod config;
+pub mod demo;
 pub mod endpoints;
 pub mod health;
 pub mod metrics;

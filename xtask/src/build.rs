@@ -25,11 +25,13 @@ pub fn run(release: bool) -> Result<()> {
     exec(&mut build)
 }
 
-/// Builds the release binary and runs `atelier serve` with `args`.
+/// Builds the release binary and runs `atelier serve` with `args`; with `--demo` among
+/// them, `atelier demo` with the others (a studio seeded with the whole story).
 pub fn start(args: &[String]) -> Result<()> {
     run(true)?;
+    let demo = args.iter().any(|a| a == "--demo");
     let mut serve = Command::new(server_binary(Profile::Release));
-    serve.arg("serve").args(args);
+    serve.arg(if demo { "demo" } else { "serve" }).args(args.iter().filter(|a| *a != "--demo"));
     exec(&mut serve)
 }
 

@@ -4,7 +4,8 @@
 //!   whatever is already there.
 //! - `build [--release]`: the browser bundle (WASM + JS + CSS) into `target/site/pkg`,
 //!   then the `atelier` server binary.
-//! - `start [ARGS...]`: release build, then `atelier serve ARGS...` (README command 1).
+//! - `start [--demo] [ARGS...]`: release build, then `atelier serve ARGS...` (README
+//!   command 1), or `atelier demo ARGS...`: a studio seeded with the whole story.
 //! - `test`: every check CI runs (README command 2).
 //! - `bench`: throughput and latency figures, and the bundle size.
 //!
@@ -37,7 +38,7 @@ fn main() -> ExitCode {
         "e2e" => e2e::browser_tests(util::Profile::Dev),
         "bench" => bench::run(),
         _ => {
-            eprintln!("usage: cargo xtask <setup [--browser] | build [--release] | start [ARGS] | test | e2e | bench>");
+            eprintln!("usage: cargo xtask <setup [--browser] | build [--release] | start [--demo] [ARGS] | test | e2e | bench>");
             return ExitCode::from(2);
         }
     };
