@@ -594,6 +594,8 @@ impl Kernel {
             .arg("-f")
             .arg(&connection_file)
             .current_dir(&self.dir)
+            // NVML numbers GPUs in PCI bus order; CUDA, unless told, fastest first.
+            .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
             .env("CUDA_VISIBLE_DEVICES", gpus.join(","))
             .env("PYTHONUNBUFFERED", "1")
             .env("MPLBACKEND", "module://matplotlib_inline.backend_inline")

@@ -404,6 +404,8 @@ async fn command_for(ctx: &Context, a: &Assignment, dir: &Path, logs: &Logs) -> 
         .env("SM_CURRENT_HOST", &ctx.node_name)
         .env("SM_HOSTS", hosts)
         .env("SM_MODULE_DIR", &code)
+        // NVML numbers GPUs in PCI bus order; CUDA, unless told, fastest first.
+        .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
         .env("CUDA_VISIBLE_DEVICES", gpus.join(","))
         .env("NVIDIA_VISIBLE_DEVICES", if gpus.is_empty() { "void".to_string() } else { gpus.join(",") })
         // Output reaches the log as it is printed, not when a buffer fills.

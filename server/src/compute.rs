@@ -47,7 +47,17 @@ pub async fn start_local_agent(state: &AppState, addr: SocketAddr) -> anyhow::Re
     let host = if addr.ip().is_unspecified() { SocketAddr::from(([127, 0, 0, 1], addr.port())) } else { addr };
     let work_dir = state.config.data_dir.join("agent");
     std::fs::create_dir_all(&work_dir)?;
-    let child = tokio::process::Command::new(&binary)
+    let mut command = tokio::process::Command::new(&binary);
+    // The agent runs users' code (jobs, models, kernels), which inherits its
+    // environment: the server's database URL, object-store credentials and admin
+    // password are not for them.
+    for (key, _) in std::env::vars_os() {
+        let name = key.to_string_lossy();
+        if name == "DATABASE_URL" || name == "ATELIER_ADMIN_PASSWORD" || name.starts_with("AWS_") {
+            command.env_remove(&key);
+        }
+    }
+    let child = command
         .arg("--server")
         .arg(format!("http://{host}"))
         .arg("--work-dir")

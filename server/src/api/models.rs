@@ -77,7 +77,8 @@ pub struct CreateWebhookRequest {
     #[serde(default)]
     pub group: Option<String>,
     pub url: String,
-    /// `model_version.created` and/or `model_version.status_changed` (default: both).
+    /// `model_version.created`, `model_version.status_changed` and/or
+    /// `endpoint.alarm_changed` (default: all three).
     #[serde(default)]
     pub events: Vec<String>,
 }
