@@ -131,7 +131,7 @@ export async function settled(page: Page, previous: string | null, errors: strin
         if (await page.getByTestId('idle').isVisible()) return true;
         const task = page.getByTestId('task');
         return (await task.count()) > 0 && (await task.getAttribute('data-task')) !== previous;
-      })
+      }, { timeout: 30_000 })
       .toBe(true);
   } catch (e) {
     const shown = await page.locator('.error').allTextContents();
