@@ -290,6 +290,15 @@ test.describe.serial('the whole loop', () => {
 
     // The notebook journey reads the labeling output with a token of hers.
     sofiaToken = (await ok(await sofia.request.post('/api/v1/tokens', { data: { name: 'notebook' } }))).secret;
+
+    // She deletes the endpoint, which frees its share of the node for the jobs of the
+    // tests that follow.
+    await sofia.goto('/endpoints/shapes');
+    await hydrated(sofia);
+    await sofia.getByRole('button', { name: 'Delete endpoint' }).click();
+    await expect
+      .poll(async () => (await sofia.request.get('/api/v1/endpoints/shapes')).status(), { timeout: 60_000 })
+      .toBe(404);
     await sofia.context().close();
   });
 
@@ -349,6 +358,8 @@ print(f"classes {sorted(centroids)}; training accuracy {accuracy:.2f}; purple is
     await expect(cells.nth(2).getByTestId('outputs')).toContainText("classes ['blue', 'green', 'red']; training accuracy 1.00");
     await expect(cells.nth(2).getByTestId('outputs')).toContainText('purple is');
     await shot(sofia, '13-notebook');
+    await sofia.getByRole('button', { name: 'Shut down' }).click();
+    await expect(sofia.getByTestId('kernel-state')).toHaveText('stopped');
     expect(errors, errors.join('\n')).toEqual([]);
   });
 });
