@@ -105,9 +105,10 @@ async fn measure(api: &Api, state: &AppState, requests: usize) -> anyhow::Result
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let (url,): (String,) = sqlx::query_as("SELECT url FROM endpoint_instances WHERE state = 'InService'")
-        .fetch_one(&state.db.pool)
-        .await?;
+    let (url, secret): (String, String) =
+        sqlx::query_as("SELECT url, secret FROM endpoint_instances WHERE state = 'InService'")
+            .fetch_one(&state.db.pool)
+            .await?;
 
     let body = r#"{"instances": [{"x1": 0.3, "x2": 0.4}]}"#;
     let direct = format!("{url}/invocations");
@@ -116,7 +117,7 @@ async fn measure(api: &Api, state: &AppState, requests: usize) -> anyhow::Result
     println!("| concurrency | path | requests/s | p50 | p99 |");
     println!("|---|---|---|---|---|");
     for concurrency in [1usize, 16, 64] {
-        let d = load(&api.http, &direct, None, body, concurrency, requests).await?;
+        let d = load(&api.http, &direct, Some(&secret), body, concurrency, requests).await?;
         let t = load(&api.http, &through, Some(&api.token), body, concurrency, requests).await?;
         for (name, r) in [("model server directly", &d), ("through Atelier", &t)] {
             println!("| {concurrency} | {name} | {:.0} | {:.2} ms | {:.2} ms |", r.rps, r.p50, r.p99);

@@ -98,6 +98,10 @@ pub enum Command {
         /// The port to listen on.
         #[arg(long)]
         port: u16,
+        /// Invocations must carry `Authorization: Bearer <secret>` (the agent sets it
+        /// from the server's order; a command-line argument would show in `ps`).
+        #[arg(long, env = "ATELIER_INSTANCE_SECRET", hide_env_values = true)]
+        secret: Option<String>,
     },
 }
 
@@ -124,9 +128,9 @@ pub fn main() -> ExitCode {
             }
         };
     }
-    if let Some(Command::Serve { model_dir, host, port }) = &args.command {
+    if let Some(Command::Serve { model_dir, host, port, secret }) = &args.command {
         // Builds its own runtime; loading failures go to stderr with a non-zero exit.
-        return serve::main(model_dir, host, *port);
+        return serve::main(model_dir, host, *port, secret.clone().filter(|s| !s.is_empty()));
     }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,

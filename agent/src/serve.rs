@@ -439,10 +439,12 @@ fn image_json(body: &[u8]) -> Result<Vec<Vec<u8>>, PredictError> {
 }
 
 /// The HTTP service: `GET /ping` and `POST /invocations`, at most [`MAX_BODY_BYTES`] a
-/// request and as many predictions at once as there are CPUs.
-pub fn router(predictor: Arc<Predictor>) -> Router {
+/// request and as many predictions at once as there are CPUs. With a `secret`,
+/// invocations without `Authorization: Bearer <secret>` are refused; `/ping` stays open
+/// for health checks (it tells nothing).
+pub fn router(predictor: Arc<Predictor>, secret: Option<String>) -> Router {
     let workers = std::thread::available_parallelism().map(usize::from).unwrap_or(1);
-    let state = Served { predictor, permits: Arc::new(Semaphore::new(workers)) };
+    let state = Served { predictor, permits: Arc::new(Semaphore::new(workers)), secret: secret.map(Arc::from) };
     Router::new()
         .route("/ping", get(ping))
         .route("/invocations", post(invocations))
@@ -455,6 +457,16 @@ struct Served {
     predictor: Arc<Predictor>,
     /// Bounds the predictions running at once (each may hold its request's dense input).
     permits: Arc<Semaphore>,
+    secret: Option<Arc<str>>,
+}
+
+/// Whether `headers` carry the instance's secret. The comparison takes the same time
+/// wherever the first difference is, so timing does not reveal the secret piecemeal.
+fn authorized(secret: &str, headers: &HeaderMap) -> bool {
+    let Some(given) = headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")) else {
+        return false;
+    };
+    given.len() == secret.len() && given.iter().zip(secret.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 async fn ping() -> Json<Value> {
@@ -470,6 +482,12 @@ async fn invocations(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
+    if served.secret.as_deref().is_some_and(|secret| !authorized(secret, &headers)) {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "invocations go through Atelier (POST /endpoints/{name}/invocations), not to the model server",
+        );
+    }
     let body = match body {
         Ok(body) => body,
         Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
@@ -507,7 +525,7 @@ async fn invocations(
 /// `atelier-agent serve`: loads the model and serves until SIGTERM, Ctrl-C or the
 /// death of the process that started it. Load and bind failures go to stderr with a
 /// non-zero exit, for the agent to report.
-pub fn main(model_dir: &Path, host: &str, port: u16) -> ExitCode {
+pub fn main(model_dir: &Path, host: &str, port: u16, secret: Option<String>) -> ExitCode {
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(err) => {
@@ -515,7 +533,7 @@ pub fn main(model_dir: &Path, host: &str, port: u16) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve(model_dir.to_path_buf(), host, port)) {
+    match runtime.block_on(serve(model_dir.to_path_buf(), host, port, secret)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("atelier-agent serve: {err:#}");
@@ -525,7 +543,7 @@ pub fn main(model_dir: &Path, host: &str, port: u16) -> ExitCode {
 }
 
 /// Loads the model in `model_dir` and serves it on `host:port` until shut down.
-pub async fn serve(model_dir: PathBuf, host: &str, port: u16) -> anyhow::Result<()> {
+pub async fn serve(model_dir: PathBuf, host: &str, port: u16, secret: Option<String>) -> anyhow::Result<()> {
     let parent = std::os::unix::process::parent_id();
     let shown = model_dir.display().to_string();
     let predictor = tokio::task::spawn_blocking(move || Predictor::load(&model_dir))
@@ -535,7 +553,7 @@ pub async fn serve(model_dir: PathBuf, host: &str, port: u16) -> anyhow::Result<
     let listener =
         tokio::net::TcpListener::bind((host, port)).await.with_context(|| format!("cannot listen on {host}:{port}"))?;
     tracing::info!(algorithm = predictor.algorithm(), device = ?predictor.device, "serving {shown} on {host}:{port}");
-    axum::serve(listener, router(Arc::new(predictor))).with_graceful_shutdown(shutdown(parent)).await?;
+    axum::serve(listener, router(Arc::new(predictor), secret)).with_graceful_shutdown(shutdown(parent)).await?;
     tracing::info!("model server stopped");
     Ok(())
 }
@@ -877,12 +895,13 @@ mod tests {
         use tower::ServiceExt as _;
 
         let predictor = tokio::task::spawn_blocking(tabular_classifier).await.expect("train");
-        let app = router(Arc::new(predictor));
-        let call = |method: &str, uri: &str, content_type: &str, body: Vec<u8>| {
+        let app = router(Arc::new(predictor), Some("s3cret".into()));
+        let call_as = |auth: &'static str, method: &str, uri: &str, content_type: &str, body: Vec<u8>| {
             let request = axum::http::Request::builder()
                 .method(method)
                 .uri(uri)
                 .header(header::CONTENT_TYPE, content_type)
+                .header(header::AUTHORIZATION, auth)
                 .body(axum::body::Body::from(body))
                 .expect("request");
             let app = app.clone();
@@ -893,8 +912,18 @@ mod tests {
                 (status, serde_json::from_slice::<Value>(&bytes).unwrap_or(Value::Null))
             }
         };
-        let (status, body) = call("GET", "/ping", "", Vec::new()).await;
+        let call = |method: &str, uri: &str, content_type: &str, body: Vec<u8>| {
+            call_as("Bearer s3cret", method, uri, content_type, body)
+        };
+        // Health checks need no secret; invocations without it (or with another) are refused.
+        let (status, body) = call_as("", "GET", "/ping", "", Vec::new()).await;
         assert_eq!((status, body), (StatusCode::OK, json!({ "status": "ok" })));
+        for wrong in ["", "Bearer s3creT", "Bearer s3cret2", "s3cret"] {
+            let (status, body) =
+                call_as(wrong, "POST", "/invocations", "text/csv", b"x,colour\n0.9,red\n".to_vec()).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{wrong}: {body}");
+            assert!(body["error"].as_str().expect("error").contains("go through Atelier"), "{body}");
+        }
         let (status, body) = call("POST", "/invocations", "text/csv", b"x,colour\n0.9,red\n".to_vec()).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(labels(&body), vec!["pos"]);

@@ -176,6 +176,7 @@ impl Serving {
             .env("SAGEMAKER_BIND_TO_PORT", port.to_string())
             .env("HOST", &self.host)
             .env("SM_MODEL_DIR", &model)
+            .env("ATELIER_INSTANCE_SECRET", &order.secret)
             // NVML numbers GPUs in PCI bus order; CUDA, unless told, fastest first.
             .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
             .env("CUDA_VISIBLE_DEVICES", gpus.join(","))

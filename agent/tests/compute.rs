@@ -742,6 +742,25 @@ async fn fake_node(app: &TestApp, token: &str, name: &str, cpus: u32, gpus: u32)
 }
 
 #[tokio::test]
+async fn a_waiting_work_poll_ends_when_the_server_is_told_to_stop() {
+    let app = TestApp::new().await;
+    let admin = app.create_user("admin", true).await;
+    let token = app.token_for(&admin, None).await;
+    let node_token = fake_node(&app, &token, "idle", 4, 0).await;
+    // With nothing to do, the poll would wait its full 20 s; the stop ends it at once,
+    // so a stopping server does not wait on its agents.
+    let poll = app.call(Method::GET, "/agent/v1/work?wait=20", Auth::Bearer(&node_token), None);
+    let stop = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        app.state.shutdown.cancel();
+    };
+    let (r, ()) = tokio::time::timeout(Duration::from_secs(10), async { tokio::join!(poll, stop) })
+        .await
+        .expect("the poll ended before its 20 s wait");
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+}
+
+#[tokio::test]
 async fn bad_input_and_impossible_requests_are_refused_clearly() {
     let app = TestApp::new().await;
     let admin = app.create_user("admin", true).await;

@@ -168,6 +168,27 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
     let lena = app.token_for(&labeler, None).await;
     let r = invoke(&app, &lena, "side", "application/json", "{}").await;
     assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    // Nor can anyone reach the model server around Atelier: it listens on the node's
+    // network but wants the instance's secret, which only the server sends.
+    let (url, secret): (String, String) =
+        sqlx::query_as("SELECT url, secret FROM endpoint_instances WHERE state = 'InService'")
+            .fetch_one(&app.state.db.pool)
+            .await
+            .expect("the instance");
+    assert!(secret.len() >= 40, "{secret}");
+    let direct = |auth: Option<String>| {
+        let mut request = reqwest::Client::new()
+            .post(format!("{url}/invocations"))
+            .header("content-type", "text/csv")
+            .body("x1,x2\n0.9,0.9\n");
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        request.send()
+    };
+    assert_eq!(direct(None).await.expect("direct call").status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(direct(Some("Bearer guess".into())).await.expect("direct call").status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(direct(Some(format!("Bearer {secret}"))).await.expect("direct call").status(), StatusCode::OK);
 
     // The same model through the Open Inference Protocol v2.
     let r = app.call(Method::GET, "/v2/health/ready", Auth::None, None).await;

@@ -281,6 +281,11 @@ pub struct InstanceOrder {
     /// the unpacked artifact, `PORT` and `SAGEMAKER_BIND_TO_PORT` set).
     pub serving_command: String,
     pub gpus: Vec<u32>,
+    /// What the model server must see as `Authorization: Bearer <secret>` on
+    /// `/invocations`: it listens on the node's network, where others could reach it.
+    /// Given to it as `ATELIER_INSTANCE_SECRET`; empty for instances from before secrets.
+    #[serde(default)]
+    pub secret: String,
 }
 
 /// An instance's state as its agent sees it.

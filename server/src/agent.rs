@@ -159,7 +159,11 @@ async fn work(
                 tokio::select! { _ = work => {}, _ = freed => {} }
             }
         };
-        let _ = tokio::time::timeout((deadline - now).min(RECHECK), wake).await;
+        tokio::select! {
+            _ = tokio::time::timeout((deadline - now).min(RECHECK), wake) => {}
+            // The agent polls again, of this server once it is back or of another replica.
+            _ = state.shutdown.cancelled() => return Ok(StatusCode::NO_CONTENT.into_response()),
+        }
     }
 }
 

@@ -176,10 +176,30 @@ async fn run(config: Config, demo: bool) -> anyhow::Result<()> {
             tracing::debug!(error = %err, "cannot set TCP_NODELAY");
         }
     });
+    let stopping = state.shutdown.clone();
     let app = crate::app(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app).with_graceful_shutdown(shutdown_signal()).await?;
+    let server = axum::serve(listener, app).with_graceful_shutdown({
+        let stopping = stopping.clone();
+        async move {
+            shutdown_signal().await;
+            stopping.cancel();
+        }
+    });
+    // Requests still running at the signal get a grace period; a client that keeps a
+    // connection open past it (a stalled upload, say) does not hold the stop.
+    let grace = async {
+        stopping.cancelled().await;
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    tokio::select! {
+        served = std::future::IntoFuture::into_future(server) => served?,
+        _ = grace => tracing::warn!("requests still open {} s after the stop signal were cut", SHUTDOWN_GRACE.as_secs()),
+    }
     Ok(())
 }
+
+/// How long requests running when the server is told to stop may take to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Every ten minutes: delete expired sessions and forgotten sign-in failure counters.
 fn spawn_cleanup(db: Db) {

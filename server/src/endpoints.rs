@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use atelier_core::authz::{authorize, Action, Principal};
 use atelier_core::endpoints::metrics::Recorder;
-use atelier_core::endpoints::reconcile::{self, Route};
+use atelier_core::endpoints::reconcile::{self, Route, RouteInstance, RouteVariant};
 use atelier_core::endpoints::{capture, resource};
 use atelier_core::CoreError;
 use atelier_protocol::endpoints::{TARGET_VARIANT_HEADER, VARIANT_HEADER};
@@ -126,8 +126,12 @@ impl Invoker {
         let candidates = candidates(&route, target, name)?;
         let (request_type, request_body) = (content_type.clone(), body.clone());
         let mut last_error = None;
-        for (variant, url) in candidates.iter().take(MAX_TRIES) {
+        for &(variant, instance) in candidates.iter().take(MAX_TRIES) {
+            let url = &instance.url;
             let mut request = self.http.post(format!("{url}/invocations")).timeout(self.timeout).body(body.clone());
+            if !instance.secret.is_empty() {
+                request = request.bearer_auth(&instance.secret);
+            }
             if let Some(ct) = &content_type {
                 request = request.header(header::CONTENT_TYPE, ct.clone());
             }
@@ -166,7 +170,7 @@ impl Invoker {
             };
             let model_us = sent.elapsed().as_micros() as u64;
             self.record(state, &route, variant, status.as_u16(), model_us, started);
-            let answer = Answer { status, content_type, variant: variant.clone(), body };
+            let answer = Answer { status, content_type, variant: variant.to_string(), body };
             if route.capture_percent > 0 && rand::thread_rng().gen_range(0..100) < route.capture_percent {
                 self.capture(state, &route, request_type.as_ref(), &request_body, &answer);
             }
@@ -249,8 +253,12 @@ impl Invoker {
 
 /// The instances to try, in order: the chosen variant's (picked by weight, or the one
 /// asked for) from a random start, then, unless one was asked for, the others'.
-fn candidates(route: &Route, target: Option<&str>, name: &str) -> Result<Vec<(String, String)>, CoreError> {
-    let live: Vec<_> = route.variants.iter().filter(|v| !v.urls.is_empty()).collect();
+fn candidates<'r>(
+    route: &'r Route,
+    target: Option<&str>,
+    name: &str,
+) -> Result<Vec<(&'r str, &'r RouteInstance)>, CoreError> {
+    let live: Vec<_> = route.variants.iter().filter(|v| !v.instances.is_empty()).collect();
     let chosen = match target {
         Some(target) => {
             let Some(v) = route.variants.iter().find(|v| v.name == target) else {
@@ -280,13 +288,13 @@ fn candidates(route: &Route, target: Option<&str>, name: &str) -> Result<Vec<(St
         }
     };
     let mut out = Vec::new();
-    let mut push = |v: &atelier_core::endpoints::reconcile::RouteVariant| {
-        if v.urls.is_empty() {
+    let mut push = |v: &'r RouteVariant| {
+        if v.instances.is_empty() {
             return;
         }
-        let start = rand::thread_rng().gen_range(0..v.urls.len());
-        for i in 0..v.urls.len() {
-            out.push((v.name.clone(), v.urls[(start + i) % v.urls.len()].clone()));
+        let start = rand::thread_rng().gen_range(0..v.instances.len());
+        for i in 0..v.instances.len() {
+            out.push((v.name.as_str(), &v.instances[(start + i) % v.instances.len()]));
         }
     };
     push(chosen);

@@ -94,6 +94,8 @@ pub async fn execute(
                 Ok::<Event, Infallible>(Event::default().data(data))
             }
         })
+        // The browser reconnects, to this server once it is back or to another replica.
+        .take_until(state.shutdown.clone().cancelled_owned())
         .boxed();
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
 }

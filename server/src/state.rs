@@ -32,6 +32,9 @@ pub struct AppState {
     pub invoker: Arc<crate::endpoints::Invoker>,
     /// Talks to the agents' kernel gateways (see `crate::notebooks`).
     pub kernel_client: reqwest::Client,
+    /// Cancelled when the server is told to stop: requests that would otherwise stay
+    /// open (agents' long-polls, kernel streams) end, so the stop does not wait on them.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -55,6 +58,7 @@ impl AppState {
             freed: Arc::new(tokio::sync::Notify::new()),
             invoker: Arc::new(crate::endpoints::Invoker::new(std::time::Duration::from_secs(config_timeout))?),
             kernel_client: crate::notebooks::client()?,
+            shutdown: tokio_util::sync::CancellationToken::new(),
         })
     }
 }

@@ -93,8 +93,8 @@ async fn reconcile_one(db: &Db, e: &EndpointRow, t: i64) -> CoreResult<bool> {
         for _ in live..v.instance_count {
             sqlx::query(
                 "INSERT INTO endpoint_instances (id, endpoint_id, variant_id, node_id, cpus, memory_mb, gpu_indices, \
-                 state, url, message, created_at, updated_at) \
-                 VALUES ($1, $2, $3, NULL, $4, $5, '[]', 'Pending', NULL, $6, $7, $7)",
+                 state, url, message, created_at, updated_at, secret) \
+                 VALUES ($1, $2, $3, NULL, $4, $5, '[]', 'Pending', NULL, $6, $7, $7, $8)",
             )
             .bind(uuid::Uuid::now_v7().to_string())
             .bind(&e.id)
@@ -106,6 +106,7 @@ async fn reconcile_one(db: &Db, e: &EndpointRow, t: i64) -> CoreResult<bool> {
                 v.cpus, v.memory_mb, v.gpus
             ))
             .bind(t)
+            .bind(crate::accounts::random_secret(32))
             .execute(&db.pool)
             .await?;
             changed = true;
@@ -366,6 +367,7 @@ struct OrderRow {
     format: String,
     inference: String,
     gpu_indices: String,
+    secret: String,
 }
 
 /// A heartbeat's part for serving: records what the agent says of its instances and
@@ -405,7 +407,7 @@ pub async fn sync_node(db: &Db, node: &NodeCaller, reports: &[InstanceReport]) -
     }
     let rows: Vec<OrderRow> = sqlx::query_as(&format!(
         "SELECT i.id, e.name AS endpoint, v.name AS variant, m.artifact_id, a.sha256, m.format, m.inference, \
-         i.gpu_indices FROM endpoint_instances i JOIN endpoints e ON e.id = i.endpoint_id \
+         i.gpu_indices, i.secret FROM endpoint_instances i JOIN endpoints e ON e.id = i.endpoint_id \
          JOIN endpoint_variants v ON v.id = i.variant_id JOIN model_versions m ON m.id = v.model_version_id \
          JOIN artifacts a ON a.id = m.artifact_id WHERE i.node_id = $1 AND i.state IN {LIVE} ORDER BY i.id"
     ))
@@ -426,6 +428,7 @@ pub async fn sync_node(db: &Db, node: &NodeCaller, reports: &[InstanceReport]) -
                 format: r.format,
                 serving_command: inference.serving_command,
                 gpus: serde_json::from_str(&r.gpu_indices).unwrap_or_default(),
+                secret: r.secret,
             }
         })
         .collect())
@@ -461,14 +464,21 @@ pub struct Route {
 pub struct RouteVariant {
     pub name: String,
     pub weight: f64,
-    pub urls: Vec<String>,
+    pub instances: Vec<RouteInstance>,
+}
+
+/// A healthy instance: where its model server listens, and the secret it expects.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RouteInstance {
+    pub url: String,
+    pub secret: String,
 }
 
 /// The route of an endpoint (callers authorize).
 pub async fn route(db: &Db, name: &str) -> CoreResult<Route> {
     let e = super::find(db, name).await?;
-    let rows: Vec<(String, f64, Option<String>)> = sqlx::query_as(
-        "SELECT v.name, v.weight, i.url FROM endpoint_variants v LEFT JOIN endpoint_instances i \
+    let rows: Vec<(String, f64, Option<String>, Option<String>)> = sqlx::query_as(
+        "SELECT v.name, v.weight, i.url, i.secret FROM endpoint_variants v LEFT JOIN endpoint_instances i \
          ON i.variant_id = v.id AND i.state = 'InService' AND i.url IS NOT NULL \
          WHERE v.endpoint_id = $1 AND v.generation = $2 ORDER BY v.name, i.id",
     )
@@ -477,12 +487,12 @@ pub async fn route(db: &Db, name: &str) -> CoreResult<Route> {
     .fetch_all(&db.pool)
     .await?;
     let mut variants: Vec<RouteVariant> = Vec::new();
-    for (name, weight, url) in rows {
+    for (name, weight, url, secret) in rows {
         if variants.last().is_none_or(|v| v.name != name) {
-            variants.push(RouteVariant { name, weight, urls: Vec::new() });
+            variants.push(RouteVariant { name, weight, instances: Vec::new() });
         }
         if let (Some(url), Some(v)) = (url, variants.last_mut()) {
-            v.urls.push(url);
+            v.instances.push(RouteInstance { url, secret: secret.unwrap_or_default() });
         }
     }
     let capture_percent = if e.capture_paused.is_empty() { e.capture_percent } else { 0 };

@@ -204,7 +204,11 @@ async fn training_data(
         // The channel also holds the manifest; only the images are profiled.
         let mut rows = Vec::new();
         for artifact in &channel.artifacts {
-            if let Some(stats) = images::features(&read_bytes(store, artifact).await?) {
+            let bytes = read_bytes(store, artifact).await?;
+            // Decoding an image is CPU work: off the runtime's threads.
+            let stats =
+                tokio::task::spawn_blocking(move || images::features(&bytes)).await.map_err(CoreError::internal)?;
+            if let Some(stats) = stats {
                 rows.push(stats.iter().map(|v| images::format(*v)).collect());
             }
         }
@@ -269,22 +273,32 @@ async fn captured_rows(
     let mut rows = Vec::new();
     for file in capture::files_of(db, endpoint_id, from, to).await? {
         let bytes = read_bytes(store, &file.artifact_id).await?;
-        for line in String::from_utf8_lossy(&bytes).lines() {
-            let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else { continue };
-            let input = &record["captureData"]["endpointInput"];
-            let Some(data) = input["data"].as_str() else { continue };
-            match input["encoding"].as_str() {
-                Some("JSON") => rows.extend(json_rows(data)),
-                Some("CSV") => rows.extend(csv_rows(data)),
-                Some("BASE64") => {
-                    let decoded = base64::engine::general_purpose::STANDARD.decode(data).ok();
-                    rows.extend(decoded.as_deref().and_then(images::row));
-                }
-                _ => {}
-            }
-        }
+        // Parsing (and decoding captured images) is CPU work: off the runtime's threads.
+        let parsed =
+            tokio::task::spawn_blocking(move || capture_file_rows(&bytes)).await.map_err(CoreError::internal)?;
+        rows.extend(parsed);
     }
     Ok(rows)
+}
+
+/// The inputs in one capture file (JSON lines of capture records).
+fn capture_file_rows(bytes: &[u8]) -> Vec<BTreeMap<String, String>> {
+    let mut rows = Vec::new();
+    for line in String::from_utf8_lossy(bytes).lines() {
+        let Ok(record) = serde_json::from_str::<serde_json::Value>(line) else { continue };
+        let input = &record["captureData"]["endpointInput"];
+        let Some(data) = input["data"].as_str() else { continue };
+        match input["encoding"].as_str() {
+            Some("JSON") => rows.extend(json_rows(data)),
+            Some("CSV") => rows.extend(csv_rows(data)),
+            Some("BASE64") => {
+                let decoded = base64::engine::general_purpose::STANDARD.decode(data).ok();
+                rows.extend(decoded.as_deref().and_then(images::row));
+            }
+            _ => {}
+        }
+    }
+    rows
 }
 
 fn json_rows(data: &str) -> Vec<BTreeMap<String, String>> {
