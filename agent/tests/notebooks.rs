@@ -278,6 +278,22 @@ async fn cells_run_on_a_real_kernel_with_streams_results_errors_images_interrupt
     let out = run(&app, &hers, &et, "'erin'").await;
     assert_eq!(of_type(&out, "execute_result")[0]["content"]["data"]["text/plain"], "'erin'");
 
+    // A server told to stop ends a running cell's stream at once, saying why, rather
+    // than hold the stop until the cell ends.
+    let stop = async {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        app.state.shutdown.cancel();
+    };
+    let long_cell = app.send(execute_request(&hers, &et, "import time\ntime.sleep(60)"));
+    let (r, ()) = tokio::time::timeout(Duration::from_secs(20), async { tokio::join!(long_cell, stop) })
+        .await
+        .expect("the stream ended well before the cell");
+    let out = events(&r.text());
+    let last = out.last().expect("messages");
+    assert_eq!(last["msg_type"], "relay_error", "{out:#?}");
+    assert!(last["content"]["message"].as_str().is_some_and(|m| m.contains("server stopped")), "{out:#?}");
+    assert!(of_type(&out, "execute_reply").is_empty(), "{out:#?}");
+
     // Shutting down: the kernel is stopped and can no longer run cells.
     let r = app.call(Method::DELETE, &format!("/api/v1/kernels/{kernel}"), Auth::Bearer(&dt), None).await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());

@@ -677,8 +677,11 @@ impl Ed {
                 for line in event.lines() {
                     if let Some(data) = line.strip_prefix("data:") {
                         if let Ok(message) = serde_json::from_str::<KernelMessage>(data.trim_start()) {
-                            let failed = matches!(message.msg_type.as_str(), "error" | "kernel_dead" | "kernel_lost")
-                                || (message.msg_type == "execute_reply" && message.content["status"] != "ok");
+                            let failed = matches!(
+                                message.msg_type.as_str(),
+                                "error" | "kernel_dead" | "kernel_lost" | "relay_error"
+                            ) || (message.msg_type == "execute_reply"
+                                && message.content["status"] != "ok");
                             if failed {
                                 ok_seen.set(false);
                             }
@@ -760,7 +763,8 @@ impl Ed {
             }
             "kernel_dead" | "kernel_lost" | "relay_error" => {
                 let why = c["message"].as_str().unwrap_or_default().to_string();
-                push(json!({"output_type": "error", "ename": "Kernel died", "evalue": why, "traceback": []}));
+                let ename = if message.msg_type == "relay_error" { "Output lost" } else { "Kernel died" };
+                push(json!({"output_type": "error", "ename": ename, "evalue": why, "traceback": []}));
                 self.refresh_kernel();
             }
             _ => {}

@@ -94,10 +94,26 @@ pub async fn execute(
                 Ok::<Event, Infallible>(Event::default().data(data))
             }
         })
-        // The browser reconnects, to this server once it is back or to another replica.
+        // A stopping server does not wait for the cell to end: the stream ends with a
+        // word on why, and the kernel goes on running it.
         .take_until(state.shutdown.clone().cancelled_owned())
+        .chain(futures::stream::once(stopped_notice(state.shutdown.clone())).filter_map(futures::future::ready))
         .boxed();
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// The last event of a cell's stream cut short by the server stopping; none otherwise.
+async fn stopped_notice(shutdown: tokio_util::sync::CancellationToken) -> Option<Result<Event, Infallible>> {
+    shutdown.is_cancelled().then(|| {
+        let message = KernelMessage {
+            msg_type: "relay_error".into(),
+            content: serde_json::json!({
+                "message": "the studio server stopped while this cell ran; the kernel goes on with it, \
+                            but its further output is not shown here"
+            }),
+        };
+        Ok(Event::default().data(serde_json::to_string(&message).unwrap_or_default()))
+    })
 }
 
 /// Splits a byte stream into lines (newline-delimited JSON); a broken connection ends
