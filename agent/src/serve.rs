@@ -463,10 +463,10 @@ struct Served {
 /// Whether `headers` carry the instance's secret. The comparison takes the same time
 /// wherever the first difference is, so timing does not reveal the secret piecemeal.
 fn authorized(secret: &str, headers: &HeaderMap) -> bool {
-    let Some(given) = headers.get(header::AUTHORIZATION).and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")) else {
-        return false;
-    };
-    given.len() == secret.len() && given.iter().zip(secret.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+        .is_some_and(|given| crate::kernels::wire::constant_time_eq(given, secret.as_bytes()))
 }
 
 async fn ping() -> Json<Value> {
