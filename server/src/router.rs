@@ -8,7 +8,8 @@ use axum::middleware::{from_fn, from_fn_with_state};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use leptos::prelude::provide_context;
+use leptos::nonce::Nonce;
+use leptos::prelude::{provide_context, use_context};
 use leptos_axum::{generate_route_list, LeptosRoutes};
 use tower_http::compression::CompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, RequestId, SetRequestIdLayer};
@@ -35,6 +36,12 @@ pub fn app(state: AppState) -> Router {
         let work = work.clone();
         provide_context(app::training::WorkSignal(std::sync::Arc::new(move || work.notify_waiters())));
         provide_context(invoke.clone());
+        // Leptos generates its own nonce per render; use the one the security-headers
+        // middleware already put in this response's Content-Security-Policy instead.
+        let nonce = use_context::<http::request::Parts>().and_then(|parts| parts.extensions.get::<Nonce>().cloned());
+        if let Some(nonce) = nonce {
+            provide_context(nonce);
+        }
     };
     let options = state.leptos_options.clone();
     let render_page = leptos_axum::render_app_to_stream_with_context(leptos_context.clone(), {
@@ -93,6 +100,7 @@ pub fn app(state: AppState) -> Router {
         }))
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(SetSensitiveRequestHeadersLayer::from_shared(sensitive))
+        .layer(from_fn(middleware::security_headers))
         .layer(from_fn_with_state(state.clone(), metrics::track))
         .with_state(state)
 }
