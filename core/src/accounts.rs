@@ -277,6 +277,11 @@ pub async fn set_active(db: &Db, actor: &User, id: &str, active: bool) -> CoreRe
         return Err(CoreError::NotFound("user"));
     }
     if !active {
+        if !crate::iam::store::administrator_remains(&mut tx).await? {
+            let name: String =
+                sqlx::query_scalar("SELECT username FROM users WHERE id = $1").bind(id).fetch_one(&mut *tx).await?;
+            return Err(crate::iam::store::last_administrator(&format!("deactivating {name}")));
+        }
         sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(id).execute(&mut *tx).await?;
     }
     tx.commit().await?;

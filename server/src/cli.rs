@@ -43,6 +43,23 @@ pub enum Command {
         #[command(subcommand)]
         command: NodeTokenCommand,
     },
+    /// Administrator recovery, run on the server's machine.
+    Admin {
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Make a user an administrator again when nobody can sign in as one: reactivate the
+    /// account, attach AdministratorAccess directly, end its sessions, and set and print
+    /// a new random password (shown only once; change it after signing in).
+    Recover {
+        /// The user to restore.
+        #[arg(long)]
+        user: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -92,6 +109,7 @@ pub fn main() -> ExitCode {
             Command::NodeToken { command: NodeTokenCommand::Create { name } } => {
                 create_node_token(cli.config, &name).await
             }
+            Command::Admin { command: AdminCommand::Recover { user } } => recover_admin(cli.config, &user).await,
         }
     });
     match result {
@@ -258,5 +276,19 @@ async fn create_token(config: Config, username: &str, name: &str, expires_in_day
     anyhow::ensure!(user.is_active(), "user '{}' is deactivated", user.username);
     let created = atelier_core::tokens::create(&db, &user, name, expires_in_days, None).await?;
     println!("{}", created.secret);
+    Ok(())
+}
+
+/// `atelier admin recover`: see [`AdminCommand::Recover`].
+pub async fn recover_admin(config: Config, username: &str) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let db = Db::connect(&config.database_url()).await.context("opening the database")?;
+    let (user, password) = atelier_core::iam::admin::recover_administrator(&db, username).await?;
+    println!("{password}");
+    eprintln!(
+        "'{}' is an active administrator again (AdministratorAccess attached directly). Sign in with the \
+         password above, shown only now, and change it under Account > Password.",
+        user.username
+    );
     Ok(())
 }

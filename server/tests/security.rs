@@ -61,3 +61,147 @@ async fn pages_and_api_responses_carry_security_headers() {
     let again = app.call(Method::GET, "/login", Auth::None, None).await;
     assert_ne!(again.header("content-security-policy"), login.header("content-security-policy"));
 }
+
+/// Whether `token` may still administer users.
+async fn administers(app: &TestApp, token: &str) -> bool {
+    app.call(Method::GET, "/api/v1/users", Auth::Bearer(token), None).await.status == StatusCode::OK
+}
+
+#[tokio::test]
+async fn the_last_active_administrator_cannot_lose_administrator_access() {
+    let app = TestApp::new().await;
+    let root = app.create_user("root", true).await;
+    let root_token = app.token_for(&root, None).await;
+
+    // The only administrator detaching the policy from themselves.
+    let detach = app
+        .call(Method::DELETE, "/api/v1/users/root/policies/AdministratorAccess", Auth::Bearer(&root_token), None)
+        .await;
+    assert_eq!(detach.status, StatusCode::CONFLICT, "{}", detach.text());
+    let message = detach.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+    assert!(
+        message.contains("detaching AdministratorAccess from user root")
+            && message.contains("no active user holding AdministratorAccess"),
+        "{message}"
+    );
+    assert!(administers(&app, &root_token).await);
+
+    // A group becomes the only source: carol holds AdministratorAccess through it.
+    let carol = app.create_user("carol", false).await;
+    let carol_token = app.token_for(&carol, None).await;
+    app.call(Method::POST, "/api/v1/groups", Auth::Bearer(&root_token), Some(serde_json::json!({"name": "admins"})))
+        .await;
+    app.call(Method::PUT, "/api/v1/groups/admins/policies/AdministratorAccess", Auth::Bearer(&root_token), None).await;
+    app.call(Method::PUT, "/api/v1/groups/admins/members/carol", Auth::Bearer(&root_token), None).await;
+    // With carol in place, root may step down.
+    let step_down = app
+        .call(Method::DELETE, "/api/v1/users/root/policies/AdministratorAccess", Auth::Bearer(&root_token), None)
+        .await;
+    assert_eq!(step_down.status, StatusCode::OK, "{}", step_down.text());
+    assert!(!administers(&app, &root_token).await);
+    assert!(administers(&app, &carol_token).await);
+
+    for (method, path, change) in [
+        (Method::DELETE, "/api/v1/groups/admins/members/carol", "removing carol from group admins"),
+        (
+            Method::DELETE,
+            "/api/v1/groups/admins/policies/AdministratorAccess",
+            "detaching AdministratorAccess from group admins",
+        ),
+        (Method::DELETE, "/api/v1/groups/admins", "deleting group admins"),
+    ] {
+        let refused = app.call(method.clone(), path, Auth::Bearer(&carol_token), None).await;
+        assert_eq!(refused.status, StatusCode::CONFLICT, "{method} {path}: {}", refused.text());
+        assert!(refused.text().contains(change), "{}", refused.text());
+        assert!(administers(&app, &carol_token).await, "{method} {path} took effect");
+    }
+
+    // Someone allowed to deactivate users cannot deactivate the last administrator.
+    let helpdesk = serde_json::json!({"Version": "2012-10-17", "Statement": [
+        {"Effect": "Allow", "Action": ["iam:UpdateUser", "iam:GetUser"], "Resource": "*"}]});
+    let created = app
+        .call(
+            Method::POST,
+            "/api/v1/policies",
+            Auth::Bearer(&carol_token),
+            Some(serde_json::json!({"name": "Helpdesk", "document": helpdesk})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let help = app.create_user_with("help", &["Helpdesk".into()]).await;
+    let help_token = app.token_for(&help, None).await;
+    let body = Some(serde_json::json!({"active": false}));
+    let deactivate =
+        app.call(Method::PATCH, &format!("/api/v1/users/{}", carol.id), Auth::Bearer(&help_token), body.clone()).await;
+    assert_eq!(deactivate.status, StatusCode::CONFLICT, "{}", deactivate.text());
+    assert!(deactivate.text().contains("deactivating carol"), "{}", deactivate.text());
+    assert!(administers(&app, &carol_token).await);
+
+    // An inactive holder does not count: with root back as an administrator but then
+    // deactivated, carol is again the last one.
+    app.call(Method::PUT, "/api/v1/users/root/policies/AdministratorAccess", Auth::Bearer(&carol_token), None).await;
+    let off = app.call(Method::PATCH, &format!("/api/v1/users/{}", root.id), Auth::Bearer(&help_token), body).await;
+    assert_eq!(off.status, StatusCode::OK, "{}", off.text());
+    let leave = app.call(Method::DELETE, "/api/v1/groups/admins/members/carol", Auth::Bearer(&carol_token), None).await;
+    assert_eq!(leave.status, StatusCode::CONFLICT, "{}", leave.text());
+}
+
+#[tokio::test]
+async fn admin_recover_restores_a_deactivated_administrator_with_a_new_password() {
+    let app = TestApp::new().await;
+    let root = app.create_user("root", true).await;
+    let alice = app.create_user("alice", false).await;
+    // A lost administrator: alice gets AdministratorAccess, root steps down, then
+    // alice is deactivated by a direct database change (as if the studio were broken).
+    let root_token = app.token_for(&root, None).await;
+    app.call(Method::PUT, "/api/v1/users/alice/policies/AdministratorAccess", Auth::Bearer(&root_token), None).await;
+    app.call(Method::DELETE, "/api/v1/users/root/policies/AdministratorAccess", Auth::Bearer(&root_token), None).await;
+    sqlx::query("UPDATE users SET active = 0 WHERE id = $1")
+        .bind(&alice.id)
+        .execute(&app.state.db.pool)
+        .await
+        .expect("deactivate");
+    assert!(!administers(&app, &root_token).await);
+
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .args(["admin", "recover", "--user", "root"])
+        .env("DATABASE_URL", app.database_url())
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run atelier");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let password = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    assert!(password.len() >= 20, "{password}");
+    // The old password no longer works; the printed one does, and root administers again.
+    assert_eq!(app.sign_in_response("root", PASSWORD, Auth::None).await.status, StatusCode::UNAUTHORIZED);
+    let cookie = app.sign_in("root", &password).await;
+    let users = app.call(Method::GET, "/api/v1/users", Auth::Cookie(&cookie), None).await;
+    assert_eq!(users.status, StatusCode::OK, "{}", users.text());
+    let me = app.call(Method::GET, "/api/v1/users/root", Auth::Cookie(&cookie), None).await;
+    assert_eq!(me.json()["policies"], serde_json::json!(["AdministratorAccess"]), "{}", me.text());
+    let events = app.call(Method::GET, "/api/v1/audit-events", Auth::Cookie(&cookie), None).await;
+    assert!(events.text().contains("atelier admin recover"), "{}", events.text());
+
+    // A deactivated user is reactivated too.
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .args(["admin", "recover", "--user", "alice"])
+        .env("DATABASE_URL", app.database_url())
+        .env("RUST_LOG", "error")
+        .output()
+        .expect("run atelier");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let alice_password = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    app.sign_in("alice", &alice_password).await;
+
+    let unknown = std::process::Command::new(env!("CARGO_BIN_EXE_atelier"))
+        .args(["admin", "recover", "--user", "nobody"])
+        .env("DATABASE_URL", app.database_url())
+        .output()
+        .expect("run atelier");
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("there is no user named nobody"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+}

@@ -312,3 +312,37 @@ pub async fn audit_events(db: &Db, p: &Principal, query: &crate::audit::Query) -
     authorize(p, Action::ListAuditEvents, &Resource::new("atelier:audit:log"))?;
     crate::audit::list(db, query).await
 }
+
+/// Restores `username` as an administrator from the server's machine (`atelier admin
+/// recover`): reactivates the account, attaches AdministratorAccess directly, ends its
+/// sessions and sets a new random password, which is returned to be shown once.
+///
+/// There is no principal to authorize: whoever runs this holds the server's database
+/// settings, and so already has every right a policy could grant. It is the way back
+/// when no administrator can sign in; the change is audited under `operator`.
+pub async fn recover_administrator(db: &Db, username: &str) -> CoreResult<(User, String)> {
+    let user = accounts::find_by_username(db, username)
+        .await?
+        .ok_or_else(|| CoreError::invalid("user", format!("there is no user named {}", username.trim())))?;
+    let password = accounts::random_secret(18);
+    let hash = accounts::hash_password(password.clone()).await?;
+    store::restore_administrator(db, &user.id, &user.username, &hash).await?;
+    crate::audit::record_or_log(
+        db,
+        crate::audit::NewEvent {
+            principal: "operator".into(),
+            action: Action::AttachPolicy.name().to_string(),
+            resource: Resource::user(&user.username).to_string(),
+            allowed: true,
+            summary: format!(
+                "atelier admin recover: reactivated {}, attached {} and set a new password",
+                user.username,
+                accounts::ADMIN_POLICY
+            ),
+            ..Default::default()
+        },
+    )
+    .await;
+    tracing::warn!(user = %user.username, "administrator recovered from the command line");
+    Ok((accounts::get_user(db, &user.id).await?, password))
+}

@@ -73,6 +73,55 @@ async fn bump(tx: &mut Transaction<'static, Any>) -> CoreResult<()> {
     Ok(())
 }
 
+/// Active users holding AdministratorAccess, directly or through a group.
+const ACTIVE_ADMINISTRATORS: &str = "SELECT COUNT(*) FROM users u WHERE u.active = 1 AND (\
+     EXISTS (SELECT 1 FROM user_policies up WHERE up.user_id = u.id AND up.policy_id = $1) \
+     OR EXISTS (SELECT 1 FROM group_members m JOIN group_policies gp ON gp.group_id = m.group_id \
+                WHERE m.user_id = u.id AND gp.policy_id = $1))";
+
+/// Whether, after the change this transaction has made, some active user still holds
+/// AdministratorAccess. Without one nobody could manage users or policies again, so
+/// changes that would remove the last one are refused (see [`last_administrator`]).
+///
+/// It first writes the IAM generation row: every change that can remove an
+/// administrator goes through here, so on PostgreSQL two concurrent removals (of two
+/// different administrators) queue on that row, and the second one counts after the
+/// first committed instead of each seeing the other administrator still in place.
+/// SQLite runs one writing transaction at a time anyway.
+pub(crate) async fn administrator_remains(tx: &mut Transaction<'static, Any>) -> CoreResult<bool> {
+    bump(tx).await?;
+    let admins: i64 = sqlx::query_scalar(ACTIVE_ADMINISTRATORS)
+        .bind(builtin::id(crate::accounts::ADMIN_POLICY))
+        .fetch_one(&mut **tx)
+        .await?;
+    Ok(admins > 0)
+}
+
+/// The refusal of a change that would leave no active administrator; `change` says
+/// what was asked ("detaching AdministratorAccess from alice").
+pub fn last_administrator(change: &str) -> CoreError {
+    let admin = crate::accounts::ADMIN_POLICY;
+    CoreError::Conflict(format!(
+        "refused: {change} would leave no active user holding {admin}, and nobody could manage users, \
+         groups or policies again. Give {admin} to another active user first (an operator can also run \
+         `atelier admin recover --user NAME` on the server's machine)."
+    ))
+}
+
+/// A user's name, for messages.
+async fn username_in(tx: &mut Transaction<'static, Any>, user_id: &str) -> CoreResult<String> {
+    let name: Option<String> =
+        sqlx::query_scalar("SELECT username FROM users WHERE id = $1").bind(user_id).fetch_optional(&mut **tx).await?;
+    Ok(name.unwrap_or_else(|| user_id.to_string()))
+}
+
+/// A group's name, for messages.
+async fn group_name_in(tx: &mut Transaction<'static, Any>, group_id: &str) -> CoreResult<String> {
+    let name: Option<String> =
+        sqlx::query_scalar("SELECT name FROM groups WHERE id = $1").bind(group_id).fetch_optional(&mut **tx).await?;
+    Ok(name.unwrap_or_else(|| group_id.to_string()))
+}
+
 /// The current IAM generation.
 pub async fn generation(db: &Db) -> CoreResult<i64> {
     Ok(sqlx::query_scalar("SELECT generation FROM iam_state WHERE id = 1").fetch_one(&db.pool).await?)
@@ -325,6 +374,13 @@ pub async fn set_attachment(db: &Db, holder: Holder<'_>, policy_name: &str, atta
     };
     sqlx::query(&sql).bind(id).bind(&policy.id).execute(&mut *tx).await?;
     bump(&mut tx).await?;
+    if !attach && policy.id == builtin::id(crate::accounts::ADMIN_POLICY) && !administrator_remains(&mut tx).await? {
+        let from = match holder {
+            Holder::User(id) => format!("user {}", username_in(&mut tx, id).await?),
+            Holder::Group(id) => format!("group {}", group_name_in(&mut tx, id).await?),
+        };
+        return Err(last_administrator(&format!("detaching {} from {from}", policy.name)));
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -430,6 +486,9 @@ pub async fn delete_group(db: &Db, name: &str) -> CoreResult<()> {
     let mut tx = db.pool.begin().await?;
     sqlx::query("DELETE FROM groups WHERE id = $1").bind(&group.id).execute(&mut *tx).await?;
     bump(&mut tx).await?;
+    if !administrator_remains(&mut tx).await? {
+        return Err(last_administrator(&format!("deleting group {}", group.name)));
+    }
     tx.commit().await?;
     Ok(())
 }
@@ -452,7 +511,42 @@ pub async fn set_membership(db: &Db, group_id: &str, user_id: &str, member: bool
             .bind(user_id)
             .execute(&mut *tx)
             .await?;
+        if !administrator_remains(&mut tx).await? {
+            let (user, group) = (username_in(&mut tx, user_id).await?, group_name_in(&mut tx, group_id).await?);
+            return Err(last_administrator(&format!("removing {user} from group {group}")));
+        }
     }
+    bump(&mut tx).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Makes `user_id` an active administrator again with a new password hash: active,
+/// AdministratorAccess attached directly (so no group change can take it away), its
+/// old sessions ended and its sign-in failures forgotten, in one transaction.
+pub(crate) async fn restore_administrator(
+    db: &Db,
+    user_id: &str,
+    username: &str,
+    password_hash: &str,
+) -> CoreResult<()> {
+    let mut tx = db.pool.begin().await?;
+    sqlx::query("UPDATE users SET active = 1, password_hash = $1, updated_at = $2 WHERE id = $3")
+        .bind(password_hash)
+        .bind(now())
+        .bind(user_id)
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("INSERT INTO user_policies (user_id, policy_id) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(user_id)
+        .bind(builtin::id(crate::accounts::ADMIN_POLICY))
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM sessions WHERE user_id = $1").bind(user_id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM sign_in_failures WHERE throttle_key = $1")
+        .bind(format!("user:{username}"))
+        .execute(&mut *tx)
+        .await?;
     bump(&mut tx).await?;
     tx.commit().await?;
     Ok(())
