@@ -228,8 +228,7 @@ pub async fn change_password(
     // Guessing the current password through a stolen session or token is throttled
     // like guessing it at sign-in.
     let keys = crate::throttle::keys(&user.username, None);
-    crate::throttle::check(db, &keys).await?;
-    crate::throttle::count_attempt(db, &keys).await?;
+    crate::throttle::admit(db, &keys).await?;
     let hash: String =
         sqlx::query_scalar("SELECT password_hash FROM users WHERE id = $1").bind(&user.id).fetch_one(&db.pool).await?;
     if current.len() > MAX_PASSWORD_LEN || !verify_password(current.to_string(), hash).await? {

@@ -138,9 +138,9 @@ pub async fn sign_in(
         return Err(accounts::bad_credentials());
     }
     let keys = throttle::keys(username, client_ip);
-    throttle::check(db, &keys).await?;
-    // Counted before the password is checked, so parallel guesses all count.
-    throttle::count_attempt(db, &keys).await?;
+    // Checked and counted in one step before the password is checked, so parallel
+    // guesses get no more tries than sequential ones.
+    throttle::admit(db, &keys).await?;
     let user = match accounts::verify_credentials(db, username, password).await {
         Ok(user) => user,
         Err(err) => {

@@ -48,51 +48,94 @@ pub fn keys(username: &str, client_ip: Option<&str>) -> Keys {
     Keys { user: format!("user:{}", username.trim().to_ascii_lowercase()), ip: client_ip.map(|ip| format!("ip:{ip}")) }
 }
 
-/// Fails with [`CoreError::TooManyAttempts`] when any key is still waiting.
-pub async fn check(db: &Db, keys: &Keys) -> CoreResult<()> {
-    let now = now();
-    let mut wait = 0;
-    for key in keys.all() {
-        let row: Option<(i64, i64)> =
-            sqlx::query_as("SELECT failures, last_failure_at FROM sign_in_failures WHERE throttle_key = $1")
-                .bind(key)
-                .fetch_optional(&db.pool)
-                .await?;
-        if let Some((failures, last)) = row {
-            let delay = delay_after(key, failures);
-            if now - last < FORGET_AFTER_SECS && delay > 0 {
-                // Times are whole seconds: the failure happened somewhere in
-                // [last, last + 1), so count from the end of that second. Otherwise a
-                // failure late in a second would be followed by almost no delay.
-                wait = wait.max(last + 1 + delay - now);
+/// How often [`admit`] re-reads the counters when other attempts keep changing them
+/// between its read and its write, before it gives up and asks the client to retry.
+const MAX_ADMIT_TRIES: usize = 64;
+
+/// Checks that no key is waiting and counts this attempt against every key, as one
+/// atomic step, *before* the password is checked.
+///
+/// The counters are read, the decision is made, and the new counts are written only
+/// if every counter is still exactly as read (compare-and-swap, all keys in one
+/// transaction). If another attempt changed a counter in between, nothing is written
+/// and the decision is made again on the new values. So each admitted attempt is
+/// counted on the values it was judged by, and a burst of parallel guesses gets no
+/// more evaluations than the same guesses one after another. The transaction only
+/// writes (its reads happen before it starts), which SQLite serializes with its busy
+/// timeout and PostgreSQL with row locks, re-checking the condition after a wait.
+pub async fn admit(db: &Db, keys: &Keys) -> CoreResult<()> {
+    for _ in 0..MAX_ADMIT_TRIES {
+        let now = now();
+        let mut seen = Vec::with_capacity(2);
+        let mut wait = 0;
+        for key in keys.all() {
+            let row: Option<(i64, i64)> =
+                sqlx::query_as("SELECT failures, last_failure_at FROM sign_in_failures WHERE throttle_key = $1")
+                    .bind(key)
+                    .fetch_optional(&db.pool)
+                    .await?;
+            if let Some((failures, last)) = row {
+                wait = wait.max(wait_for(key, failures, last, now));
+            }
+            seen.push((key, row));
+        }
+        if wait > 0 {
+            return Err(CoreError::TooManyAttempts { retry_after: wait });
+        }
+        let mut tx = db.pool.begin().await?;
+        let mut unchanged = true;
+        for (key, row) in &seen {
+            let written =
+                match row {
+                    None => sqlx::query(
+                        "INSERT INTO sign_in_failures (throttle_key, failures, last_failure_at) VALUES ($1, 1, $2) \
+                         ON CONFLICT (throttle_key) DO NOTHING",
+                    )
+                    .bind(*key)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await?,
+                    Some((failures, last)) => {
+                        let counted = if now - last >= FORGET_AFTER_SECS { 1 } else { failures + 1 };
+                        sqlx::query(
+                            "UPDATE sign_in_failures SET failures = $1, last_failure_at = $2 \
+                         WHERE throttle_key = $3 AND failures = $4 AND last_failure_at = $5",
+                        )
+                        .bind(counted)
+                        .bind(now)
+                        .bind(*key)
+                        .bind(*failures)
+                        .bind(*last)
+                        .execute(&mut *tx)
+                        .await?
+                    }
+                };
+            if written.rows_affected() != 1 {
+                unchanged = false;
+                break;
             }
         }
+        if unchanged {
+            tx.commit().await?;
+            return Ok(());
+        }
+        tx.rollback().await?;
     }
-    if wait > 0 {
-        return Err(CoreError::TooManyAttempts { retry_after: wait });
-    }
-    Ok(())
+    // Only a flood of attempts on the same keys gets here.
+    Err(CoreError::TooManyAttempts { retry_after: 1 })
 }
 
-/// Counts an attempt against every key *before* the password is checked, so a burst
-/// of parallel guesses is counted in full rather than all passing [`check`] first.
-pub async fn count_attempt(db: &Db, keys: &Keys) -> CoreResult<()> {
-    let now = now();
-    for key in keys.all() {
-        sqlx::query(
-            "INSERT INTO sign_in_failures (throttle_key, failures, last_failure_at) VALUES ($1, 1, $2) \
-             ON CONFLICT (throttle_key) DO UPDATE SET \
-               failures = CASE WHEN sign_in_failures.last_failure_at < $3 THEN 1 \
-                               ELSE sign_in_failures.failures + 1 END, \
-               last_failure_at = $2",
-        )
-        .bind(key)
-        .bind(now)
-        .bind(now - FORGET_AFTER_SECS)
-        .execute(&db.pool)
-        .await?;
+/// Seconds `key` must still wait at `now` after `failures` failures, the last at `last`.
+fn wait_for(key: &str, failures: i64, last: i64, now: i64) -> i64 {
+    let delay = delay_after(key, failures);
+    if now - last < FORGET_AFTER_SECS && delay > 0 {
+        // Times are whole seconds: the failure happened somewhere in [last, last + 1),
+        // so count from the end of that second. Otherwise a failure late in a second
+        // would be followed by almost no delay.
+        (last + 1 + delay - now).max(0)
+    } else {
+        0
     }
-    Ok(())
 }
 
 /// After a successful attempt: the account's count is cleared, and the address's count
@@ -135,6 +178,14 @@ mod tests {
     fn addresses_get_more_free_attempts_than_accounts() {
         assert_eq!(delay_after("ip:10.0.0.1", FREE_ATTEMPTS), 0);
         assert_eq!(delay_after("ip:10.0.0.1", FREE_ATTEMPTS_PER_IP), 1);
+    }
+
+    #[test]
+    fn the_wait_counts_from_the_end_of_the_failures_second_and_is_forgotten() {
+        assert_eq!(wait_for("user:a", FREE_ATTEMPTS - 1, 100, 100), 0);
+        assert_eq!(wait_for("user:a", FREE_ATTEMPTS, 100, 100), 2);
+        assert_eq!(wait_for("user:a", FREE_ATTEMPTS, 100, 102), 0);
+        assert_eq!(wait_for("user:a", FREE_ATTEMPTS + 4, 100, 100 + FORGET_AFTER_SECS), 0);
     }
 
     #[test]

@@ -205,3 +205,66 @@ async fn admin_recover_restores_a_deactivated_administrator_with_a_new_password(
         String::from_utf8_lossy(&unknown.stderr)
     );
 }
+
+/// The account's failure counter.
+async fn failures(app: &TestApp, key: &str) -> i64 {
+    sqlx::query_scalar("SELECT failures FROM sign_in_failures WHERE throttle_key = $1")
+        .bind(key)
+        .fetch_optional(&app.state.db.pool)
+        .await
+        .expect("read counter")
+        .unwrap_or(0)
+}
+
+/// Moves the account's last failure back so that its throttle delay has passed.
+async fn wait_out_the_delay(app: &TestApp, key: &str) {
+    sqlx::query("UPDATE sign_in_failures SET last_failure_at = $1 WHERE throttle_key = $2")
+        .bind(atelier_core::now() - 60)
+        .bind(key)
+        .execute(&app.state.db.pool)
+        .await
+        .expect("back-date");
+}
+
+/// 50 sign-ins at once through the router; the statuses, in order.
+async fn burst(app: &TestApp, passwords: &[&str]) -> Vec<StatusCode> {
+    let attempts = passwords.iter().map(|p| app.sign_in_response("alice", p, Auth::None));
+    futures::future::join_all(attempts).await.into_iter().map(|r| r.status).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_parallel_burst_of_sign_ins_gets_no_more_tries_than_a_sequence() {
+    use atelier_core::throttle::FREE_ATTEMPTS;
+    let app = TestApp::new().await;
+    app.create_user("alice", false).await;
+    for _ in 0..FREE_ATTEMPTS {
+        assert_eq!(app.sign_in_response("alice", "guess", Auth::None).await.status, StatusCode::UNAUTHORIZED);
+    }
+    assert_eq!(failures(&app, "user:alice").await, FREE_ATTEMPTS);
+
+    // After the delay, one attempt may be evaluated; a sequence of 50 would get exactly
+    // one 401 and 49 refusals, and leave the counter one higher. So must a burst.
+    wait_out_the_delay(&app, "user:alice").await;
+    let statuses = burst(&app, &["guess"; 50]).await;
+    let evaluated = statuses.iter().filter(|s| **s == StatusCode::UNAUTHORIZED).count();
+    let refused = statuses.iter().filter(|s| **s == StatusCode::TOO_MANY_REQUESTS).count();
+    assert_eq!((evaluated, refused), (1, 49), "{statuses:?}");
+    assert_eq!(failures(&app, "user:alice").await, FREE_ATTEMPTS + 1);
+    // The right password right after the burst is refused too: the account waits.
+    assert_eq!(app.sign_in_response("alice", PASSWORD, Auth::None).await.status, StatusCode::TOO_MANY_REQUESTS);
+
+    // The right password inside a burst is one of the 50: at most one attempt is
+    // evaluated, whichever it is; the other 49 are refused without a password check.
+    wait_out_the_delay(&app, "user:alice").await;
+    let mut passwords = vec!["guess"; 50];
+    passwords[25] = PASSWORD;
+    let statuses = burst(&app, &passwords).await;
+    let evaluated: Vec<usize> = (0..statuses.len()).filter(|i| statuses[*i] != StatusCode::TOO_MANY_REQUESTS).collect();
+    assert_eq!(evaluated.len(), 1, "{statuses:?}");
+    if statuses[25] == StatusCode::OK {
+        assert_eq!(failures(&app, "user:alice").await, 0, "a success clears the count");
+    } else {
+        assert_eq!(statuses[evaluated[0]], StatusCode::UNAUTHORIZED, "{statuses:?}");
+        assert_eq!(failures(&app, "user:alice").await, FREE_ATTEMPTS + 2);
+    }
+}
