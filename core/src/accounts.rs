@@ -217,7 +217,8 @@ pub async fn verify_credentials(db: &Db, username: &str, password: &str) -> Core
 }
 
 /// Changes a user's own password after checking the current one. Ends every other
-/// session of the user and keeps `keep_session` (the one making the change).
+/// session of the user and keeps `keep_session` (the cookie's id of the session making
+/// the change).
 pub async fn change_password(
     db: &Db,
     user: &User,
@@ -249,7 +250,7 @@ pub async fn change_password(
         .await?;
     sqlx::query("DELETE FROM sessions WHERE user_id = $1 AND id <> $2")
         .bind(&user.id)
-        .bind(keep_session.unwrap_or(""))
+        .bind(keep_session.map(crate::sessions::stored_id).unwrap_or_default())
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;

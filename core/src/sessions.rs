@@ -5,6 +5,10 @@
 //! server replicas. The session id is rotated at sign-in (no fixation); the idle
 //! timeout is the record's expiry, pushed forward at most once a minute; the absolute
 //! timeout is checked against the sign-in time stored in the session.
+//!
+//! The table keeps a SHA-256 of each session id, never the id itself: the id is the
+//! cookie's value, and a copy of the table (a backup, a read through some other hole)
+//! must not be replayable as a signed-in cookie.
 
 use async_trait::async_trait;
 use tower_sessions::session::{Id, Record};
@@ -41,6 +45,11 @@ impl SqlSessionStore {
     }
 }
 
+/// The `sessions.id` stored for a session whose cookie carries `cookie_id`.
+pub fn stored_id(cookie_id: &str) -> String {
+    crate::tokens::hash(cookie_id)
+}
+
 fn backend(err: impl std::fmt::Display) -> session_store::Error {
     session_store::Error::Backend(err.to_string())
 }
@@ -49,7 +58,7 @@ fn backend(err: impl std::fmt::Display) -> session_store::Error {
 fn columns(record: &Record) -> session_store::Result<(String, Option<String>, String, i64)> {
     let data = serde_json::to_string(&record.data).map_err(|e| session_store::Error::Encode(e.to_string()))?;
     let user_id = record.data.get(USER_ID).and_then(|v| v.as_str()).map(str::to_string);
-    Ok((record.id.to_string(), user_id, data, record.expiry_date.unix_timestamp()))
+    Ok((stored_id(&record.id.to_string()), user_id, data, record.expiry_date.unix_timestamp()))
 }
 
 #[async_trait]
@@ -93,7 +102,7 @@ impl SessionStore for SqlSessionStore {
     async fn load(&self, session_id: &Id) -> session_store::Result<Option<Record>> {
         let row: Option<(String, i64)> =
             sqlx::query_as("SELECT data, expires_at FROM sessions WHERE id = $1 AND expires_at > $2")
-                .bind(session_id.to_string())
+                .bind(stored_id(&session_id.to_string()))
                 .bind(now())
                 .fetch_optional(&self.db.pool)
                 .await
@@ -111,7 +120,7 @@ impl SessionStore for SqlSessionStore {
 
     async fn delete(&self, session_id: &Id) -> session_store::Result<()> {
         sqlx::query("DELETE FROM sessions WHERE id = $1")
-            .bind(session_id.to_string())
+            .bind(stored_id(&session_id.to_string()))
             .execute(&self.db.pool)
             .await
             .map_err(backend)?;

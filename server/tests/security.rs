@@ -268,3 +268,40 @@ async fn a_parallel_burst_of_sign_ins_gets_no_more_tries_than_a_sequence() {
         assert_eq!(failures(&app, "user:alice").await, FREE_ATTEMPTS + 2);
     }
 }
+
+#[tokio::test]
+async fn sessions_are_stored_under_a_hash_of_the_cookie_and_a_copied_row_cannot_be_replayed() {
+    use sha2::{Digest, Sha256};
+    let app = TestApp::new().await;
+    app.create_user("alice", false).await;
+    let cookie = app.sign_in("alice", PASSWORD).await;
+    let cookie_id = cookie.strip_prefix("atelier_session=").expect("session cookie").to_string();
+    assert!(!cookie_id.is_empty());
+
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT id, data FROM sessions").fetch_all(&app.state.db.pool).await.expect("sessions");
+    assert_eq!(rows.len(), 1);
+    let (stored, data) = &rows[0];
+    assert!(!stored.contains(&cookie_id) && !data.contains(&cookie_id), "the cookie's id is stored: {rows:?}");
+    let expected: String = Sha256::digest(cookie_id.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(stored, &expected);
+
+    // The cookie works; the stored value, sent as a cookie, is nobody's session.
+    let me = app.call(Method::GET, "/api/v1/me", Auth::Cookie(&cookie), None).await;
+    assert_eq!(me.status, StatusCode::OK);
+    assert_eq!(me.json()["username"], "alice");
+    let replayed = format!("atelier_session={stored}");
+    assert_eq!(
+        app.call(Method::GET, "/api/v1/me", Auth::Cookie(&replayed), None).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+
+    // Signing out deletes the hashed row.
+    let out =
+        app.server_fn(<app::auth::SignOut as leptos::server_fn::ServerFn>::PATH, &[], Auth::Cookie(&cookie), &[]).await;
+    assert!(out.status.is_success() || out.status.is_redirection(), "{}", out.text());
+    let left: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM sessions").fetch_one(&app.state.db.pool).await.expect("count");
+    assert_eq!(left, 0);
+    assert_eq!(app.call(Method::GET, "/api/v1/me", Auth::Cookie(&cookie), None).await.status, StatusCode::UNAUTHORIZED);
+}
