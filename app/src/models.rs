@@ -139,7 +139,10 @@ pub async fn group_webhooks(group: String) -> Result<Vec<(Webhook, Vec<Delivery>
 #[server]
 pub async fn add_webhook(group: String, url: String) -> Result<String, AppError> {
     let (db, p) = crate::context::db_and_principal()?;
-    Ok(atelier_core::models::webhooks::create(&db, &p, Some(&group), &url, &[]).await?.1)
+    // The server provides the operator's exceptions; without them, no internal
+    // address is allowed.
+    let outbound = leptos::prelude::use_context::<atelier_core::outbound::OutboundPolicy>().unwrap_or_default();
+    Ok(atelier_core::models::webhooks::create(&db, &p, &outbound, Some(&group), &url, &[]).await?.1)
 }
 
 #[server]

@@ -18,6 +18,7 @@ pub mod labeling;
 pub mod models;
 pub mod monitor;
 pub mod notebooks;
+pub mod outbound;
 pub mod retention;
 pub mod sessions;
 pub mod throttle;

@@ -115,6 +115,13 @@ pub struct Config {
     #[arg(long, env = "ATELIER_KERNEL_START_TIMEOUT_SECS", default_value_t = 600, global = true)]
     pub kernel_start_timeout_secs: u32,
 
+    /// Internal addresses that webhook deliveries may reach anyway, comma-separated: host
+    /// names, IP addresses or CIDR networks (`hooks.corp,10.0.0.0/8`). Without an entry
+    /// here, URLs on loopback, link-local, private, carrier-grade NAT, unique-local,
+    /// unspecified or multicast addresses are refused.
+    #[arg(long, env = "ATELIER_OUTBOUND_ALLOW", value_delimiter = ',', global = true)]
+    pub outbound_allow: Vec<String>,
+
     /// Log format: `text` or `json`. The level comes from `RUST_LOG` (default `info`).
     #[arg(long, env = "ATELIER_LOG_FORMAT", default_value = "text", global = true)]
     pub log_format: String,
@@ -195,6 +202,7 @@ impl Config {
             lease_secs: 30,
             node_lost_after_secs: 30,
             stop_grace_secs: 10,
+            outbound_allow: Vec::new(),
         }
     }
 }

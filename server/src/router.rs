@@ -28,6 +28,7 @@ pub fn app(state: AppState) -> Router {
     let (store, work, upload_limit) = (state.artifacts.clone(), state.work.clone(), state.config.max_upload_bytes);
     let public_url = state.config.public_url.clone();
     let invoke = invoke_for_pages(state.clone());
+    let outbound = state.outbound.clone();
     let leptos_context = move || {
         provide_context(db.clone());
         provide_context(store.clone());
@@ -36,6 +37,7 @@ pub fn app(state: AppState) -> Router {
         let work = work.clone();
         provide_context(app::training::WorkSignal(std::sync::Arc::new(move || work.notify_waiters())));
         provide_context(invoke.clone());
+        provide_context((*outbound).clone());
         // Leptos generates its own nonce per render; use the one the security-headers
         // middleware already put in this response's Content-Security-Policy instead.
         let nonce = use_context::<http::request::Parts>().and_then(|parts| parts.extensions.get::<Nonce>().cloned());

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use atelier_core::artifacts::ArtifactStore;
 use atelier_core::db::Db;
 use atelier_core::iam::store::PolicyCache;
+use atelier_core::outbound::OutboundPolicy;
 use axum::extract::FromRef;
 use leptos::prelude::LeptosOptions;
 
@@ -32,6 +33,9 @@ pub struct AppState {
     pub invoker: Arc<crate::endpoints::Invoker>,
     /// Talks to the agents' kernel gateways (see `crate::notebooks`).
     pub kernel_client: reqwest::Client,
+    /// Which internal addresses the server's own outbound requests may reach
+    /// (`ATELIER_OUTBOUND_ALLOW`).
+    pub outbound: Arc<OutboundPolicy>,
     /// Cancelled when the server is told to stop: requests that would otherwise stay
     /// open (agents' long-polls, kernel streams) end, so the stop does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -47,6 +51,7 @@ impl AppState {
         let artifacts = ArtifactStore::open(config.artifact_store.as_deref(), &config.artifact_dir())?;
         artifacts.check().await.map_err(anyhow::Error::msg)?;
         let config_timeout = config.invocation_timeout_secs;
+        let outbound = Arc::new(OutboundPolicy::parse(&config.outbound_allow)?);
         Ok(AppState {
             db,
             artifacts,
@@ -58,6 +63,7 @@ impl AppState {
             freed: Arc::new(tokio::sync::Notify::new()),
             invoker: Arc::new(crate::endpoints::Invoker::new(std::time::Duration::from_secs(config_timeout))?),
             kernel_client: crate::notebooks::client()?,
+            outbound,
             shutdown: tokio_util::sync::CancellationToken::new(),
         })
     }

@@ -48,7 +48,7 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         "/api/v1/model-groups/{group}/versions" => json!({"artifact": "a1"}),
         "/api/v1/model-groups/{group}/versions/{version}/approval" => json!({"status": "Approved", "comment": "c"}),
         "/api/v1/model-groups/{group}/aliases/{alias}" => json!({"version": 1}),
-        "/api/v1/model-webhooks" => json!({"url": "http://127.0.0.1:9/hook"}),
+        "/api/v1/model-webhooks" => json!({"url": "http://192.0.2.1:9/hook"}),
         "/api/v1/datasets" => json!({"name": "newdataset", "kind": "image"}),
         "/api/v1/endpoints" => {
             json!({"name": "newendpoint", "variants": [{"model_group": "fraud", "model_version": 1}]})
@@ -285,7 +285,7 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         ("expected_status", "PendingManualApproval"),
         ("training_job", "job-1"),
         ("required_approvals", "1"),
-        ("url", "http://127.0.0.1:9/hook"),
+        ("url", "http://192.0.2.1:9/hook"),
         ("model", "fraud:1"),
         ("instance_count", "1"),
         ("gpus", "0"),

@@ -376,7 +376,12 @@ async fn receiver(failures: usize) -> (String, Received) {
 
 #[tokio::test]
 async fn webhooks_are_signed_retried_and_their_history_kept() {
-    let app = TestApp::with_config(|c| c.webhook_retry_base_ms = 20).await;
+    // The receiver is on loopback, which the operator must allow.
+    let app = TestApp::with_config(|c| {
+        c.webhook_retry_base_ms = 20;
+        c.outbound_allow = vec!["127.0.0.1".into()];
+    })
+    .await;
     atelier_server::webhooks::spawn_deliverer(app.state.clone());
     let ds = user(&app, "dana", &["DataScientist"]).await;
     let rita = user(&app, "rita", &["Reviewer"]).await;

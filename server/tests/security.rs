@@ -305,3 +305,197 @@ async fn sessions_are_stored_under_a_hash_of_the_cookie_and_a_copied_row_cannot_
     assert_eq!(left, 0);
     assert_eq!(app.call(Method::GET, "/api/v1/me", Auth::Cookie(&cookie), None).await.status, StatusCode::UNAUTHORIZED);
 }
+
+/// A receiver on a loopback port answering 200 on `/hook`; counts what it got.
+async fn loopback_receiver() -> (std::net::SocketAddr, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let hits = std::sync::Arc::new(AtomicUsize::new(0));
+    let count = hits.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            count.fetch_add(1, Ordering::SeqCst);
+            async { StatusCode::OK }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (addr, hits)
+}
+
+/// Registers a model version in `group` (creating the group), which queues
+/// `model_version.created` for every matching webhook.
+async fn register_version(app: &TestApp, token: &str, group: &str) {
+    let created = app
+        .call(Method::POST, "/api/v1/model-groups", Auth::Bearer(token), Some(serde_json::json!({"name": group})))
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    let request = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/api/v1/artifacts?name=model.tar.gz")
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/octet-stream")
+        .body(axum::body::Body::from(b"weights".to_vec()))
+        .expect("request");
+    let artifact = app.send(request).await.json()["id"].as_str().expect("artifact id").to_string();
+    let version = app
+        .call(
+            Method::POST,
+            &format!("/api/v1/model-groups/{group}/versions"),
+            Auth::Bearer(token),
+            Some(serde_json::json!({"artifact": artifact})),
+        )
+        .await;
+    assert_eq!(version.status, StatusCode::CREATED, "{}", version.text());
+}
+
+/// The delivery history of a webhook once each delivery was attempted at least once.
+async fn attempted(app: &TestApp, token: &str, hook: &str) -> Vec<serde_json::Value> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = app
+            .call(Method::GET, &format!("/api/v1/model-webhooks/{hook}/deliveries"), Auth::Bearer(token), None)
+            .await;
+        let list = r.json().as_array().cloned().unwrap_or_default();
+        if !list.is_empty() && list.iter().all(|d| d["attempts"].as_i64().unwrap_or(0) >= 1) {
+            return list;
+        }
+        assert!(std::time::Instant::now() < deadline, "no attempt was made: {}", r.text());
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn webhook_urls_on_internal_addresses_are_refused_when_saved_and_when_delivered() {
+    let app = TestApp::with_config(|c| c.webhook_retry_base_ms = 600_000).await;
+    let admin = app.create_user("root", true).await;
+    let token = app.token_for(&admin, None).await;
+
+    for (url, address) in [
+        ("http://127.0.0.1:9/hook", "127.0.0.1"),
+        ("http://[::1]:8080/", "::1"),
+        ("http://169.254.169.254/latest/meta-data/", "169.254.169.254"),
+        ("http://10.0.0.5/hook", "10.0.0.5"),
+        ("http://172.16.3.4/hook", "172.16.3.4"),
+        ("https://192.168.0.1/hook", "192.168.0.1"),
+        ("http://100.64.0.1/hook", "100.64.0.1"),
+        ("http://[fd12:3456::1]/hook", "fd12:3456::1"),
+        ("http://[::ffff:127.0.0.1]/hook", "127.0.0.1"),
+        ("http://0.0.0.0:9/hook", "0.0.0.0"),
+        ("http://224.0.0.1/hook", "224.0.0.1"),
+        ("http://localhost:9/hook", "127.0.0.1"),
+    ] {
+        let r = app
+            .call(Method::POST, "/api/v1/model-webhooks", Auth::Bearer(&token), Some(serde_json::json!({"url": url})))
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {}", r.text());
+        assert_eq!(r.json()["error"]["field"], "url", "{url}");
+        let message = r.json()["error"]["message"].as_str().unwrap_or_default().to_string();
+        // `localhost` may resolve to ::1 first.
+        assert!(
+            message.contains(address) || (url.contains("localhost") && message.contains("::1")),
+            "{url}: {message}"
+        );
+    }
+    // Another notation of an address is not a way around it.
+    for url in ["http://127.1/hook", "http://2130706433/hook", "http://0x7f.1/hook"] {
+        let r = app
+            .call(Method::POST, "/api/v1/model-webhooks", Auth::Bearer(&token), Some(serde_json::json!({"url": url})))
+            .await;
+        assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{url}: {}", r.text());
+    }
+    let public = app
+        .call(
+            Method::POST,
+            "/api/v1/model-webhooks",
+            Auth::Bearer(&token),
+            Some(serde_json::json!({"url": "http://192.0.2.1:9/hook"})),
+        )
+        .await;
+    assert_eq!(public.status, StatusCode::CREATED, "{}", public.text());
+    app.call(
+        Method::DELETE,
+        &format!("/api/v1/model-webhooks/{}", public.json()["webhook"]["id"].as_str().unwrap_or_default()),
+        Auth::Bearer(&token),
+        None,
+    )
+    .await;
+
+    // A URL saved while its name pointed elsewhere (DNS rebinding) or written to the
+    // database directly is still not delivered to an internal address: the check is
+    // on the address connected to.
+    let (addr, hits) = loopback_receiver().await;
+    let mut hooks = Vec::new();
+    for url in [format!("http://localhost:{}/hook", addr.port()), format!("http://{addr}/hook")] {
+        let id = uuid::Uuid::new_v4().to_string();
+        sqlx::query(
+            "INSERT INTO model_webhooks (id, group_id, url, secret, events, created_by, created_at) \
+             VALUES ($1, NULL, $2, 'whsec_x', '[\"model_version.created\"]', 'root', 0)",
+        )
+        .bind(&id)
+        .bind(&url)
+        .execute(&app.state.db.pool)
+        .await
+        .expect("insert webhook");
+        hooks.push(id);
+    }
+    atelier_server::webhooks::spawn_deliverer(app.state.clone());
+    register_version(&app, &token, "fraud").await;
+    for hook in &hooks {
+        let history = attempted(&app, &token, hook).await;
+        assert_eq!(history[0]["last_error"], "refused", "{history:?}");
+        assert_eq!(history[0]["last_status"], serde_json::Value::Null, "{history:?}");
+    }
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0, "an internal address was reached");
+}
+
+#[tokio::test]
+async fn the_operator_can_allow_internal_receivers_and_history_reports_only_the_status_class() {
+    let app = TestApp::with_config(|c| {
+        c.webhook_retry_base_ms = 600_000;
+        c.outbound_allow = vec!["127.0.0.0/8".into()];
+    })
+    .await;
+    let admin = app.create_user("root", true).await;
+    let token = app.token_for(&admin, None).await;
+    let (addr, hits) = loopback_receiver().await;
+    let mut hooks = Vec::new();
+    for path in ["hook", "missing"] {
+        let r = app
+            .call(
+                Method::POST,
+                "/api/v1/model-webhooks",
+                Auth::Bearer(&token),
+                Some(serde_json::json!({"url": format!("http://{addr}/{path}")})),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        hooks.push(r.json()["webhook"]["id"].as_str().expect("id").to_string());
+    }
+    // Still refused: an internal address outside the allowed network.
+    let r = app
+        .call(
+            Method::POST,
+            "/api/v1/model-webhooks",
+            Auth::Bearer(&token),
+            Some(serde_json::json!({"url": "http://10.0.0.1/hook"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::UNPROCESSABLE_ENTITY, "{}", r.text());
+
+    atelier_server::webhooks::spawn_deliverer(app.state.clone());
+    register_version(&app, &token, "fraud").await;
+    let delivered = attempted(&app, &token, &hooks[0]).await;
+    assert_eq!(
+        (delivered[0]["status"].clone(), delivered[0]["last_status"].clone()),
+        (serde_json::json!("delivered"), serde_json::json!(200))
+    );
+    assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A 404 is reported as its class only.
+    let missing = attempted(&app, &token, &hooks[1]).await;
+    assert_eq!(missing[0]["last_status"], 400, "{missing:?}");
+    assert_eq!(missing[0]["last_error"], "the receiver answered 4xx", "{missing:?}");
+}

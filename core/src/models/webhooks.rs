@@ -16,6 +16,7 @@ use super::{group_for, group_resource};
 use crate::authz::{authorize, Action, Principal, Resource};
 use crate::compute::now_ms;
 use crate::db::Db;
+use crate::outbound::OutboundPolicy;
 use crate::{now, CoreError, CoreResult};
 
 pub const VERSION_CREATED: &str = "model_version.created";
@@ -68,10 +69,12 @@ fn validate_url(url: &str) -> CoreResult<String> {
     Ok(url.to_string())
 }
 
-/// Adds a webhook; returns it with its secret (shown only now).
+/// Adds a webhook; returns it with its secret (shown only now). A URL on an internal
+/// address is refused unless `outbound` allows it (see [`crate::outbound`]).
 pub async fn create(
     db: &Db,
     p: &Principal,
+    outbound: &OutboundPolicy,
     group: Option<&str>,
     url: &str,
     events: &[String],
@@ -79,6 +82,7 @@ pub async fn create(
     let (group_id, resource) = scope(db, p, group).await?;
     authorize(p, Action::ManageWebhooks, &resource)?;
     let url = validate_url(url)?;
+    outbound.check_url("url", &url).await?;
     let events: Vec<String> =
         if events.is_empty() { EVENTS.iter().map(|e| e.to_string()).collect() } else { events.to_vec() };
     if let Some(bad) = events.iter().find(|e| !EVENTS.contains(&e.as_str())) {

@@ -334,7 +334,8 @@ pub async fn create_webhook(
     Auth(p): Auth,
     ApiJson(body): ApiJson<CreateWebhookRequest>,
 ) -> Result<(StatusCode, Json<CreatedWebhook>), ApiError> {
-    let (webhook, secret) = webhooks::create(&state.db, &p, body.group.as_deref(), &body.url, &body.events).await?;
+    let (webhook, secret) =
+        webhooks::create(&state.db, &p, &state.outbound, body.group.as_deref(), &body.url, &body.events).await?;
     Ok((StatusCode::CREATED, Json(CreatedWebhook { webhook, secret })))
 }
 
