@@ -283,12 +283,19 @@ async fn create_token(config: Config, username: &str, name: &str, expires_in_day
 pub async fn recover_admin(config: Config, username: &str) -> anyhow::Result<()> {
     std::fs::create_dir_all(&config.data_dir)?;
     let db = Db::connect(&config.database_url()).await.context("opening the database")?;
-    let (user, password) = atelier_core::iam::admin::recover_administrator(&db, username).await?;
-    println!("{password}");
+    let recovery = atelier_core::iam::admin::recover_administrator(&db, username).await?;
+    println!("{}", recovery.password);
     eprintln!(
         "'{}' is an active administrator again (AdministratorAccess attached directly). Sign in with the \
          password above, shown only now, and change it under Account > Password.",
-        user.username
+        recovery.user.username
     );
+    if let Some(denied) = recovery.still_denied {
+        eprintln!(
+            "warning: another policy of '{}' still denies administering access ({denied}) Remove that \
+             statement or policy from the database, or recover another user.",
+            recovery.user.username
+        );
+    }
     Ok(())
 }

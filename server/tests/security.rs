@@ -206,6 +206,44 @@ async fn admin_recover_restores_a_deactivated_administrator_with_a_new_password(
     );
 }
 
+#[tokio::test]
+async fn admin_recover_warns_when_an_explicit_deny_still_wins() {
+    let app = TestApp::new().await;
+    let root = app.create_user("root", true).await;
+    let root_token = app.token_for(&root, None).await;
+    let deny = serde_json::json!({"Version": "2012-10-17", "Statement": [
+        {"Sid": "NoIam", "Effect": "Deny", "Action": "iam:*", "Resource": "*"}]});
+    let created = app
+        .call(
+            Method::POST,
+            "/api/v1/policies",
+            Auth::Bearer(&root_token),
+            Some(serde_json::json!({"name": "NoIam", "document": deny})),
+        )
+        .await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text());
+    app.create_user("alice", false).await;
+    let attached = app.call(Method::PUT, "/api/v1/users/alice/policies/NoIam", Auth::Bearer(&root_token), None).await;
+    assert_eq!(attached.status, StatusCode::OK, "{}", attached.text());
+
+    let run = |user: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_atelier"))
+            .args(["admin", "recover", "--user", user])
+            .env("DATABASE_URL", app.database_url())
+            .env("RUST_LOG", "error")
+            .output()
+            .expect("run atelier")
+    };
+    let denied = run("alice");
+    assert!(denied.status.success(), "{}", String::from_utf8_lossy(&denied.stderr));
+    let stderr = String::from_utf8_lossy(&denied.stderr);
+    assert!(stderr.contains("warning") && stderr.contains("NoIam"), "{stderr}");
+    // Without such a policy there is no warning.
+    let clean = run("root");
+    assert!(clean.status.success());
+    assert!(!String::from_utf8_lossy(&clean.stderr).contains("warning"), "{}", String::from_utf8_lossy(&clean.stderr));
+}
+
 /// The account's failure counter.
 async fn failures(app: &TestApp, key: &str) -> i64 {
     sqlx::query_scalar("SELECT failures FROM sign_in_failures WHERE throttle_key = $1")

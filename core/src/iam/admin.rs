@@ -313,6 +313,18 @@ pub async fn audit_events(db: &Db, p: &Principal, query: &crate::audit::Query) -
     crate::audit::list(db, query).await
 }
 
+/// What [`recover_administrator`] did.
+#[derive(Debug, Clone)]
+pub struct Recovery {
+    pub user: User,
+    /// The new password, to be shown once.
+    pub password: String,
+    /// Set when the user still cannot administer access after the recovery: an explicit
+    /// Deny in another of their policies wins over AdministratorAccess. Says which
+    /// statement, so the operator can remove it.
+    pub still_denied: Option<String>,
+}
+
 /// Restores `username` as an administrator from the server's machine (`atelier admin
 /// recover`): reactivates the account, attaches AdministratorAccess directly, ends its
 /// sessions and sets a new random password, which is returned to be shown once.
@@ -320,7 +332,7 @@ pub async fn audit_events(db: &Db, p: &Principal, query: &crate::audit::Query) -
 /// There is no principal to authorize: whoever runs this holds the server's database
 /// settings, and so already has every right a policy could grant. It is the way back
 /// when no administrator can sign in; the change is audited under `operator`.
-pub async fn recover_administrator(db: &Db, username: &str) -> CoreResult<(User, String)> {
+pub async fn recover_administrator(db: &Db, username: &str) -> CoreResult<Recovery> {
     let user = accounts::find_by_username(db, username)
         .await?
         .ok_or_else(|| CoreError::invalid("user", format!("there is no user named {}", username.trim())))?;
@@ -344,5 +356,15 @@ pub async fn recover_administrator(db: &Db, username: &str) -> CoreResult<(User,
     )
     .await;
     tracing::warn!(user = %user.username, "administrator recovered from the command line");
-    Ok((accounts::get_user(db, &user.id).await?, password))
+    // Attaching AdministratorAccess is what every other repair needs; an explicit Deny
+    // elsewhere would still refuse it, and the operator must hear so.
+    let check = super::simulate::SimulationRequest {
+        username: user.username.clone(),
+        action: Action::AttachPolicy.name().to_string(),
+        resource: Resource::policy(accounts::ADMIN_POLICY).to_string(),
+        context: Vec::new(),
+    };
+    let simulation = super::simulate::simulate(db, &check).await?;
+    let still_denied = (!simulation.allowed).then_some(simulation.explanation);
+    Ok(Recovery { user: accounts::get_user(db, &user.id).await?, password, still_denied })
 }
