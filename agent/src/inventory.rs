@@ -47,6 +47,14 @@ impl Inventory {
             .collect()
     }
 
+    /// Each GPU's device node number (`/dev/nvidiaN`) by NVML index: they need not be
+    /// equal, and a sandbox must get the device of the GPU it was assigned.
+    pub fn gpu_minors(&self) -> BTreeMap<u32, u32> {
+        let Some(nvml) = &self.nvml else { return BTreeMap::new() };
+        let count = nvml.device_count().unwrap_or(0);
+        (0..count).filter_map(|index| Some((index, nvml.device_by_index(index).ok()?.minor_number().ok()?))).collect()
+    }
+
     /// The node's description for registration.
     pub fn node_info(&mut self, name: &str, work_dir: &Path, labels: BTreeMap<String, String>) -> NodeInfo {
         self.system.refresh_memory();
@@ -61,6 +69,8 @@ impl Inventory {
             gpus: self.gpus(),
             labels,
             agent_version: env!("CARGO_PKG_VERSION").to_string(),
+            sandbox: String::new(),
+            advertise_host: String::new(),
         }
     }
 

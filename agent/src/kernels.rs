@@ -3,15 +3,19 @@
 //! ones no longer listed and reports their state (`starting`, `idle`, `busy`, `dead`)
 //! in the next heartbeat.
 //!
-//! Each kernel is an ipykernel child process in its own process group, working in
-//! `{work_dir}/kernels/{kernel_id}/` (where the notebook's files live), with its ZeroMQ
-//! sockets on loopback. The agent speaks the Jupyter messaging protocol to it (see
+//! Each kernel is an ipykernel process in a sandbox of its own (see
+//! [`crate::sandbox`]), working in `{work_dir}/kernels/{kernel_id}/work/`, with its
+//! ZeroMQ sockets on loopback. Beside `work/` lie the agent's files for it (the
+//! connection file, the log, the pid), which the kernel cannot replace; `packages/`
+//! takes what `%pip install` installs, since the shared environment is read-only. The agent speaks the Jupyter messaging protocol to it (see
 //! [`wire`]) and offers it to the server over HTTP: the kernel gateway (see
 //! `atelier_protocol::notebooks` for its routes), one listener per kernel on the
 //! advertised host, guarded by the order's secret.
 //!
 //! The kernels share one Python environment, a virtualenv with ipykernel created once
-//! (atomically, so that agents sharing the directory can race) from `--python`.
+//! (atomically, so that agents sharing the directory can race) from `--python`, in a
+//! sandbox, and bound read-only into every kernel: no kernel can change what another
+//! one imports.
 
 mod gateway;
 pub mod wire;
@@ -38,6 +42,7 @@ use tokio::time::Instant;
 use zeromq::{DealerSendHalf, DealerSocket, ReqSocket, Socket as _, SocketRecv as _, SocketSend as _, SubSocket};
 
 use self::wire::{Message, Session};
+use crate::sandbox::{Guard, Request, Sandbox};
 
 /// How long a kernel may take from spawning to answering `kernel_info_request`.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
@@ -65,8 +70,9 @@ pub struct KernelSettings {
     /// The address the kernel gateways listen on (the node's address as the server
     /// reaches it).
     pub advertise_host: String,
-    /// The base interpreter the kernel environment is created from.
-    pub python: String,
+    /// How kernels (and the environment's creation) are contained; its interpreter is
+    /// the one the kernel environment is created from.
+    pub sandbox: Arc<Sandbox>,
     /// The kernel environment (a virtualenv), created if missing.
     pub env: PathBuf,
     /// What is pip-installed into a new kernel environment (must include ipykernel).
@@ -95,7 +101,7 @@ impl Kernels {
             dir: settings.work_dir.join("kernels"),
             host: settings.advertise_host,
             env: Arc::new(Environment {
-                base: settings.python,
+                sandbox: settings.sandbox,
                 dir: settings.env,
                 packages: settings.packages,
                 lock: tokio::sync::Mutex::new(()),
@@ -133,6 +139,8 @@ impl Kernels {
                 id: order.kernel_id.clone(),
                 secret: order.secret,
                 gpus: order.gpus,
+                memory_mb: order.memory_mb,
+                cpus: order.cpus,
                 env: self.env.clone(),
                 status: Mutex::new(Status { state: KERNEL_STARTING, url: None, message: "starting the kernel".into() }),
                 current: Mutex::new(None),
@@ -237,8 +245,8 @@ fn is_safe_name(name: &str) -> bool {
 
 /// The kernels' Python environment.
 struct Environment {
-    /// The interpreter it is created from.
-    base: String,
+    /// Contains its creation, and the kernels; its interpreter is the base.
+    sandbox: Arc<Sandbox>,
     dir: PathBuf,
     packages: Vec<String>,
     /// One creation at a time in this agent (others wait for it).
@@ -275,10 +283,26 @@ impl Environment {
         .context("creating the kernel environment")?
     }
 
-    /// Whether its interpreter can import ipykernel.
+    /// Whether its interpreter can import ipykernel (asked in a sandbox: an
+    /// environment made before sandboxes may hold what a kernel once put there).
     async fn usable(&self) -> bool {
-        tokio::process::Command::new(self.python())
-            .args(["-c", "import ipykernel"])
+        let Some(parent) = self.dir.parent() else { return false };
+        if !self.python().exists() {
+            return false;
+        }
+        let request = Request {
+            name: "kernel-env-check".into(),
+            readable: vec![self.dir.clone()],
+            cwd: parent.to_path_buf(),
+            memory_mb: 512,
+            ..Request::default()
+        };
+        let Ok((mut command, _guard)) =
+            self.sandbox.command(&request, self.python(), &["-c".into(), "import ipykernel".into()])
+        else {
+            return false;
+        };
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -307,12 +331,23 @@ impl Environment {
         let tmp = parent.join(format!("{name}.tmp-{}", uuid::Uuid::new_v4().simple()));
         tracing::info!(env = %self.dir.display(), packages = %self.packages.join(" "), "creating the kernel environment");
         let built = async {
-            let mut venv = tokio::process::Command::new(&self.base);
-            venv.arg("-m").arg("venv").arg(&tmp);
-            run_quietly(&mut venv, "python -m venv").await?;
-            let mut pip = tokio::process::Command::new(tmp.join("bin").join("python"));
-            pip.args(["-m", "pip", "install", "--disable-pip-version-check", "-q"]).args(&self.packages);
-            run_quietly(&mut pip, "pip install").await
+            tokio::fs::create_dir_all(&tmp).await?;
+            // A package's build runs arbitrary code: in a sandbox that sees only `tmp`.
+            let request = Request {
+                name: "kernel-env".into(),
+                writable: vec![tmp.clone()],
+                cwd: tmp.clone(),
+                memory_mb: 2048,
+                needs_network: true,
+                ..Request::default()
+            };
+            let venv = ["-m".into(), "venv".into(), tmp.clone().into_os_string()];
+            run_quietly(self.sandbox.command(&request, self.sandbox.python(), &venv)?, "python -m venv").await?;
+            let mut pip: Vec<std::ffi::OsString> =
+                ["-m", "pip", "install", "--disable-pip-version-check", "-q"].map(Into::into).to_vec();
+            pip.extend(self.packages.iter().map(Into::into));
+            run_quietly(self.sandbox.command(&request, tmp.join("bin").join("python"), &pip)?, "pip install").await?;
+            self.sandbox.reclaim(&tmp)
         }
         .await;
         if let Err(err) = built {
@@ -337,7 +372,7 @@ impl Environment {
 }
 
 /// Runs a command to completion; fails with the end of its output.
-async fn run_quietly(command: &mut tokio::process::Command, what: &str) -> anyhow::Result<()> {
+async fn run_quietly((mut command, _guard): (tokio::process::Command, Guard), what: &str) -> anyhow::Result<()> {
     let output = command
         .stdin(Stdio::null())
         .output()
@@ -355,6 +390,9 @@ struct Kernel {
     id: String,
     secret: String,
     gpus: Vec<u32>,
+    /// Its sandbox's limits (0: none).
+    memory_mb: u64,
+    cpus: u32,
     dir: PathBuf,
     env: Arc<Environment>,
     status: Mutex<Status>,
@@ -567,7 +605,10 @@ impl Kernel {
     /// Spawns a kernel process and waits until it answers on shell and iopub.
     async fn spawn(self: &Arc<Self>, python: &Path) -> anyhow::Result<Arc<Process>> {
         let generation = self.generation.fetch_add(1, Ordering::SeqCst) + 1;
-        tokio::fs::create_dir_all(&self.dir).await.with_context(|| format!("creating {}", self.dir.display()))?;
+        let (work, packages) = (self.dir.join("work"), self.dir.join("packages"));
+        for dir in [&work, &packages] {
+            tokio::fs::create_dir_all(dir).await.with_context(|| format!("creating {}", dir.display()))?;
+        }
         let [shell_port, iopub_port, stdin_port, control_port, hb_port] = free_ports()?;
         let key = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
         let connection = json!({
@@ -583,32 +624,45 @@ impl Kernel {
             "kernel_name": "python3",
         });
         let connection_file = self.dir.join("connection.json");
+        // Replaced, never written through: the kernel could have left a link there.
+        let _ = std::fs::remove_file(&connection_file);
         write_private(&connection_file, &serde_json::to_vec_pretty(&connection)?)?;
         let log_path = self.dir.join("kernel.log");
+        let _ = std::fs::remove_file(&log_path);
         let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let gpus: Vec<String> = self.gpus.iter().map(u32::to_string).collect();
-        let mut command = tokio::process::Command::new(python);
+        let sandbox = &self.env.sandbox;
+        let request = Request {
+            name: format!("kernel-{}", self.id),
+            writable: vec![work.clone(), packages.clone()],
+            readable: vec![self.env.dir.clone()],
+            private_files: vec![connection_file.clone()],
+            cwd: work,
+            gpus: self.gpus.clone(),
+            memory_mb: self.memory_mb,
+            cpus: self.cpus,
+            needs_network: true,
+        };
+        let args = ["-m".into(), "ipykernel_launcher".into(), "-f".into(), connection_file.clone().into_os_string()];
+        let (mut command, guard) = sandbox.command(&request, python, &args)?;
         command
-            .arg("-m")
-            .arg("ipykernel_launcher")
-            .arg("-f")
-            .arg(&connection_file)
-            .current_dir(&self.dir)
             // NVML numbers GPUs in PCI bus order; CUDA, unless told, fastest first.
             .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
             .env("CUDA_VISIBLE_DEVICES", gpus.join(","))
             .env("PYTHONUNBUFFERED", "1")
             .env("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-            // ipykernel exits by itself once this process is gone.
-            .env("JPY_PARENT_PID", std::process::id().to_string())
-            .env_remove("ATELIER_NODE_TOKEN")
-            .env_remove("ATELIER_SERVER")
-            .env_remove("ATELIER_WORK_DIR")
+            // `%pip install` goes to the kernel's own layer, found before the shared
+            // environment's packages.
+            .env("PIP_TARGET", &packages)
+            .env("PYTHONPATH", &packages)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(true);
+            .stderr(log);
+        if !sandbox.enabled() {
+            // ipykernel exits by itself once this process is gone (in a sandbox, its
+            // parent is the sandbox's init, and the sandbox dies with the agent).
+            command.env("JPY_PARENT_PID", std::process::id().to_string());
+        }
         let child = command.spawn().with_context(|| format!("starting {}", python.display()))?;
         let pid = child.id().map(|p| p as i32).context("the kernel process has no pid")?;
         let group = Group(pid);
@@ -619,7 +673,15 @@ impl Kernel {
         let shared = Arc::new(Shared::default());
         let (exited_tx, mut exited) = watch::channel(None::<String>);
         let mut tasks = Tasks::default();
-        tasks.spawn(watch_exit(child, exited_tx, shared.clone(), log_path.clone(), Arc::downgrade(self), generation));
+        tasks.spawn(watch_exit(
+            child,
+            guard,
+            exited_tx,
+            shared.clone(),
+            log_path.clone(),
+            Arc::downgrade(self),
+            generation,
+        ));
 
         let handshake = connect(&session, shell_port, iopub_port, control_port, hb_port);
         let (shell, iopub, control) = tokio::select! {
@@ -935,6 +997,7 @@ async fn ping(socket: &mut Option<ReqSocket>, endpoint: &str) -> anyhow::Result<
 /// Waits for the process to exit, then tells the executions and the kernel.
 async fn watch_exit(
     mut child: tokio::process::Child,
+    guard: Guard,
     exited: watch::Sender<Option<String>>,
     shared: Arc<Shared>,
     log: PathBuf,
@@ -945,6 +1008,10 @@ async fn watch_exit(
         Ok(status) => status.to_string(),
         Err(err) => format!("waiting for it failed: {err}"),
     };
+    if let Some(exceeded) = guard.memory_exceeded() {
+        shared.set_cause(&format!("the kernel {exceeded}"), true);
+    }
+    drop(guard);
     let _ = exited.send(Some(status.clone()));
     let message = shared.death_message(&status, &log).await;
     shared.dead.send_if_modified(|dead| {
@@ -1152,9 +1219,11 @@ mod tests {
             id: "k".into(),
             secret: "s".into(),
             gpus: Vec::new(),
+            memory_mb: 0,
+            cpus: 0,
             dir: PathBuf::from("/nonexistent"),
             env: Arc::new(Environment {
-                base: "python3".into(),
+                sandbox: Arc::new(crate::sandbox::Sandbox::off_for_tests()),
                 dir: PathBuf::from("/nonexistent"),
                 packages: Vec::new(),
                 lock: tokio::sync::Mutex::new(()),

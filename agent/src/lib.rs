@@ -17,6 +17,7 @@ pub mod client;
 pub mod inventory;
 pub mod kernels;
 pub mod runner;
+pub mod sandbox;
 pub mod serve;
 pub mod serving;
 
@@ -76,6 +77,18 @@ pub struct Args {
     /// The packages pip installs into a new kernel environment, space separated.
     #[arg(long, env = "ATELIER_KERNEL_PACKAGES", default_value = "ipykernel matplotlib")]
     pub kernel_packages: String,
+    /// Run users' code (jobs, kernels, model servers, installs) without a sandbox, as
+    /// this agent, with its files and node token in reach. The node page warns of it.
+    #[arg(long, env = "ATELIER_UNSANDBOXED")]
+    pub unsandboxed: bool,
+    /// The network users' code gets: `host` (the node's; pip works) or `none` (training
+    /// jobs get loopback only; kernels, model servers and installs keep the node's).
+    #[arg(long, env = "ATELIER_SANDBOX_NETWORK", value_enum, default_value = "host")]
+    pub sandbox_network: sandbox::Network,
+    /// The first uid given to sandboxes when the agent runs as root (one per running
+    /// sandbox, from a range of 65536).
+    #[arg(long, env = "ATELIER_SANDBOX_UID_BASE", default_value_t = sandbox::DEFAULT_UID_BASE)]
+    pub sandbox_uid_base: u32,
 }
 
 /// Sub-commands besides running the agent.
@@ -103,6 +116,15 @@ pub enum Command {
         #[arg(long, env = "ATELIER_INSTANCE_SECRET", hide_env_values = true)]
         secret: Option<String>,
     },
+    /// Joins cgroups, starts a session and becomes PROGRAM: the first step of every
+    /// sandbox (see `sandbox`).
+    #[command(hide = true)]
+    SandboxEnter {
+        #[arg(long)]
+        cgroup: Vec<PathBuf>,
+        #[arg(last = true, required = true)]
+        program: Vec<std::ffi::OsString>,
+    },
 }
 
 fn parse_label(raw: &str) -> Result<(String, String), String> {
@@ -115,6 +137,11 @@ fn parse_label(raw: &str) -> Result<(String, String), String> {
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let args = Args::parse();
+    if let Some(Command::SandboxEnter { cgroup, program }) = &args.command {
+        // Returns only if it could not become the program.
+        eprintln!("atelier-agent: {:#}", sandbox::enter(cgroup, program));
+        return ExitCode::FAILURE;
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
@@ -165,8 +192,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     let client = Client::new(&server, &token)?;
     let mut inventory = Inventory::new();
+    let sandbox = Arc::new(sandbox::Sandbox::detect(
+        &sandbox::Settings {
+            unsandboxed: args.unsandboxed,
+            network: args.sandbox_network,
+            uid_base: args.sandbox_uid_base,
+            python: args.python.clone(),
+            agent_exe: std::env::current_exe().context("locating the agent binary")?,
+        },
+        inventory.gpu_minors(),
+    )?);
+    tracing::info!(sandbox = %sandbox.describe(), "users' code runs sandboxed");
     let labels: BTreeMap<String, String> = args.labels.into_iter().collect();
-    let info = inventory.node_info(args.name.as_deref().unwrap_or(""), &work_dir, labels);
+    let mut info = inventory.node_info(args.name.as_deref().unwrap_or(""), &work_dir, labels);
+    info.sandbox = sandbox.describe();
+    info.advertise_host = args.advertise_host.clone();
     tracing::info!(cpus = info.cpus, memory_mb = info.memory_mb, gpus = info.gpus.len(), "registering with {server}");
     let request = RegisterRequest { node: info };
     let registered = retry("registration", || client.register(&request)).await?;
@@ -176,16 +216,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         client: client.clone(),
         work_dir,
         node_name: registered.node_name.clone(),
-        python: args.python,
+        sandbox: sandbox.clone(),
         checkpoint_interval: Duration::from_secs(args.checkpoint_secs.max(1)),
         venv_lock: tokio::sync::Mutex::new(()),
     });
     let running: Running = Arc::default();
-    let serving = serving::Serving::new(client.clone(), &ctx.work_dir, args.advertise_host.clone());
+    let serving = serving::Serving::new(client.clone(), &ctx.work_dir, args.advertise_host.clone(), sandbox.clone());
     let kernels = kernels::Kernels::new(kernels::KernelSettings {
         work_dir: ctx.work_dir.clone(),
         advertise_host: args.advertise_host.clone(),
-        python: ctx.python.clone(),
+        sandbox: sandbox.clone(),
         env: args.kernel_env.clone().unwrap_or_else(|| ctx.work_dir.join("kernel-env")),
         packages: args.kernel_packages.split_whitespace().map(str::to_string).collect(),
     });

@@ -8,14 +8,20 @@
 //!   model/   output/   checkpoints/
 //! ```
 //!
-//! The process gets the `SM_*` variables, `TRAINING_JOB_NAME` and `CUDA_VISIBLE_DEVICES`
-//! (its GPUs only), runs in its own process group (so a stop reaches its children
-//! too), and its output is shipped to the server line by line. `checkpoints/` is
+//! The job directory is `<work-dir>/jobs/<job id>-<attempt>/job/`; the agent's own files
+//! (archives, the pid file) sit beside it, where the job cannot reach or replace them.
+//!
+//! The process runs in a sandbox (see [`crate::sandbox`]) that sees the job directory's
+//! five subdirectories read-write and little else, gets the `SM_*` variables,
+//! `TRAINING_JOB_NAME` and `CUDA_VISIBLE_DEVICES` (its GPUs only), runs in its own
+//! process group (so a stop reaches its children too), and its output is shipped to
+//! the server line by line. `checkpoints/` is
 //! synced to the server while it runs and restored on a later attempt; `model/` and
 //! `output/` are packed and uploaded when it exits 0. Built-in algorithms run the same
 //! way, as `atelier-agent builtin <name>`.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
@@ -25,19 +31,23 @@ use anyhow::{anyhow, Context as _};
 use atelier_protocol::{Algorithm, Assignment, JobState, LogBatch, LogLine, StatusReport, StopOrder};
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
-use sha2::{Digest, Sha256};
+use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Command;
 use tokio::sync::{mpsc, watch};
 
 use crate::client::{CallError, Client};
+use crate::sandbox::{Guard, Request, Sandbox};
+
+/// The subdirectories of a job directory the job may write.
+const JOB_SUBDIRS: [&str; 5] = ["code", "input", "model", "output", "checkpoints"];
 
 /// What every job of this agent shares.
 pub struct Context {
     pub client: Client,
     pub work_dir: PathBuf,
     pub node_name: String,
-    pub python: String,
+    pub sandbox: Arc<Sandbox>,
     pub checkpoint_interval: Duration,
     /// Serializes creating the cached Python environments.
     pub venv_lock: tokio::sync::Mutex<()>,
@@ -116,8 +126,8 @@ pub async fn run(ctx: Arc<Context>, a: Assignment, mut stop: watch::Receiver<Opt
     let (logs, shipper) = start_log_shipper(ctx.client.clone(), a.job_id.clone(), a.attempt);
     // Per attempt: a later attempt of the same job on this node never shares (or
     // deletes) the directory of one still winding down.
-    let dir = ctx.work_dir.join("jobs").join(format!("{}-{}", a.job_id, a.attempt));
-    let outcome = match execute(&ctx, &a, &dir, &logs, &mut stop).await {
+    let base = ctx.work_dir.join("jobs").join(format!("{}-{}", a.job_id, a.attempt));
+    let outcome = match execute(&ctx, &a, &base, &logs, &mut stop).await {
         Ok(outcome) => outcome,
         Err(err) => {
             logs.agent(format!("error: {err:#}"));
@@ -135,7 +145,7 @@ pub async fn run(ctx: Arc<Context>, a: Assignment, mut stop: watch::Receiver<Opt
     let _ = shipper.await;
     report(&ctx, &a, state, &message).await;
     // Everything worth keeping is on the server now.
-    if let Err(err) = tokio::fs::remove_dir_all(&dir).await {
+    if let Err(err) = tokio::fs::remove_dir_all(&base).await {
         tracing::warn!(job = %a.job_name, %err, "the job directory could not be removed");
     }
 }
@@ -182,12 +192,13 @@ async fn advance(ctx: &Context, a: &Assignment, state: JobState, message: &str) 
 async fn execute(
     ctx: &Context,
     a: &Assignment,
-    dir: &Path,
+    base: &Path,
     logs: &Logs,
     stop: &mut watch::Receiver<Option<StopOrder>>,
 ) -> anyhow::Result<Outcome> {
     advance(ctx, a, JobState::Downloading, "").await?;
-    lay_out(dir, a).await?;
+    let dir = &base.join("job");
+    lay_out(base, dir, a).await?;
     let total = a.inputs.len();
     for (i, input) in a.inputs.iter().enumerate() {
         if let Some(order) = stop.borrow().clone() {
@@ -211,17 +222,17 @@ async fn execute(
     }
     if let Some(checkpoint) = &a.checkpoint {
         logs.agent("restoring the checkpoint of an earlier attempt into checkpoints/");
-        let archive = dir.join(".restore.tar.gz");
+        let archive = base.join("restore.tar.gz");
         ctx.client.download(&a.job_id, a.attempt, checkpoint, &archive).await.context("downloading the checkpoint")?;
         let target = dir.join("checkpoints");
         tokio::task::spawn_blocking(move || unpack(&archive, &target)).await??;
     }
-    let mut command = command_for(ctx, a, dir, logs).await?;
+    let (mut command, guard) = command_for(ctx, a, dir, logs).await?;
     advance(ctx, a, JobState::Training, "").await?;
     let mut child = command.spawn().context("starting the training process")?;
     let pid = child.id().map(|p| p as i32);
     if let Some(pid) = pid {
-        std::fs::write(dir.join("pid"), pid.to_string())?;
+        std::fs::write(base.join("pid"), pid.to_string())?;
     }
     let stderr_tail = Arc::new(Mutex::new(VecDeque::<String>::new()));
     let mut readers = Vec::new();
@@ -236,7 +247,7 @@ async fn execute(
         ctx.client.clone(),
         a.job_id.clone(),
         a.attempt,
-        dir.to_path_buf(),
+        base.to_path_buf(),
         ctx.checkpoint_interval,
         logs.clone(),
         sync_stop_rx,
@@ -282,10 +293,14 @@ async fn execute(
     if let Some(reason) = stopped {
         return Ok(Outcome::Stopped(reason));
     }
+    if let Some(exceeded) = guard.memory_exceeded() {
+        return Ok(Outcome::Failed(format!("the job {exceeded}")));
+    }
+    drop(guard);
     if !status.success() {
         let failure_file = dir.join("output").join("failure");
-        let reason = match std::fs::read_to_string(&failure_file) {
-            Ok(text) if !text.trim().is_empty() => text.trim().chars().take(2000).collect(),
+        let reason = match read_bounded(&failure_file, 2000) {
+            Some(text) if !text.trim().is_empty() => text.trim().chars().take(2000).collect(),
             _ => {
                 let tail: Vec<String> = stderr_tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
                 let code =
@@ -305,7 +320,7 @@ async fn execute(
         if sub == "output" && dir_is_empty(&source) {
             continue;
         }
-        let archive = dir.join(format!(".{sub}.tar.gz"));
+        let archive = base.join(format!("{sub}.tar.gz"));
         let (s, t) = (source.clone(), archive.clone());
         tokio::task::spawn_blocking(move || pack(&s, &t)).await??;
         logs.agent(format!("uploading {sub}/ ({} bytes packed)", std::fs::metadata(&archive)?.len()));
@@ -318,10 +333,23 @@ fn dir_is_empty(dir: &Path) -> bool {
     std::fs::read_dir(dir).map(|mut d| d.next().is_none()).unwrap_or(true)
 }
 
+/// Reads at most `limit` bytes of a file the job wrote; none if it is not a plain file
+/// (a link the job made could point anywhere, a pipe would never end).
+fn read_bounded(path: &Path, limit: u64) -> Option<String> {
+    use std::io::Read as _;
+    let meta = std::fs::symlink_metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    std::fs::File::open(path).ok()?.take(limit * 4).read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 /// Creates the job directory afresh, with the configuration files.
-async fn lay_out(dir: &Path, a: &Assignment) -> anyhow::Result<()> {
-    if dir.exists() {
-        tokio::fs::remove_dir_all(dir).await.with_context(|| format!("clearing {}", dir.display()))?;
+async fn lay_out(base: &Path, dir: &Path, a: &Assignment) -> anyhow::Result<()> {
+    if base.exists() {
+        tokio::fs::remove_dir_all(base).await.with_context(|| format!("clearing {}", base.display()))?;
     }
     for sub in ["code", "input/config", "input/data", "model", "output", "checkpoints"] {
         tokio::fs::create_dir_all(dir.join(sub)).await?;
@@ -353,37 +381,47 @@ fn typed_hyperparameters(hps: &BTreeMap<String, String>) -> serde_json::Value {
     serde_json::Value::Object(map)
 }
 
-async fn command_for(ctx: &Context, a: &Assignment, dir: &Path, logs: &Logs) -> anyhow::Result<Command> {
+async fn command_for(ctx: &Context, a: &Assignment, dir: &Path, logs: &Logs) -> anyhow::Result<(Command, Guard)> {
     let code = dir.join("code");
-    let mut command = match &a.spec.algorithm {
+    let mut request = Request {
+        name: format!("job-{}-{}", a.job_id, a.attempt),
+        writable: JOB_SUBDIRS.iter().map(|sub| dir.join(sub)).collect(),
+        cwd: code.clone(),
+        gpus: a.gpus.clone(),
+        memory_mb: a.spec.resources.memory_mb,
+        cpus: a.spec.resources.cpus,
+        ..Request::default()
+    };
+    let (program, args): (PathBuf, Vec<std::ffi::OsString>) = match &a.spec.algorithm {
         Algorithm::Script { entry_point, requirements, .. } => {
             let python = match requirements {
-                Some(req) => python_env(ctx, &code.join(req), logs).await?,
-                None => PathBuf::from(&ctx.python),
+                Some(req) => {
+                    let env = python_env(ctx, a, &code, &code.join(req), logs).await?;
+                    request.readable.push(env.clone());
+                    env.join("bin").join("python")
+                }
+                None => ctx.sandbox.python().to_path_buf(),
             };
             let script = code.join(entry_point);
-            let mut c = if entry_point.ends_with(".py") {
-                let mut c = Command::new(python);
-                c.arg(&script);
-                c
+            let (program, mut args) = if entry_point.ends_with(".py") {
+                (python, vec![script.into_os_string()])
             } else if entry_point.ends_with(".sh") {
-                let mut c = Command::new("bash");
-                c.arg(&script);
-                c
+                (PathBuf::from("bash"), vec![script.into_os_string()])
             } else {
-                Command::new(&script)
+                (script, Vec::new())
             };
             for (k, v) in &a.spec.hyperparameters {
-                c.arg(format!("--{k}")).arg(v);
+                args.push(format!("--{k}").into());
+                args.push(v.into());
             }
-            c
+            (program, args)
         }
         Algorithm::Builtin { name } => {
-            let mut c = Command::new(std::env::current_exe().context("locating the agent binary")?);
-            c.arg("builtin").arg(name);
-            c
+            let exe = std::env::current_exe().context("locating the agent binary")?;
+            (exe, vec!["builtin".into(), name.into()])
         }
     };
+    let (mut command, guard) = ctx.sandbox.command(&request, &program, &args)?;
     let channel_names: Vec<&str> = a.spec.channels.iter().map(|c| c.name.as_str()).collect();
     let gpus: Vec<String> = a.gpus.iter().map(|g| g.to_string()).collect();
     let hosts = serde_json::to_string(&[&ctx.node_name])?;
@@ -410,54 +448,86 @@ async fn command_for(ctx: &Context, a: &Assignment, dir: &Path, logs: &Logs) -> 
         .env("NVIDIA_VISIBLE_DEVICES", if gpus.is_empty() { "void".to_string() } else { gpus.join(",") })
         // Output reaches the log as it is printed, not when a buffer fills.
         .env("PYTHONUNBUFFERED", "1")
-        // The agent's own settings, above all its node token, are not the job's business.
-        .env_remove("ATELIER_NODE_TOKEN")
-        .env_remove("ATELIER_SERVER")
-        .env_remove("ATELIER_WORK_DIR")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .stderr(Stdio::piped());
     for channel in &channel_names {
         command.env(format!("SM_CHANNEL_{}", channel.to_uppercase()), input.join("data").join(channel));
     }
     for (k, v) in &a.spec.hyperparameters {
         command.env(format!("SM_HP_{}", k.to_uppercase()), v);
     }
-    Ok(command)
+    Ok((command, guard))
 }
 
-/// The Python of a cached virtual environment with the requirements installed, keyed
-/// by the requirements' hash.
-async fn python_env(ctx: &Context, requirements: &Path, logs: &Logs) -> anyhow::Result<PathBuf> {
+/// A cached virtual environment with the requirements installed, keyed by the
+/// requirements' hash (and the job's code when they name local paths, which differ
+/// between jobs with the same requirements). It is built in a sandbox of its own (a
+/// package's build runs arbitrary code), handed back to the agent when built, and
+/// bound read-only into the jobs that use it.
+async fn python_env(
+    ctx: &Context,
+    a: &Assignment,
+    code: &Path,
+    requirements: &Path,
+    logs: &Logs,
+) -> anyhow::Result<PathBuf> {
     let content = tokio::fs::read(requirements).await.context("reading the requirements file")?;
-    let key: String = Sha256::digest(&content).iter().take(8).map(|b| format!("{b:02x}")).collect();
-    let env = ctx.work_dir.join("venvs").join(&key);
-    let python = env.join("bin").join("python");
+    let mut hasher = Sha256::new();
+    hasher.update(&content);
+    let text = String::from_utf8_lossy(&content);
+    let local = text.lines().map(str::trim).any(|l| {
+        l.starts_with('.') || l.starts_with('/') || l.starts_with("-e") || l.starts_with("-r") || l.contains("file:")
+    });
+    if local {
+        for input in a.inputs.iter().filter(|i| i.place == "code") {
+            hasher.update(input.name.as_bytes());
+            hasher.update(input.artifact_id.as_bytes());
+        }
+    }
+    let key: String = hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let venvs = ctx.work_dir.join("venvs");
+    let env = venvs.join(&key);
+    // Beside the environment, not in it: the install could have left anything there.
+    let ready = venvs.join(format!("{key}.ready"));
     let _guard = ctx.venv_lock.lock().await;
-    if env.join(".ready").exists() {
+    if ready.exists() {
         logs.agent(format!("using the cached Python environment {key}"));
-        return Ok(python);
+        return Ok(env);
     }
     if env.exists() {
         tokio::fs::remove_dir_all(&env).await?;
     }
+    tokio::fs::create_dir_all(&env).await?;
     logs.agent(format!("creating the Python environment {key} for {}", requirements.display()));
-    run_logged(Command::new(&ctx.python).arg("-m").arg("venv").arg(&env), logs).await?;
-    run_logged(
-        Command::new(&python).args(["-m", "pip", "install", "--disable-pip-version-check", "-r"]).arg(requirements),
-        logs,
-    )
-    .await?;
-    tokio::fs::write(env.join(".ready"), b"").await?;
-    Ok(python)
+    let request = Request {
+        name: format!("install-{key}"),
+        writable: vec![env.clone()],
+        readable: vec![code.to_path_buf()],
+        cwd: code.to_path_buf(),
+        memory_mb: a.spec.resources.memory_mb.max(1024),
+        cpus: a.spec.resources.cpus,
+        needs_network: true,
+        ..Request::default()
+    };
+    let venv = [OsString::from("-m"), "venv".into(), env.clone().into_os_string()];
+    run_logged(ctx.sandbox.command(&request, ctx.sandbox.python(), &venv)?, logs).await?;
+    let pip = ["-m", "pip", "install", "--disable-pip-version-check", "-r"].map(OsString::from);
+    let mut pip = pip.to_vec();
+    pip.push(requirements.as_os_str().to_os_string());
+    run_logged(ctx.sandbox.command(&request, env.join("bin").join("python"), &pip)?, logs).await?;
+    ctx.sandbox.reclaim(&env)?;
+    tokio::fs::write(&ready, b"").await?;
+    Ok(env)
 }
 
-async fn run_logged(command: &mut Command, logs: &Logs) -> anyhow::Result<()> {
+async fn run_logged((mut command, guard): (Command, Guard), logs: &Logs) -> anyhow::Result<()> {
     let output = command.stdin(Stdio::null()).output().await.context("running a setup command")?;
     for line in String::from_utf8_lossy(&output.stdout).lines().chain(String::from_utf8_lossy(&output.stderr).lines()) {
         logs.agent(line.to_string());
+    }
+    if let Some(exceeded) = guard.memory_exceeded() {
+        anyhow::bail!("installing the requirements {exceeded}");
     }
     if !output.status.success() {
         let tail: Vec<&str> = std::str::from_utf8(&output.stderr).unwrap_or("").lines().rev().take(5).collect();
@@ -525,12 +595,12 @@ async fn sync_checkpoints(
     client: Client,
     job_id: String,
     attempt: i64,
-    dir: PathBuf,
+    base: PathBuf,
     interval: Duration,
     logs: Logs,
     mut done: watch::Receiver<bool>,
 ) {
-    let source = dir.join("checkpoints");
+    let source = base.join("job").join("checkpoints");
     // What was restored counts as synced already.
     let mut last = fingerprint(&source);
     loop {
@@ -542,7 +612,7 @@ async fn sync_checkpoints(
         if current == last || current.is_empty() {
             continue;
         }
-        let archive = dir.join(".checkpoint.tar.gz");
+        let archive = base.join("checkpoint.tar.gz");
         let (s, t) = (source.clone(), archive.clone());
         let packed = tokio::task::spawn_blocking(move || pack(&s, &t)).await;
         if !matches!(packed, Ok(Ok(()))) {

@@ -5,6 +5,9 @@
 //! Every instance is a child process answering `GET /ping` and `POST /invocations` on
 //! its own port: `atelier-agent serve` for built-in models, the version's serving
 //! command for bring-your-own ones. The server sends invocations to it directly.
+//! Both parse what callers send, so both run in a sandbox (see [`crate::sandbox`]) that
+//! sees the unpacked model read-write and the system read-only; the archive, the log
+//! and the pid file stay beside it, out of its reach.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +25,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::{watch, Notify};
 
 use crate::client::Client;
+use crate::sandbox::{Request, Sandbox};
 
 /// How long a model server may take to answer its first `/ping`.
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(300);
@@ -38,6 +42,7 @@ pub struct Serving {
     client: Client,
     dir: PathBuf,
     host: String,
+    sandbox: Arc<Sandbox>,
     instances: Mutex<HashMap<String, Handle>>,
     /// Woken when an instance's state changes, so the heartbeat reports it at once.
     pub changed: Arc<Notify>,
@@ -49,11 +54,12 @@ struct Handle {
 }
 
 impl Serving {
-    pub fn new(client: Client, work_dir: &Path, host: String) -> Arc<Serving> {
+    pub fn new(client: Client, work_dir: &Path, host: String, sandbox: Arc<Sandbox>) -> Arc<Serving> {
         Arc::new(Serving {
             client,
             dir: work_dir.join("instances"),
             host,
+            sandbox,
             instances: Mutex::new(HashMap::new()),
             changed: Arc::new(Notify::new()),
         })
@@ -151,27 +157,30 @@ impl Serving {
         let port = free_port(&self.host)?;
         let log_path = dir.join("server.log");
         let log = std::fs::File::create(&log_path)?;
-        let mut command = if order.format == "atelier" {
-            let mut c = tokio::process::Command::new(std::env::current_exe()?);
-            c.arg("serve")
-                .arg("--model-dir")
-                .arg(&model)
-                .arg("--host")
-                .arg(&self.host)
-                .arg("--port")
-                .arg(port.to_string());
-            c
+        let (program, args): (PathBuf, Vec<std::ffi::OsString>) = if order.format == "atelier" {
+            let args = ["serve".into(), "--model-dir".into(), model.clone().into_os_string(), "--host".into()];
+            let mut args = args.to_vec();
+            args.extend([self.host.clone().into(), "--port".into(), port.to_string().into()]);
+            (self.sandbox.agent_exe().to_path_buf(), args)
         } else {
             if order.serving_command.trim().is_empty() {
                 bail!("the model version has no serving command");
             }
-            let mut c = tokio::process::Command::new("sh");
-            c.arg("-c").arg(&order.serving_command);
-            c
+            ("sh".into(), vec!["-c".into(), order.serving_command.clone().into()])
         };
+        let request = Request {
+            name: format!("instance-{}", order.instance_id),
+            writable: vec![model.clone()],
+            cwd: model.clone(),
+            gpus: order.gpus.clone(),
+            memory_mb: order.memory_mb,
+            cpus: order.cpus,
+            needs_network: true,
+            ..Request::default()
+        };
+        let (mut command, guard) = self.sandbox.command(&request, &program, &args)?;
         let gpus: Vec<String> = order.gpus.iter().map(u32::to_string).collect();
         command
-            .current_dir(&model)
             .env("PORT", port.to_string())
             .env("SAGEMAKER_BIND_TO_PORT", port.to_string())
             .env("HOST", &self.host)
@@ -181,14 +190,9 @@ impl Serving {
             .env("CUDA_DEVICE_ORDER", "PCI_BUS_ID")
             .env("CUDA_VISIBLE_DEVICES", gpus.join(","))
             .env("PYTHONUNBUFFERED", "1")
-            .env_remove("ATELIER_NODE_TOKEN")
-            .env_remove("ATELIER_SERVER")
-            .env_remove("ATELIER_WORK_DIR")
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
-            .stderr(log)
-            .process_group(0)
-            .kill_on_drop(true);
+            .stderr(log);
         let mut child = command.spawn().context("starting the model server")?;
         let pid = child.id().map(|p| p as i32);
         if let Some(pid) = pid {
@@ -209,7 +213,10 @@ impl Serving {
             }
         }
         let _ = child.wait().await;
-        result
+        match guard.memory_exceeded() {
+            Some(exceeded) => bail!("the model server {exceeded}"),
+            None => result,
+        }
     }
 
     async fn watch(

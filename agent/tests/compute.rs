@@ -464,11 +464,12 @@ async fn a_labeling_jobs_output_trains_a_classifier() {
     let _ = std::fs::remove_dir_all(work);
 }
 
+/// Trains forever, telling the journal it is alive (and where) every 0.2 s.
 const LOOP_SCRIPT: &str = r#"
-import os, sys, time
-pid_file = sys.argv[sys.argv.index("--pid_file") + 1]
-open(pid_file, "w").write(str(os.getpid()))
+import os, sys, time, urllib.request
+journal = sys.argv[sys.argv.index("--journal") + 1]
 while True:
+    urllib.request.urlopen(journal, data=f"alive {os.environ['SM_CURRENT_HOST']}".encode(), timeout=5).read()
     print("still training", flush=True)
     time.sleep(0.2)
 "#;
@@ -480,33 +481,31 @@ async fn stopping_a_job_terminates_its_process() {
     let work = temp_dir("agent");
     let _agent = Agent::start(&url, &node_token, &work, &[]);
     wait_node(&app, &token, "cpu-1", "Ready").await;
-    let pid_file = work.join("loop.pid");
+    let journal = Journal::start().await;
     let script = upload(&app, &token, "loop.py", LOOP_SCRIPT).await;
     let spec = json!({
         "algorithm": {"type": "script", "entry_point": "loop.py", "code": [script]},
-        "hyperparameters": {"pid_file": pid_file.to_string_lossy()},
+        "hyperparameters": {"journal": journal.url},
         "resources": {"memory_mb": 128}
     });
     assert_eq!(submit(&app, &token, "looping", spec).await.status, StatusCode::CREATED);
     wait_job(&app, &token, "looping", 60, state_is("Training")).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !pid_file.exists() {
+    while journal.lines().is_empty() {
         assert!(Instant::now() < deadline, "the script never started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let pid = std::fs::read_to_string(&pid_file).expect("pid").trim().to_string();
-    assert!(Path::new(&format!("/proc/{pid}")).exists());
 
     let r = app.call(Method::POST, "/api/v1/training-jobs/looping/stop", Auth::Bearer(&token), None).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
     let stopped = wait_job(&app, &token, "looping", 30, terminal).await;
+    let stopped_at = Instant::now();
     assert_eq!(stopped["job"]["state"], "Stopped");
     assert_eq!(stopped["job"]["message"], "stopped by admin");
-    let gone = |pid: &str| {
-        // A zombie still has a /proc entry until reaped; check its state too.
-        std::fs::read_to_string(format!("/proc/{pid}/stat")).map(|s| s.contains(") Z")).unwrap_or(true)
-    };
-    assert!(gone(&pid), "the training process {pid} is still running");
+    // A process still running would go on reporting every 0.2 s.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let last = journal.last(|_| true).expect("it reported");
+    assert!(last <= stopped_at, "the training process still reports {:?} after the stop", last - stopped_at);
     // Stopping again is a conflict, not a second stop.
     let again = app.call(Method::POST, "/api/v1/training-jobs/looping/stop", Auth::Bearer(&token), None).await;
     assert_eq!(again.status, StatusCode::CONFLICT);
@@ -514,22 +513,24 @@ async fn stopping_a_job_terminates_its_process() {
 }
 
 /// Counts to 12, one step every 0.3 s, keeping its progress in `checkpoints/` and
-/// appending each start and finish to a journal outside the job directory.
+/// reporting each start, step and finish to the test's journal.
 const RESUMABLE_SCRIPT: &str = r#"
-import os, sys, time
+import os, sys, time, urllib.request
 journal = sys.argv[sys.argv.index("--journal") + 1]
+def report(line):
+    urllib.request.urlopen(journal, data=line.encode(), timeout=5).read()
+host = os.environ["SM_CURRENT_HOST"]
 ckpt = os.path.join(os.environ["SM_CHECKPOINT_DIR"], "step.txt")
 start = int(open(ckpt).read()) if os.path.exists(ckpt) else 0
-with open(journal, "a") as j:
-    j.write(f"start {start} {os.environ['SM_CURRENT_HOST']}\n")
+report(f"start {start} {host}")
 for step in range(start + 1, 13):
     time.sleep(0.3)
     with open(ckpt + ".tmp", "w") as f:
         f.write(str(step))
     os.replace(ckpt + ".tmp", ckpt)
+    report(f"step {step} {host}")
     print(f"step={step}", flush=True)
-with open(journal, "a") as j:
-    j.write("done\n")
+report("done")
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -540,11 +541,11 @@ async fn a_lost_agents_job_is_requeued_and_resumes_from_its_checkpoint() {
     let mut first = Agent::start(&url, &first_token, &work_a, &[]);
     wait_node(&app, &token, "node-a", "Ready").await;
 
-    let journal = work_a.with_extension("journal");
+    let journal = Journal::start().await;
     let script = upload(&app, &token, "count.py", RESUMABLE_SCRIPT).await;
     let spec = json!({
         "algorithm": {"type": "script", "entry_point": "count.py", "code": [script]},
-        "hyperparameters": {"journal": journal.to_string_lossy()},
+        "hyperparameters": {"journal": journal.url},
         "metric_definitions": [{"name": "step", "regex": "step=(\\d+)"}],
         "resources": {"memory_mb": 128}
     });
@@ -561,6 +562,7 @@ async fn a_lost_agents_job_is_requeued_and_resumes_from_its_checkpoint() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     first.kill();
+    let killed_at = Instant::now();
 
     // A second node takes over once the first is found lost.
     let second_token = add_node(&app, &token, "node-b").await;
@@ -572,8 +574,17 @@ async fn a_lost_agents_job_is_requeued_and_resumes_from_its_checkpoint() {
     assert_eq!(done["job"]["node"], "node-b");
     assert_eq!(done["job"]["attempt"], 2);
 
-    let journal = std::fs::read_to_string(&journal).expect("journal");
-    let lines: Vec<&str> = journal.lines().collect();
+    // The first attempt's process died with its agent (its sandbox does): it reported
+    // nothing after the kill (one report may have been on its way).
+    let last_a = journal.last(|l| l.ends_with("node-a")).expect("node-a reported");
+    assert!(
+        last_a < killed_at + Duration::from_millis(500),
+        "node-a went on {:?} after its agent died",
+        last_a - killed_at
+    );
+    let lines = journal.lines();
+    let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+    let journal = lines.join("\n");
     assert_eq!(lines.first(), Some(&"start 0 node-a"), "{journal}");
     let resumed = lines.iter().find(|l| l.ends_with("node-b")).expect("a start on node-b");
     let from: i64 = resumed.split(' ').nth(1).and_then(|n| n.parse().ok()).expect("start step");
@@ -642,21 +653,20 @@ async fn a_partitioned_agent_stops_its_job_before_it_runs_elsewhere() {
     let _first = Agent::start(&relay.url, &first_token, &work_a, &[]);
     wait_node(&app, &token, "node-a", "Ready").await;
 
-    let pid_file = work_a.with_extension("pid");
+    let journal = Journal::start().await;
     let script = upload(&app, &token, "loop.py", LOOP_SCRIPT).await;
     let spec = json!({
         "algorithm": {"type": "script", "entry_point": "loop.py", "code": [script]},
-        "hyperparameters": {"pid_file": pid_file.to_string_lossy()},
+        "hyperparameters": {"journal": journal.url},
         "resources": {"memory_mb": 128}
     });
     assert_eq!(submit(&app, &token, "partitioned", spec).await.status, StatusCode::CREATED);
     wait_job(&app, &token, "partitioned", 60, state_is("Training")).await;
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !pid_file.exists() {
+    while journal.lines().is_empty() {
         assert!(Instant::now() < deadline, "the script never started");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let first_pid = std::fs::read_to_string(&pid_file).expect("pid").trim().to_string();
 
     // Cut node-a off. Its agent and the job's process keep running, but the agent
     // must kill the process before the lease lapses and the job starts on node-b.
@@ -665,22 +675,22 @@ async fn a_partitioned_agent_stops_its_job_before_it_runs_elsewhere() {
     let second_token = add_node(&app, &token, "node-b").await;
     let work_b = temp_dir("agent-b");
     let _second = Agent::start(&url, &second_token, &work_b, &[]);
-    let alive = |pid: &str| std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z"));
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        // The second attempt writes its own pid into the same file once it runs.
-        let current = std::fs::read_to_string(&pid_file).unwrap_or_default().trim().to_string();
-        if !current.is_empty() && current != first_pid {
-            assert!(
-                !alive(&first_pid),
-                "attempt 2 started on node-b {:?} after the cut while attempt 1 (pid {first_pid}) still runs",
-                cut_at.elapsed()
-            );
-            break;
+    let started_b = loop {
+        if let Some(at) = journal.first(|l| l == "alive node-b") {
+            break at;
         }
         assert!(Instant::now() < deadline, "the job never restarted on node-b");
         tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    };
+    // Attempt 1 reports every 0.2 s while it lives: its last report came before
+    // attempt 2's first.
+    let last_a = journal.last(|l| l == "alive node-a").expect("node-a reported");
+    assert!(
+        last_a < started_b,
+        "attempt 2 started on node-b {:?} after the cut while attempt 1 still ran",
+        started_b - cut_at
+    );
     let detail = wait_job(&app, &token, "partitioned", 10, |d| d["job"]["attempt"] == 2).await;
     assert_eq!(detail["job"]["node"], "node-b");
     let r = app.call(Method::POST, "/api/v1/training-jobs/partitioned/stop", Auth::Bearer(&token), None).await;
@@ -697,11 +707,11 @@ async fn a_restarted_agent_requeues_its_job_and_resumes_it() {
     let work = temp_dir("agent");
     let mut agent = Agent::start(&url, &node_token, &work, &[]);
     wait_node(&app, &token, "node-a", "Ready").await;
-    let journal = work.with_extension("journal");
+    let journal = Journal::start().await;
     let script = upload(&app, &token, "count.py", RESUMABLE_SCRIPT).await;
     let spec = json!({
         "algorithm": {"type": "script", "entry_point": "count.py", "code": [script]},
-        "hyperparameters": {"journal": journal.to_string_lossy()},
+        "hyperparameters": {"journal": journal.url},
         "resources": {"memory_mb": 128}
     });
     assert_eq!(submit(&app, &token, "restarted", spec).await.status, StatusCode::CREATED);
@@ -721,9 +731,10 @@ async fn a_restarted_agent_requeues_its_job_and_resumes_it() {
     let done = wait_job(&app, &token, "restarted", 90, terminal).await;
     assert_eq!(done["job"]["state"], "Completed", "{done:#}");
     assert_eq!(done["job"]["attempt"], 2);
-    let journal = std::fs::read_to_string(&journal).expect("journal");
-    assert_eq!(journal.lines().filter(|l| *l == "done").count(), 1, "{journal}");
-    assert!(journal.lines().nth(1).is_some_and(|l| !l.starts_with("start 0")), "{journal}");
+    let lines = journal.lines();
+    let starts: Vec<&String> = lines.iter().filter(|l| l.starts_with("start")).collect();
+    assert_eq!(lines.iter().filter(|l| *l == "done").count(), 1, "{lines:?}");
+    assert!(starts.get(1).is_some_and(|l| !l.starts_with("start 0")), "resumed from its checkpoint: {lines:?}");
     let _ = std::fs::remove_dir_all(work);
 }
 

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use atelier_agent::kernels::{KernelSettings, Kernels};
+use atelier_agent::sandbox::{self, Sandbox};
 use atelier_protocol::notebooks::{KernelMessage, KernelOrder, KernelReport, KERNEL_DEAD, KERNEL_IDLE};
 use serde_json::{json, Value};
 
@@ -27,14 +28,29 @@ fn kernels(work_dir: &std::path::Path) -> Arc<Kernels> {
     Kernels::new(KernelSettings {
         work_dir: work_dir.to_path_buf(),
         advertise_host: "127.0.0.1".into(),
-        python: std::env::var("ATELIER_PYTHON").unwrap_or_else(|_| "python3".into()),
+        sandbox: Arc::new(sandbox_under_test()),
         env: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-env"),
         packages: vec!["ipykernel".into(), "matplotlib".into()],
     })
 }
 
+/// The sandbox an agent started as root (or as this user) would make.
+fn sandbox_under_test() -> Sandbox {
+    Sandbox::detect(
+        &sandbox::Settings {
+            unsandboxed: false,
+            network: sandbox::Network::Host,
+            uid_base: sandbox::DEFAULT_UID_BASE,
+            python: std::env::var("ATELIER_PYTHON").unwrap_or_else(|_| "python3".into()),
+            agent_exe: env!("CARGO_BIN_EXE_atelier-agent").into(),
+        },
+        Default::default(),
+    )
+    .expect("a working sandbox")
+}
+
 fn order(id: &str) -> KernelOrder {
-    KernelOrder { kernel_id: id.into(), secret: SECRET.into(), gpus: vec![] }
+    KernelOrder { kernel_id: id.into(), secret: SECRET.into(), gpus: vec![], memory_mb: 1024, cpus: 1 }
 }
 
 fn report(kernels: &Kernels, id: &str) -> Option<KernelReport> {
@@ -84,6 +100,71 @@ fn stdout(messages: &[KernelMessage]) -> String {
         .filter(|m| m.msg_type == "stream" && m.content["name"] == "stdout")
         .filter_map(|m| m.content["text"].as_str())
         .collect()
+}
+
+/// From a cell: another user's kernel's connection file, the shared environment, the
+/// agent's process and memory beyond the order are all out of reach.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kernel_cannot_reach_other_kernels_the_environment_or_the_agent() {
+    let dir = work_dir("escape");
+    let kernels = kernels(&dir);
+    let mut small = order("k-small");
+    small.memory_mb = 128;
+    kernels.apply(vec![order("k-victim"), order("k-attacker"), small]);
+    wait_for(&kernels, "k-victim", KERNEL_IDLE, 600).await;
+    let url = wait_for(&kernels, "k-attacker", KERNEL_IDLE, 600).await.url.expect("a gateway URL");
+    let http = reqwest::Client::new();
+    let victim = dir.canonicalize().expect("dir").join("kernels/k-victim/connection.json");
+    let env = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-env");
+    let code = format!(
+        r#"
+import glob, os, sys, sysconfig
+def attempt(name, fn):
+    try:
+        print(name, fn())
+    except Exception as e:
+        print(name, "BLOCKED", type(e).__name__)
+attempt("victim_connection", lambda: open({victim:?}).read()[:20])
+def write_pth():
+    site = glob.glob({env:?} + "/lib/python*/site-packages")[0]
+    open(os.path.join(site, "evil.pth"), "w").write("import os")
+    return "WROTE"
+attempt("write_pth", write_pth)
+attempt("signal_agent", lambda: (os.kill({pid}, 0), "SIGNALLED")[1])
+attempt("own_connection", lambda: "READ" if "key" in open(sys.argv[-1]).read() else "NO KEY")
+print("pip_layer", os.environ.get("PIP_TARGET", "") in sys.path and os.access(os.environ["PIP_TARGET"], os.W_OK))
+"#,
+        pid = std::process::id()
+    );
+    let messages = execute(&http, &url, &code).await;
+    let out = stdout(&messages);
+    assert!(out.contains("victim_connection BLOCKED"), "{out}\n{messages:#?}");
+    assert!(out.contains("write_pth BLOCKED"), "{out}");
+    assert!(out.contains("signal_agent BLOCKED"), "{out}");
+    assert!(out.contains("own_connection READ"), "its own connection file stays readable: {out}");
+    assert!(out.contains("pip_layer True"), "%pip installs into the kernel's own layer: {out}");
+
+    // Memory beyond the order: the kernel is dead, and says why.
+    let url = wait_for(&kernels, "k-small", KERNEL_IDLE, 600).await.url.expect("a gateway URL");
+    if kernels_limit_memory() {
+        let messages = execute(&http, &url, "x = b'x' * (400 * 1024 * 1024)").await;
+        let dead =
+            messages.iter().find(|m| m.msg_type == "kernel_dead").expect("the cell ends with the kernel's death");
+        let why = dead.content["message"].as_str().unwrap_or_default();
+        assert!(why.contains("exceeded its memory limit of 128 MB"), "{why}");
+        let report = wait_for(&kernels, "k-small", KERNEL_DEAD, 30).await;
+        assert!(report.message.contains("exceeded its memory limit of 128 MB"), "{report:?}");
+    }
+    // The neighbours live on.
+    assert_eq!(report(&kernels, "k-victim").map(|r| r.state), Some(KERNEL_IDLE.to_string()));
+    kernels.stop_all();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Whether this machine lets the tests' agent make memory cgroups (root, writable
+/// hierarchy), as the sandbox reports.
+fn kernels_limit_memory() -> bool {
+    sandbox_under_test().describe().contains("cgroup")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -137,7 +218,7 @@ async fn a_kernel_runs_cells_through_its_gateway() {
     .await;
     let env = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kernel-env");
     let expected =
-        format!("{}\n''\n{}\n", dir.canonicalize().expect("dir").join("kernels/k1").display(), env.display());
+        format!("{}\n''\n{}\n", dir.canonicalize().expect("dir").join("kernels/k1/work").display(), env.display());
     assert_eq!(stdout(&messages), expected);
     let messages = execute(&http, &url, "%pip --version").await;
     assert!(stdout(&messages).contains(&env.display().to_string()), "{messages:#?}");

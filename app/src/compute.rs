@@ -26,6 +26,9 @@ pub struct NodeView {
     pub gpus: Vec<Gpu>,
     pub labels: BTreeMap<String, String>,
     pub agent_version: String,
+    /// How the agent contains users' code: "unsandboxed" when started with
+    /// `--unsandboxed`, empty for agents older than sandboxes (also unsandboxed).
+    pub sandbox: String,
     /// The latest utilization the agent reported.
     pub usage: Usage,
     pub token_prefix: String,
@@ -34,6 +37,13 @@ pub struct NodeView {
     pub last_heartbeat_at: Option<i64>,
     /// Names of the training jobs running on it.
     pub running_jobs: Vec<String>,
+}
+
+impl NodeView {
+    /// Whether an agent has registered the node (what it reported means something).
+    pub fn registered_at_least_once(&self) -> bool {
+        self.status != "Pending" && !self.hostname.is_empty()
+    }
 }
 
 /// A node just added: its token (shown once) and the command that starts its agent.
@@ -68,6 +78,7 @@ mod server {
             memory_mb: node.memory_mb,
             disk_free_mb: node.disk_free_mb,
             agent_version: node.agent_version,
+            sandbox: node.sandbox,
             token_prefix: node.token_prefix,
             created_by: node.created_by,
             created_at: node.created_at,
@@ -206,6 +217,15 @@ fn NodeCard(node: NodeView, deregister: ServerAction<DeregisterNode>) -> impl In
     let status_class = format!("badge status-{}", node.status.to_lowercase());
     let running = if node.running_jobs.is_empty() { "none".to_string() } else { node.running_jobs.join(", ") };
     let live = node.status != "Deregistered";
+    // Users' code on this node can reach the agent's token and every file it can.
+    let unsandboxed = node.registered_at_least_once() && (node.sandbox.is_empty() || node.sandbox == "unsandboxed");
+    let sandbox = if unsandboxed {
+        "unsandboxed: users' code runs as the agent, with its token and files in reach".to_string()
+    } else if node.sandbox.is_empty() {
+        "not known yet".to_string()
+    } else {
+        node.sandbox.clone()
+    };
     let usage = format!(
         "CPU {:.0}%, memory {} of {}",
         node.usage.cpu_pct,
@@ -222,6 +242,8 @@ fn NodeCard(node: NodeView, deregister: ServerAction<DeregisterNode>) -> impl In
                 <dt>"Disk free"</dt><dd>{gib(node.disk_free_mb)}</dd>
                 <dt>"GPUs"</dt><dd data-testid="node-gpus">{gpus}</dd>
                 <dt>"Labels"</dt><dd>{if labels.is_empty() { "none".to_string() } else { labels }}</dd>
+                <dt>"Sandbox"</dt>
+                <dd data-testid="node-sandbox" class:warning=unsandboxed>{sandbox}</dd>
                 <dt>"Utilization"</dt><dd>{usage}</dd>
                 <dt>"Running jobs"</dt><dd data-testid="node-jobs">{running}</dd>
                 <dt>"Last heartbeat"</dt><dd>{node.last_heartbeat_at.map(format_time).unwrap_or_else(|| "never".into())}</dd>

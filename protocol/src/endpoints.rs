@@ -286,6 +286,11 @@ pub struct InstanceOrder {
     /// Given to it as `ATELIER_INSTANCE_SECRET`; empty for instances from before secrets.
     #[serde(default)]
     pub secret: String,
+    /// What was reserved for it: its sandbox's limits (0: none).
+    #[serde(default)]
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub cpus: u32,
 }
 
 /// An instance's state as its agent sees it.

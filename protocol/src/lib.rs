@@ -41,6 +41,15 @@ pub struct NodeInfo {
     pub gpus: Vec<Gpu>,
     pub labels: BTreeMap<String, String>,
     pub agent_version: String,
+    /// How the agent contains users' code (e.g. "bubblewrap, a uid per sandbox, …"),
+    /// or "unsandboxed" (`--unsandboxed`: the node page warns). Empty from agents that
+    /// predate sandboxes, which are unsandboxed.
+    #[serde(default)]
+    pub sandbox: String,
+    /// The address the node's model servers and kernel gateways listen on: the server
+    /// accepts their URLs only on it, and a re-registration may not change it.
+    #[serde(default)]
+    pub advertise_host: String,
 }
 
 /// `POST /agent/v1/register`.

@@ -36,6 +36,11 @@ pub struct KernelOrder {
     pub secret: String,
     /// GPU indices reserved for the kernel (`CUDA_VISIBLE_DEVICES`).
     pub gpus: Vec<u32>,
+    /// What was reserved for it: its sandbox's limits (0: none).
+    #[serde(default)]
+    pub memory_mb: u64,
+    #[serde(default)]
+    pub cpus: u32,
 }
 
 /// A kernel's state as its agent sees it.

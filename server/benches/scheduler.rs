@@ -67,6 +67,8 @@ async fn run() -> anyhow::Result<()> {
             gpus,
             labels: BTreeMap::new(),
             agent_version: "bench".into(),
+            sandbox: String::new(),
+            advertise_host: String::new(),
         };
         nodes::register(&db, &caller, &info).await?;
         callers.push(caller);

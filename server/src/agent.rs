@@ -54,7 +54,20 @@ async fn register(
     Node(node): Node,
     ApiJson(body): ApiJson<RegisterRequest>,
 ) -> Result<Json<RegisterResponse>, ApiError> {
-    nodes::register(&state.db, &node, &body.node).await?;
+    if let Err(err) = nodes::register(&state.db, &node, &body.node).await {
+        // A node coming back larger or elsewhere is refused, and an admin should see it.
+        let event = NewEvent {
+            principal: format!("node:{}", node.name),
+            action: "agent:Register".into(),
+            resource: format!("atelier:compute:node/{}", node.name),
+            allowed: false,
+            status: Some(if matches!(err, CoreError::Conflict(_)) { 409 } else { 422 }),
+            summary: err.to_string().chars().take(500).collect(),
+            ..NewEvent::default()
+        };
+        audit::record_or_log(&state.db, event).await;
+        return Err(err.into());
+    }
     let event = NewEvent {
         principal: format!("node:{}", node.name),
         action: "agent:Register".into(),
@@ -62,11 +75,12 @@ async fn register(
         allowed: true,
         status: Some(200),
         summary: format!(
-            "agent {} registered: {} CPUs, {} MB, {} GPUs",
+            "agent {} registered: {} CPUs, {} MB, {} GPUs; sandbox: {}",
             body.node.agent_version,
             body.node.cpus,
             body.node.memory_mb,
-            body.node.gpus.len()
+            body.node.gpus.len(),
+            if body.node.sandbox.is_empty() { "none" } else { body.node.sandbox.as_str() }
         ),
         ..NewEvent::default()
     };

@@ -10,6 +10,11 @@ use crate::util::{exec, on_path, root};
 /// `browser`: also Chromium and the Playwright package (for the browser tests).
 pub fn run(browser: bool) -> Result<()> {
     wasm_target()?;
+    // Agents run users' code in bubblewrap sandboxes (`setpriv` from util-linux drops a
+    // root agent's sandboxes to their own uid; Debian always has it).
+    if !on_path("bwrap") {
+        apt_install(&["bubblewrap"])?;
+    }
     if browser {
         if !std::path::Path::new("/usr/bin/chromium").exists() {
             apt_install(&["chromium"])?;

@@ -23,6 +23,8 @@ pub async fn studio() -> (TestApp, String, String) {
         c.lease_secs = 6;
         c.node_lost_after_secs = 4;
         c.stop_grace_secs = 2;
+        // Webhook receivers in these tests listen on loopback.
+        c.outbound_allow = vec!["127.0.0.0/8".into()];
     })
     .await;
     let admin = app.create_user("admin", true).await;
@@ -38,6 +40,11 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(url: &str, node_token: &str, work_dir: &Path, labels: &[&str]) -> Agent {
+        Agent::start_with(url, node_token, work_dir, labels, &[])
+    }
+
+    /// An agent with `extra` command-line arguments (`--unsandboxed`, ...).
+    pub fn start_with(url: &str, node_token: &str, work_dir: &Path, labels: &[&str], extra: &[&str]) -> Agent {
         let mut command = Command::new(env!("CARGO_BIN_EXE_atelier-agent"));
         command
             .args(["--server", url, "--work-dir"])
@@ -53,6 +60,7 @@ impl Agent {
         for label in labels {
             command.args(["--label", label]);
         }
+        command.args(extra);
         Agent { child: command.spawn().expect("start atelier-agent"), work_dir: work_dir.to_path_buf() }
     }
 
@@ -180,4 +188,50 @@ pub fn untar(bytes: &[u8]) -> std::collections::BTreeMap<String, Vec<u8>> {
         }
     }
     out
+}
+
+/// Where jobs report to the test: a listener on loopback that keeps every line POSTed
+/// to it with the time it arrived. Jobs run in sandboxes that see no file of the
+/// test's, but they share the node's network.
+pub struct Journal {
+    pub url: String,
+    lines: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>>,
+}
+
+impl Journal {
+    pub async fn start() -> Journal {
+        let lines: std::sync::Arc<std::sync::Mutex<Vec<(Instant, String)>>> = Default::default();
+        let kept = lines.clone();
+        let router = axum::Router::new().route(
+            "/",
+            axum::routing::post(move |body: String| {
+                let kept = kept.clone();
+                async move {
+                    if let Ok(mut lines) = kept.lock() {
+                        lines.extend(body.lines().map(|l| (Instant::now(), l.to_string())));
+                    }
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the journal");
+        let url = format!("http://{}/", listener.local_addr().expect("journal address"));
+        tokio::spawn(async move { axum::serve(listener, router).await });
+        Journal { url, lines }
+    }
+
+    /// Every line so far, in arrival order.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().map(|l| l.iter().map(|(_, line)| line.clone()).collect()).unwrap_or_default()
+    }
+
+    /// When the last line matching `f` arrived.
+    pub fn last(&self, f: impl Fn(&str) -> bool) -> Option<Instant> {
+        self.lines.lock().ok()?.iter().rev().find(|(_, l)| f(l)).map(|(t, _)| *t)
+    }
+
+    /// When the first line matching `f` arrived.
+    pub fn first(&self, f: impl Fn(&str) -> bool) -> Option<Instant> {
+        self.lines.lock().ok()?.iter().find(|(_, l)| f(l)).map(|(t, _)| *t)
+    }
 }

@@ -40,6 +40,8 @@ pub struct Node {
     pub gpus: String,
     pub labels: String,
     pub agent_version: String,
+    /// How its agent contains users' code ("unsandboxed", or '' from an old agent).
+    pub sandbox: String,
     pub usage: String,
     pub created_by: String,
     pub created_at: i64,
@@ -49,7 +51,7 @@ pub struct Node {
 
 pub(super) const NODE_COLUMNS: &str =
     "id, name, token_prefix, status, hostname, os, cpus, memory_mb, disk_free_mb, gpus, \
-                            labels, agent_version, usage, created_by, created_at, registered_at, last_heartbeat_at";
+                            labels, agent_version, sandbox, usage, created_by, created_at, registered_at, last_heartbeat_at";
 
 impl Node {
     pub fn gpu_list(&self) -> Vec<Gpu> {
@@ -68,6 +70,29 @@ impl Node {
 pub struct NodeCaller {
     pub id: String,
     pub name: String,
+    /// Where its model servers and kernel gateways may be ('' for nodes registered
+    /// before this was recorded: not checked).
+    pub advertise_host: String,
+}
+
+impl NodeCaller {
+    /// Whether a URL the agent reports is on the node's registered address: the
+    /// server sends kernels' and instances' secrets to such URLs, and must never send
+    /// them to an address a stolen node token chose.
+    pub fn owns_url(&self, url: &str) -> bool {
+        if self.advertise_host.is_empty() {
+            return true;
+        }
+        let Some(rest) = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")) else {
+            return false;
+        };
+        let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+        let host = match authority.strip_prefix('[') {
+            Some(v6) => v6.split(']').next().unwrap_or_default(),
+            None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+        };
+        !authority.contains('@') && host.eq_ignore_ascii_case(self.advertise_host.trim_matches(['[', ']']))
+    }
 }
 
 /// A node just created, with its token (shown once).
@@ -156,13 +181,15 @@ pub async fn authenticate(db: &Db, secret: &str) -> CoreResult<NodeCaller> {
     if !secret.starts_with(NODE_TOKEN_PREFIX) {
         return Err(refused());
     }
-    let row: Option<(String, String, String)> =
-        sqlx::query_as("SELECT id, name, status FROM nodes WHERE token_hash = $1")
+    let row: Option<(String, String, String, String)> =
+        sqlx::query_as("SELECT id, name, status, advertise_host FROM nodes WHERE token_hash = $1")
             .bind(hash(secret))
             .fetch_optional(&db.pool)
             .await?;
     match row {
-        Some((id, name, status)) if status != status::DEREGISTERED => Ok(NodeCaller { id, name }),
+        Some((id, name, status, advertise_host)) if status != status::DEREGISTERED => {
+            Ok(NodeCaller { id, name, advertise_host })
+        }
         _ => Err(refused()),
     }
 }
@@ -180,10 +207,12 @@ pub async fn register(db: &Db, node: &NodeCaller, info: &NodeInfo) -> CoreResult
         validate_name("label", k)?;
         validate_name("label", v)?;
     }
+    refuse_growth(db, node, info).await?;
     let t = now();
     sqlx::query(
         "UPDATE nodes SET status = $1, hostname = $2, os = $3, cpus = $4, memory_mb = $5, disk_free_mb = $6, \
-         gpus = $7, labels = $8, agent_version = $9, registered_at = $10, last_heartbeat_at = $10 \
+         gpus = $7, labels = $8, agent_version = $9, registered_at = $10, last_heartbeat_at = $10, sandbox = $12, \
+         advertise_host = $13 \
          WHERE id = $11 AND status <> 'Deregistered'",
     )
     .bind(status::READY)
@@ -197,10 +226,49 @@ pub async fn register(db: &Db, node: &NodeCaller, info: &NodeInfo) -> CoreResult
     .bind(truncate(&info.agent_version, 64))
     .bind(t)
     .bind(&node.id)
+    .bind(truncate(&info.sandbox, 255))
+    .bind(truncate(&info.advertise_host, 255))
     .execute(&db.pool)
     .await?;
     jobs::requeue_node(db, &node.id, &format!("the agent on {} restarted", node.name)).await?;
     Ok(())
+}
+
+/// What a node's first registration reported is what an administrator let in: an
+/// agent holding its token may come back with as much or less, never with more CPUs,
+/// memory or GPUs, nor on another address (a stolen token would otherwise attract
+/// other users' work and their kernels' secrets). Growing a node means deregistering
+/// it and adding it again.
+async fn refuse_growth(db: &Db, node: &NodeCaller, info: &NodeInfo) -> CoreResult<()> {
+    let known: Option<(Option<i64>, i64, i64, String, String)> =
+        sqlx::query_as("SELECT registered_at, cpus, memory_mb, gpus, advertise_host FROM nodes WHERE id = $1")
+            .bind(&node.id)
+            .fetch_optional(&db.pool)
+            .await?;
+    let Some((Some(_), cpus, memory_mb, gpus, host)) = known else { return Ok(()) };
+    let known_gpus: Vec<Gpu> = serde_json::from_str(&gpus).unwrap_or_default();
+    let mut grown = Vec::new();
+    if i64::from(info.cpus) > cpus {
+        grown.push(format!("{} CPUs (first registered with {cpus})", info.cpus));
+    }
+    // Total memory reads a little differently across kernels and boots.
+    if info.memory_mb as i64 > memory_mb + memory_mb / 20 {
+        grown.push(format!("{} MB of memory (first registered with {memory_mb} MB)", info.memory_mb));
+    }
+    for gpu in info.gpus.iter().filter(|g| !known_gpus.iter().any(|k| k.uuid == g.uuid)) {
+        grown.push(format!("GPU {} ({}) it was not registered with", gpu.index, truncate(&gpu.uuid, 64)));
+    }
+    if !host.is_empty() && host != info.advertise_host {
+        grown.push(format!("the address {} (first registered at {host})", truncate(&info.advertise_host, 255)));
+    }
+    if grown.is_empty() {
+        return Ok(());
+    }
+    Err(CoreError::Conflict(format!(
+        "node {} came back with {}; an administrator must deregister it and add it again to accept that",
+        node.name,
+        grown.join(", ")
+    )))
 }
 
 fn truncate(s: &str, max: usize) -> String {

@@ -368,6 +368,8 @@ struct OrderRow {
     inference: String,
     gpu_indices: String,
     secret: String,
+    memory_mb: i64,
+    cpus: i64,
 }
 
 /// A heartbeat's part for serving: records what the agent says of its instances and
@@ -379,8 +381,18 @@ pub async fn sync_node(db: &Db, node: &NodeCaller, reports: &[InstanceReport]) -
             INSTANCE_STARTING | INSTANCE_IN_SERVICE | INSTANCE_FAILED => report.state.as_str(),
             _ => continue,
         };
-        let message: String = report.message.chars().take(2000).collect();
-        let url = if state == INSTANCE_IN_SERVICE { report.url.as_deref() } else { None };
+        let mut message: String = report.message.chars().take(2000).collect();
+        let mut url = if state == INSTANCE_IN_SERVICE { report.url.as_deref() } else { None };
+        // Only on the node's own address: the instance's secret goes with every request.
+        let state = match url {
+            Some(off) if !node.owns_url(off) => {
+                let shown: String = off.chars().take(200).collect();
+                message = format!("refused: the agent reported the URL {shown} off the node's address");
+                url = None;
+                INSTANCE_FAILED
+            }
+            _ => state,
+        };
         // Only live instances of this node change, and only when something did: a
         // stopped instance stays stopped whatever a late report says.
         let changed: Option<(String,)> = sqlx::query_as(&format!(
@@ -407,7 +419,7 @@ pub async fn sync_node(db: &Db, node: &NodeCaller, reports: &[InstanceReport]) -
     }
     let rows: Vec<OrderRow> = sqlx::query_as(&format!(
         "SELECT i.id, e.name AS endpoint, v.name AS variant, m.artifact_id, a.sha256, m.format, m.inference, \
-         i.gpu_indices, i.secret FROM endpoint_instances i JOIN endpoints e ON e.id = i.endpoint_id \
+         i.gpu_indices, i.secret, i.memory_mb, i.cpus FROM endpoint_instances i JOIN endpoints e ON e.id = i.endpoint_id \
          JOIN endpoint_variants v ON v.id = i.variant_id JOIN model_versions m ON m.id = v.model_version_id \
          JOIN artifacts a ON a.id = m.artifact_id WHERE i.node_id = $1 AND i.state IN {LIVE} ORDER BY i.id"
     ))
@@ -429,6 +441,8 @@ pub async fn sync_node(db: &Db, node: &NodeCaller, reports: &[InstanceReport]) -
                 serving_command: inference.serving_command,
                 gpus: serde_json::from_str(&r.gpu_indices).unwrap_or_default(),
                 secret: r.secret,
+                memory_mb: u64::try_from(r.memory_mb).unwrap_or(0),
+                cpus: u32::try_from(r.cpus).unwrap_or(0),
             }
         })
         .collect())

@@ -308,7 +308,20 @@ pub async fn sync_node(db: &Db, node: &NodeCaller, reports: &[KernelReport]) -> 
             s @ (KERNEL_STARTING | KERNEL_IDLE | KERNEL_BUSY | KERNEL_DEAD) => s,
             _ => continue,
         };
-        let message: String = report.message.chars().take(4000).collect();
+        let mut message: String = report.message.chars().take(4000).collect();
+        let mut url = report.url.as_deref().unwrap_or("");
+        // A URL off the node's address is not the node's kernel: never recorded, so the
+        // kernel's secret is never sent there.
+        let state = if !url.is_empty() && !node.owns_url(url) {
+            message = format!(
+                "refused: the agent reported the URL {} off the node's address",
+                url.chars().take(200).collect::<String>()
+            );
+            url = "";
+            KERNEL_DEAD
+        } else {
+            state
+        };
         // A stopped kernel stays stopped whatever a late report says.
         sqlx::query(&format!(
             "UPDATE kernels SET state = $1, url = $2, message = $3, updated_at = $4 \
@@ -316,7 +329,7 @@ pub async fn sync_node(db: &Db, node: &NodeCaller, reports: &[KernelReport]) -> 
              AND (state <> $1 OR message <> $3 OR url IS NULL OR url <> $2)"
         ))
         .bind(state)
-        .bind(report.url.as_deref().unwrap_or(""))
+        .bind(url)
         .bind(&message)
         .bind(t)
         .bind(&report.kernel_id)
@@ -324,18 +337,20 @@ pub async fn sync_node(db: &Db, node: &NodeCaller, reports: &[KernelReport]) -> 
         .execute(&db.pool)
         .await?;
     }
-    let rows: Vec<(String, String, String)> = sqlx::query_as(&format!(
-        "SELECT id, secret, gpu_indices FROM kernels WHERE node_id = $1 AND state IN {LIVE} ORDER BY id"
+    let rows: Vec<(String, String, String, i64, i64)> = sqlx::query_as(&format!(
+        "SELECT id, secret, gpu_indices, memory_mb, cpus FROM kernels WHERE node_id = $1 AND state IN {LIVE} ORDER BY id"
     ))
     .bind(&node.id)
     .fetch_all(&db.pool)
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(kernel_id, secret, gpus)| KernelOrder {
+        .map(|(kernel_id, secret, gpus, memory_mb, cpus)| KernelOrder {
             kernel_id,
             secret,
             gpus: serde_json::from_str(&gpus).unwrap_or_default(),
+            memory_mb: u64::try_from(memory_mb).unwrap_or(0),
+            cpus: u32::try_from(cpus).unwrap_or(0),
         })
         .collect())
 }
