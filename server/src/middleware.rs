@@ -208,7 +208,10 @@ async fn anonymous(
     (StatusCode::UNAUTHORIZED, axum::Json(error)).into_response()
 }
 
-/// Records a request refused for want of a principal.
+/// Records a request refused for want of a principal. Anyone can send these, so they
+/// are rate-limited per client address before being written (see
+/// `atelier_core::audit::UnauthenticatedLimiter`); signed-in principals' denials are
+/// not, and are always written.
 async fn audit_anonymous(
     state: &AppState,
     path: &str,
@@ -226,9 +229,7 @@ async fn audit_anonymous(
         request_id,
         summary,
     };
-    if let Err(err) = audit::record(&state.db, event).await {
-        tracing::error!(error = %err, "audit event could not be written");
-    }
+    audit::record_unauthenticated(&state.db, &state.unauthenticated_audit, event).await;
 }
 
 /// The token of an `Authorization: Bearer ...` header. Other schemes (say, Basic auth

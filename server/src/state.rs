@@ -36,6 +36,9 @@ pub struct AppState {
     /// Which internal addresses the server's own outbound requests may reach
     /// (`ATELIER_OUTBOUND_ALLOW`).
     pub outbound: Arc<OutboundPolicy>,
+    /// How many refused unauthenticated requests are written to the audit log per
+    /// client address. In memory, so per replica: see the type's notes.
+    pub unauthenticated_audit: Arc<atelier_core::audit::UnauthenticatedLimiter>,
     /// Cancelled when the server is told to stop: requests that would otherwise stay
     /// open (agents' long-polls, kernel streams) end, so the stop does not wait on them.
     pub shutdown: tokio_util::sync::CancellationToken,
@@ -64,6 +67,7 @@ impl AppState {
             invoker: Arc::new(crate::endpoints::Invoker::new(std::time::Duration::from_secs(config_timeout))?),
             kernel_client: crate::notebooks::client()?,
             outbound,
+            unauthenticated_audit: Arc::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
         })
     }

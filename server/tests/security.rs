@@ -1,7 +1,8 @@
 //! Protections every response carries, and the server's refusals that keep one
 //! compromised piece from becoming everything: security headers, the sign-in
 //! throttle under a parallel burst, hashed session ids, the last administrator and
-//! outbound requests to private addresses.
+//! outbound requests to private addresses, and an audit log that an anonymous flood
+//! cannot grow without bound.
 
 mod common;
 
@@ -536,4 +537,94 @@ async fn the_operator_can_allow_internal_receivers_and_history_reports_only_the_
     let missing = attempted(&app, &token, &hooks[1]).await;
     assert_eq!(missing[0]["last_status"], 400, "{missing:?}");
     assert_eq!(missing[0]["last_error"], "the receiver answered 4xx", "{missing:?}");
+}
+
+/// A request from client address `ip` (as the server sees a socket's peer).
+fn from_address(ip: [u8; 4], method: Method, path: &str, auth: Auth<'_>) -> axum::http::Request<axum::body::Body> {
+    let mut builder = axum::http::Request::builder().method(method).uri(path);
+    builder = match auth {
+        Auth::None => builder,
+        Auth::Cookie(c) => builder.header("cookie", c),
+        Auth::Bearer(t) => builder.header("authorization", format!("Bearer {t}")),
+    };
+    let mut request = builder.body(axum::body::Body::empty()).expect("request");
+    request.extensions_mut().insert(axum::extract::ConnectInfo(std::net::SocketAddr::from((ip, 40000))));
+    request
+}
+
+/// The audit events recorded from `ip`, read through the API as an administrator.
+async fn events_from(app: &TestApp, token: &str, ip: &str) -> Vec<serde_json::Value> {
+    let page = app.call(Method::GET, "/api/v1/audit-events?limit=1000", Auth::Bearer(token), None).await;
+    assert_eq!(page.status, StatusCode::OK, "{}", page.text());
+    let events = page.json()["events"].as_array().cloned().unwrap_or_default();
+    events.into_iter().filter(|e| e["source_ip"] == ip).collect()
+}
+
+#[tokio::test]
+async fn an_anonymous_flood_with_long_paths_stores_a_bounded_number_of_short_audit_events() {
+    let app = TestApp::new().await;
+    let admin = app.create_user("root", true).await;
+    let token = app.token_for(&admin, None).await;
+    let flooder = [203, 0, 113, 7];
+    let long_path = format!("/api/v1/{}", "a".repeat(50_000));
+
+    for _ in 0..200 {
+        let refused = app.send(from_address(flooder, Method::POST, &long_path, Auth::None)).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    }
+    // Forged tokens from the same address count against the same limit.
+    for _ in 0..20 {
+        let refused = app.send(from_address(flooder, Method::GET, "/api/v1/users", Auth::Bearer("atl_forged"))).await;
+        assert_eq!(refused.status, StatusCode::UNAUTHORIZED);
+    }
+
+    let flood = events_from(&app, &token, "203.0.113.7").await;
+    assert!(!flood.is_empty(), "refused requests are still audited, up to the limit");
+    assert!(flood.len() <= 21, "{} events stored for one address's flood", flood.len());
+    for event in &flood {
+        let resource = event["resource"].as_str().unwrap_or_default();
+        assert!(resource.chars().count() <= 512, "a stored resource of {} characters", resource.chars().count());
+        assert!(event["summary"].as_str().unwrap_or_default().chars().count() <= 500);
+    }
+    assert!(flood
+        .iter()
+        .any(|e| e["resource"].as_str().is_some_and(|r| r.starts_with("/api/v1/aaa") && r.ends_with('…'))));
+
+    // Another address is not silenced by the first one's flood.
+    let other = app.send(from_address([198, 51, 100, 2], Method::POST, &long_path, Auth::None)).await;
+    assert_eq!(other.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(events_from(&app, &token, "198.51.100.2").await.len(), 1);
+
+    // 220 refused requests with 50 KB paths leave kilobytes, not megabytes.
+    let stored: i64 = sqlx::query_scalar(
+        "SELECT CAST(COALESCE(SUM(LENGTH(resource) + LENGTH(summary)), 0) AS BIGINT) FROM audit_events",
+    )
+    .fetch_one(&app.state.db.pool)
+    .await
+    .expect("sum stored lengths");
+    assert!(stored < 64 * 1024, "{stored} characters of resources and summaries stored");
+}
+
+#[tokio::test]
+async fn a_signed_in_users_denials_are_all_audited_even_from_a_flooding_address() {
+    let app = TestApp::new().await;
+    let admin = app.create_user("root", true).await;
+    let token = app.token_for(&admin, None).await;
+    app.create_user("mallory", false).await;
+    let cookie = app.sign_in("mallory", PASSWORD).await;
+    let address = [203, 0, 113, 9];
+    for _ in 0..50 {
+        app.send(from_address(address, Method::GET, "/api/v1/users", Auth::None)).await;
+    }
+
+    for _ in 0..40 {
+        let denied = app.send(from_address(address, Method::GET, "/api/v1/model-groups", Auth::Cookie(&cookie))).await;
+        assert_eq!(denied.status, StatusCode::FORBIDDEN, "{}", denied.text());
+    }
+
+    let events = events_from(&app, &token, "203.0.113.9").await;
+    let denials = events.iter().filter(|e| e["principal"] == "mallory" && e["decision"] == "Deny").count();
+    assert_eq!(denials, 40);
+    let anonymous = events.iter().filter(|e| e["principal"] == "anonymous").count();
+    assert!(anonymous <= 21, "{anonymous} anonymous events stored");
 }
