@@ -17,8 +17,10 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use crate::authz::{authorize, Action, Principal, Resource};
+use crate::compute::jobs;
 use crate::db::Db;
-use crate::{now, CoreError, CoreResult};
+use crate::{datasets, endpoints, labeling, models, now, CoreError, CoreResult};
 
 /// What an artifact is for.
 pub mod kind {
@@ -221,6 +223,133 @@ pub async fn get(db: &Db, id: &str) -> CoreResult<Artifact> {
     .fetch_optional(&db.pool)
     .await?;
     found.ok_or(CoreError::NotFound("artifact"))
+}
+
+/// Whether `p` may read `artifact`, decided by what owns it, so that reading by id
+/// never grants more than the owner's own routes do:
+/// - a dataset's image, or a training channel's manifest made from a dataset or a
+///   labeling job: only the readers of that dataset (and of that job's output), even
+///   when a training job took it as input, since the job's readers need not be the
+///   dataset's;
+/// - an endpoint's captured file: the endpoint's readers;
+/// - a model version's artifact or a job's output: the readers of any version that
+///   references it or of the job that made it;
+/// - a plain upload owned by none of these: the readers of the uploader's training
+///   jobs.
+///
+/// Denied, it returns the first owner's refusal.
+pub async fn authorize_read(db: &Db, p: &Principal, artifact: &Artifact) -> CoreResult<()> {
+    let owning_datasets: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT d.name FROM dataset_items i JOIN datasets d ON d.id = i.dataset_id WHERE i.artifact_id = $1",
+    )
+    .bind(&artifact.id)
+    .fetch_all(&db.pool)
+    .await?;
+    if !owning_datasets.is_empty() {
+        let mut refusal = None;
+        for (name,) in &owning_datasets {
+            match datasets::get(db, p, name).await {
+                Ok(_) => return Ok(()),
+                Err(err) => {
+                    refusal.get_or_insert(err);
+                }
+            }
+        }
+        // The list is not empty, so a refusal was kept.
+        return Err(refusal.unwrap_or_else(|| CoreError::Forbidden("you may not read this dataset".into())));
+    }
+    if artifact.kind == kind::DATASET {
+        // An image whose batch never became items (an aborted upload): still a
+        // dataset's, so only someone who may read datasets of its uploader.
+        return authorize(
+            p,
+            Action::GetDataset,
+            &Resource::new("atelier:datasets:dataset/*").created_by(artifact.created_by.clone()),
+        );
+    }
+    let capturing: Vec<(String,)> = sqlx::query_as(
+        "SELECT DISTINCT e.name FROM endpoint_captures c JOIN endpoints e ON e.id = c.endpoint_id WHERE c.artifact_id = $1",
+    )
+    .bind(&artifact.id)
+    .fetch_all(&db.pool)
+    .await?;
+    if let Some((name,)) = capturing.first() {
+        // The same check as listing and downloading the endpoint's captures.
+        return endpoints::endpoint_for(db, p, name, Action::GetEndpoint).await.map(|_| ());
+    }
+    if artifact.kind == endpoints::capture::KIND {
+        return authorize(p, Action::GetEndpoint, &Resource::new("atelier:endpoints:endpoint/*"));
+    }
+    if let Some(source) = derived_manifest_source(db, artifact).await? {
+        return match source {
+            ManifestSource::Dataset(name) => datasets::get(db, p, &name).await.map(|_| ()),
+            ManifestSource::LabelingJob(name) => {
+                let job = labeling::jobs::get_for(db, p, &name, Action::GetLabelingJobOutput).await?;
+                datasets::get(db, p, &job.dataset).await.map(|_| ())
+            }
+        };
+    }
+    let versions: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT g.name, v.version FROM model_versions v JOIN model_groups g ON g.id = v.group_id \
+         WHERE v.artifact_id = $1 ORDER BY g.name, v.version",
+    )
+    .bind(&artifact.id)
+    .fetch_all(&db.pool)
+    .await?;
+    let mut refusal = None;
+    for (group, version) in &versions {
+        match models::versions::get_for(db, p, group, *version, Action::GetModelVersion).await {
+            Ok(_) => return Ok(()),
+            Err(err) => {
+                refusal.get_or_insert(err);
+            }
+        }
+    }
+    if let Some(job_id) = &artifact.job_id {
+        let job = jobs::find_by_id(db, job_id).await?;
+        return match authorize(p, Action::GetTrainingJob, &jobs::resource(&job)) {
+            Ok(()) => Ok(()),
+            Err(err) => Err(refusal.unwrap_or(err)),
+        };
+    }
+    if let Some(err) = refusal {
+        // A registered upload belongs to the registry now: its uploader's job readers
+        // do not get it by that alone.
+        return Err(err);
+    }
+    authorize(
+        p,
+        Action::GetTrainingJob,
+        &Resource::new("atelier:training:job/*").created_by(artifact.created_by.clone()),
+    )
+}
+
+/// What a training channel's generated manifest was made from.
+enum ManifestSource {
+    Dataset(String),
+    LabelingJob(String),
+}
+
+/// The dataset or labeling job a manifest was written from at a job's submission,
+/// if `artifact` is one. Within a dataset or labeling channel the file named
+/// `<source>.manifest` is the generated one: submission refuses a channel with two files
+/// of one name, so an upload cannot take that name there.
+async fn derived_manifest_source(db: &Db, artifact: &Artifact) -> CoreResult<Option<ManifestSource>> {
+    if artifact.kind != kind::UPLOAD || artifact.job_id.is_some() {
+        return Ok(None);
+    }
+    for job in jobs::naming_artifact(db, &artifact.id).await? {
+        let spec = job.spec()?;
+        for channel in spec.channels.iter().filter(|c| c.artifacts.contains(&artifact.id)) {
+            let source = match (&channel.dataset, &channel.labeling_job) {
+                (Some(d), _) if artifact.name == format!("{d}.manifest") => ManifestSource::Dataset(d.clone()),
+                (None, Some(j)) if artifact.name == format!("{j}.manifest") => ManifestSource::LabelingJob(j.clone()),
+                _ => continue,
+            };
+            return Ok(Some(source));
+        }
+    }
+    Ok(None)
 }
 
 /// The artifacts a job produced, oldest first.

@@ -86,7 +86,7 @@ async fn find(db: &Db, name: &str) -> CoreResult<Option<Job>> {
         .await?)
 }
 
-async fn find_by_id(db: &Db, id: &str) -> CoreResult<Job> {
+pub(crate) async fn find_by_id(db: &Db, id: &str) -> CoreResult<Job> {
     let job: Option<Job> = sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM training_jobs WHERE id = $1"))
         .bind(id)
         .fetch_optional(&db.pool)
@@ -163,20 +163,21 @@ async fn usable_artifact(db: &Db, p: &Principal, id: &str, what: &str) -> CoreRe
     Ok(artifact)
 }
 
-/// Who may read an artifact: the readers of the job that made it, or of training jobs
-/// of the user who uploaded it.
+/// Who may read an artifact: the readers of what owns it (see
+/// [`artifacts::authorize_read`]). Kept under this name for the inputs a spec names.
 pub async fn read_artifact_check(db: &Db, p: &Principal, artifact: &Artifact) -> CoreResult<()> {
-    match &artifact.job_id {
-        Some(job_id) => {
-            let job = find_by_id(db, job_id).await?;
-            authorize(p, Action::GetTrainingJob, &resource(&job))
-        }
-        None => authorize(
-            p,
-            Action::GetTrainingJob,
-            &Resource::new("atelier:training:job/*").created_by(artifact.created_by.clone()),
-        ),
-    }
+    artifacts::authorize_read(db, p, artifact).await
+}
+
+/// The jobs whose spec names the artifact (as code or in a channel).
+pub(crate) async fn naming_artifact(db: &Db, artifact_id: &str) -> CoreResult<Vec<Job>> {
+    // Specs are JSON text; an id appears quoted. Artifact ids are server-made UUIDs, so
+    // they hold no LIKE wildcards.
+    let pattern = format!("%\"{artifact_id}\"%");
+    Ok(sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM training_jobs WHERE spec LIKE $1"))
+        .bind(pattern)
+        .fetch_all(&db.pool)
+        .await?)
 }
 
 /// Checks a spec, filling in built-in defaults. Returns the spec to store.

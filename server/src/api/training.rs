@@ -185,7 +185,7 @@ pub async fn get_artifact(
     Path(id): Path<String>,
 ) -> Result<Json<ArtifactView>, ApiError> {
     let artifact = artifacts::get(&state.db, &id).await?;
-    jobs::read_artifact_check(&state.db, &p, &artifact).await?;
+    artifacts::authorize_read(&state.db, &p, &artifact).await?;
     Ok(Json(views::artifact_view(artifact, None)))
 }
 
@@ -199,7 +199,7 @@ pub async fn download_artifact(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let artifact = artifacts::get(&state.db, &id).await?;
-    jobs::read_artifact_check(&state.db, &p, &artifact).await?;
+    artifacts::authorize_read(&state.db, &p, &artifact).await?;
     artifact_response(&state, artifact).await
 }
 
