@@ -24,6 +24,9 @@ pub struct AuditEventInfo {
     pub source_ip: Option<String>,
     pub request_id: Option<String>,
     pub summary: String,
+    /// The id of the API token the request authenticated with (not its secret); none
+    /// for a browser session or a system action.
+    pub token_id: Option<String>,
 }
 
 /// A page of events, newest first; `next` is the `before` cursor of the next page.
@@ -91,6 +94,7 @@ impl From<atelier_core::audit::Page> for AuditPage {
                     source_ip: e.source_ip,
                     request_id: e.request_id,
                     summary: e.summary,
+                    token_id: e.token_id,
                 })
                 .collect(),
             next: p.next,

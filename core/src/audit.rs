@@ -28,6 +28,8 @@ pub struct AuditEvent {
     pub source_ip: Option<String>,
     pub request_id: Option<String>,
     pub summary: String,
+    /// The id (not the secret) of the API token the request authenticated with.
+    pub token_id: Option<String>,
 }
 
 /// What a new event records.
@@ -41,6 +43,8 @@ pub struct NewEvent {
     pub source_ip: Option<String>,
     pub request_id: Option<String>,
     pub summary: String,
+    /// The id of the API token the request authenticated with, if it did.
+    pub token_id: Option<String>,
 }
 
 /// Appends an event for a change already made by the system or an agent, outside any
@@ -68,8 +72,9 @@ pub const MAX_TAG_CHARS: usize = 128;
 /// store an unbounded string.
 pub async fn record(db: &Db, event: NewEvent) -> CoreResult<()> {
     sqlx::query(
-        "INSERT INTO audit_events (id, occurred_at, principal, action, resource, decision, status, source_ip, request_id, summary) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        "INSERT INTO audit_events \
+         (id, occurred_at, principal, action, resource, decision, status, source_ip, request_id, summary, token_id) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
     )
     .bind(uuid::Uuid::now_v7().to_string())
     .bind(now())
@@ -81,6 +86,7 @@ pub async fn record(db: &Db, event: NewEvent) -> CoreResult<()> {
     .bind(event.source_ip.map(|s| bound(s, MAX_TAG_CHARS)))
     .bind(event.request_id.map(|s| bound(s, MAX_TAG_CHARS)))
     .bind(bound(event.summary, MAX_SUMMARY_CHARS))
+    .bind(event.token_id.map(|s| bound(s, MAX_TAG_CHARS)))
     .execute(&db.pool)
     .await?;
     Ok(())
@@ -267,6 +273,7 @@ pub fn unrecorded_event(u: &Unrecorded) -> NewEvent {
         status: Some(401),
         source_ip: u.source_ip.clone(),
         request_id: None,
+        token_id: None,
         summary: format!(
             "{} further unauthenticated requests {from} were not recorded in the {}-second window from {} \
              (at most {} a window are recorded per address)",
@@ -333,7 +340,7 @@ pub async fn list(db: &Db, query: &Query) -> CoreResult<Page> {
         }
     }
     let mut sql = String::from(
-        "SELECT id, occurred_at, principal, action, resource, decision, status, source_ip, request_id, summary \
+        "SELECT id, occurred_at, principal, action, resource, decision, status, source_ip, request_id, summary, token_id \
          FROM audit_events WHERE 1 = 1",
     );
     let mut binds: Vec<Bind> = Vec::new();

@@ -89,6 +89,10 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     // The handler and the audit writes run in their own task: a client that hangs up
     // (or a timeout) drops this future, and must not cancel a change halfway or leave
     // it unaudited.
+    let token_id = match &principal.via {
+        Credential::ApiToken(id) => Some(id.clone()),
+        Credential::Session => None,
+    };
     let task = tokio::spawn(
         async move {
             let response = next.run(request).await;
@@ -102,6 +106,7 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
                     source_ip: ip.clone(),
                     request_id: request_id.clone(),
                     summary: noted.summary,
+                    token_id: token_id.clone(),
                 };
                 if let Err(err) = audit::record(&state.db, event).await {
                     // The change is made; failing the response now would invite a retry of it.
@@ -228,6 +233,7 @@ async fn audit_anonymous(
         source_ip,
         request_id,
         summary,
+        token_id: None,
     };
     audit::record_unauthenticated(&state.db, &state.unauthenticated_audit, event).await;
 }

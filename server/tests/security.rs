@@ -628,3 +628,32 @@ async fn a_signed_in_users_denials_are_all_audited_even_from_a_flooding_address(
     let anonymous = events.iter().filter(|e| e["principal"] == "anonymous").count();
     assert!(anonymous <= 21, "{anonymous} anonymous events stored");
 }
+
+#[tokio::test]
+async fn audit_events_name_the_api_token_a_change_was_made_with_but_not_its_secret() {
+    let app = TestApp::new().await;
+    let admin = app.create_user("root", true).await;
+    let created = atelier_core::tokens::create(&app.state.db, &admin, "ci", None, None).await.expect("token");
+    let cookie = app.sign_in("root", PASSWORD).await;
+
+    let by_token = app
+        .call(Method::POST, "/api/v1/groups", Auth::Bearer(&created.secret), Some(serde_json::json!({"name": "ci"})))
+        .await;
+    assert_eq!(by_token.status, StatusCode::CREATED, "{}", by_token.text());
+    let by_session =
+        app.call(Method::POST, "/api/v1/groups", Auth::Cookie(&cookie), Some(serde_json::json!({"name": "web"}))).await;
+    assert_eq!(by_session.status, StatusCode::CREATED, "{}", by_session.text());
+
+    let page = app.call(Method::GET, "/api/v1/audit-events?action=iam:CreateGroup", Auth::Cookie(&cookie), None).await;
+    let events = page.json()["events"].as_array().cloned().unwrap_or_default();
+    let made_with = |group: &str| {
+        events
+            .iter()
+            .find(|e| e["resource"] == format!("atelier:iam:group/{group}"))
+            .map(|e| e["token_id"].clone())
+            .unwrap_or_else(|| panic!("no event for group {group}: {events:?}"))
+    };
+    assert_eq!(made_with("ci"), serde_json::json!(created.token.id));
+    assert_eq!(made_with("web"), serde_json::Value::Null);
+    assert!(!page.text().contains(&created.secret), "the token's secret is not in the audit log");
+}
