@@ -173,7 +173,7 @@ impl Kernels {
         let kernel = map.get(kernel_id)?.kernel.clone();
         drop(map);
         let current = kernel.current.lock().ok()?;
-        current.as_ref().map(|p| p.pid)
+        current.as_ref().map(|p| p.program)
     }
 
     /// Creates the kernel environment unless it exists; its interpreter.
@@ -568,7 +568,7 @@ impl Kernel {
     /// Sends SIGINT to the kernel process (its `interrupt_mode` is "signal").
     fn interrupt(&self) -> Result<(), String> {
         let process = self.ready_process()?;
-        kill(Pid::from_raw(process.pid), Signal::SIGINT).map_err(|e| format!("interrupting the kernel: {e}"))
+        kill(Pid::from_raw(process.program), Signal::SIGINT).map_err(|e| format!("interrupting the kernel: {e}"))
     }
 
     /// Sends an `execute_request`; the lines of the stream to answer with.
@@ -675,7 +675,7 @@ impl Kernel {
         let mut tasks = Tasks::default();
         tasks.spawn(watch_exit(
             child,
-            guard,
+            (guard, self.env.sandbox.clone()),
             exited_tx,
             shared.clone(),
             log_path.clone(),
@@ -704,9 +704,12 @@ impl Kernel {
         tasks.spawn(read_iopub(iopub, session.clone(), shared.clone(), me, generation));
         tasks.spawn(read_shell(shell_recv, session.clone(), shared.clone()));
         tasks.spawn(heartbeat(format!("tcp://127.0.0.1:{hb_port}"), shared.clone(), exited.clone(), pid));
+        // Started and answering: bubblewrap has long since started the kernel itself.
+        let program = self.env.sandbox.program_group(pid);
         Ok(Arc::new(Process {
             generation,
             pid,
+            program,
             session,
             shell: tokio::sync::Mutex::new(shell_send),
             control: tokio::sync::Mutex::new(control),
@@ -721,7 +724,10 @@ impl Kernel {
 /// One ipykernel process and the agent's connections to it.
 struct Process {
     generation: u64,
+    /// The process the agent spawned, whose group is the whole sandbox.
     pid: i32,
+    /// The kernel itself (the leader of its own process group), for interrupts.
+    program: i32,
     session: Session,
     shell: tokio::sync::Mutex<DealerSendHalf>,
     control: tokio::sync::Mutex<DealerSocket>,
@@ -997,7 +1003,7 @@ async fn ping(socket: &mut Option<ReqSocket>, endpoint: &str) -> anyhow::Result<
 /// Waits for the process to exit, then tells the executions and the kernel.
 async fn watch_exit(
     mut child: tokio::process::Child,
-    guard: Guard,
+    (guard, sandbox): (Guard, Arc<Sandbox>),
     exited: watch::Sender<Option<String>>,
     shared: Arc<Shared>,
     log: PathBuf,
@@ -1005,7 +1011,7 @@ async fn watch_exit(
     generation: u64,
 ) {
     let status = match child.wait().await {
-        Ok(status) => status.to_string(),
+        Ok(status) => sandbox.describe_exit(&status),
         Err(err) => format!("waiting for it failed: {err}"),
     };
     if let Some(exceeded) = guard.memory_exceeded() {

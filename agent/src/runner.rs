@@ -263,7 +263,8 @@ async fn execute(
                     if stopped.is_none() {
                         logs.agent(format!("stopping: {} (SIGTERM, SIGKILL after {} s)", order.reason, order.grace_secs));
                         stopped = Some(order.reason.clone());
-                        let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+                        let program = ctx.sandbox.program_group(pid);
+                        let _ = killpg(Pid::from_raw(program), Signal::SIGTERM);
                         let grace = Duration::from_secs(order.grace_secs);
                         kill_timer = Some(tokio::spawn(async move {
                             tokio::time::sleep(grace).await;
@@ -303,8 +304,10 @@ async fn execute(
             Some(text) if !text.trim().is_empty() => text.trim().chars().take(2000).collect(),
             _ => {
                 let tail: Vec<String> = stderr_tail.lock().map(|t| t.iter().cloned().collect()).unwrap_or_default();
-                let code =
-                    status.code().map(|c| format!("exit code {c}")).unwrap_or_else(|| "killed by a signal".into());
+                let code = match ctx.sandbox.describe_exit(&status) {
+                    signal if signal.starts_with("signal") => format!("killed by {signal}"),
+                    _ => status.code().map(|c| format!("exit code {c}")).unwrap_or_else(|| "killed by a signal".into()),
+                };
                 if tail.is_empty() {
                     code
                 } else {
@@ -416,10 +419,7 @@ async fn command_for(ctx: &Context, a: &Assignment, dir: &Path, logs: &Logs) -> 
             }
             (program, args)
         }
-        Algorithm::Builtin { name } => {
-            let exe = std::env::current_exe().context("locating the agent binary")?;
-            (exe, vec!["builtin".into(), name.into()])
-        }
+        Algorithm::Builtin { name } => (ctx.sandbox.agent_exe().to_path_buf(), vec!["builtin".into(), name.into()]),
     };
     let (mut command, guard) = ctx.sandbox.command(&request, &program, &args)?;
     let channel_names: Vec<&str> = a.spec.channels.iter().map(|c| c.name.as_str()).collect();

@@ -210,6 +210,37 @@ impl Sandbox {
         &self.python
     }
 
+    /// The process group to send a signal meant for the program a sandbox runs, and
+    /// its children: SIGTERM for a graceful stop, SIGINT for an interrupt. Not the
+    /// group of `outer`, the process the agent spawned (bubblewrap): SIGTERM or SIGINT
+    /// kill bubblewrap itself, which takes the sandbox down at once. bubblewrap runs
+    /// the program as its init's child, in a session of its own (`--new-session`);
+    /// SIGKILL for the whole sandbox still goes to `outer`'s group.
+    pub fn program_group(&self, outer: i32) -> i32 {
+        if self.mode == Mode::Off {
+            return outer;
+        }
+        let child = |pid: i32| -> Option<i32> {
+            let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+            children.split_whitespace().next()?.parse().ok()
+        };
+        // Until bubblewrap has started the program, only a hard stop is possible.
+        child(outer).and_then(child).unwrap_or(outer)
+    }
+
+    /// How a sandboxed process ended, worded as `ExitStatus` words it: bubblewrap
+    /// reports a program killed by signal N as exit code 128 + N.
+    pub fn describe_exit(&self, status: &std::process::ExitStatus) -> String {
+        match status.code() {
+            Some(code) if self.mode != Mode::Off && (129..=192).contains(&code) => {
+                let signal = code - 128;
+                let name = nix::sys::signal::Signal::try_from(signal).map(|s| s.as_str()).unwrap_or("unknown");
+                format!("signal: {signal} ({name})")
+            }
+            _ => status.to_string(),
+        }
+    }
+
     /// The agent's binary, as sandboxes see it.
     pub fn agent_exe(&self) -> &Path {
         &self.agent_exe
@@ -319,6 +350,9 @@ impl Sandbox {
         let mut push = |items: &[&OsStr]| args.extend(items.iter().map(|s| s.to_os_string()));
         push(&["--die-with-parent".as_ref(), "--unshare-pid".as_ref(), "--unshare-ipc".as_ref()]);
         push(&["--unshare-uts".as_ref(), "--unshare-cgroup-try".as_ref(), "--hostname".as_ref(), "sandbox".as_ref()]);
+        // The program in a session and process group of its own (see `program_pid`);
+        // no controlling terminal to push keystrokes into either.
+        push(&["--new-session".as_ref()]);
         if self.mode == Mode::User {
             push(&["--unshare-user".as_ref(), "--disable-userns".as_ref(), "--cap-drop".as_ref(), "ALL".as_ref()]);
         }

@@ -207,7 +207,7 @@ impl Serving {
             tokio::time::sleep(DRAIN).await;
         }
         if let Some(pid) = pid {
-            let _ = killpg(Pid::from_raw(pid), Signal::SIGTERM);
+            let _ = killpg(Pid::from_raw(self.sandbox.program_group(pid)), Signal::SIGTERM);
             if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
                 let _ = killpg(Pid::from_raw(pid), Signal::SIGKILL);
             }
@@ -235,7 +235,7 @@ impl Serving {
             let every = if healthy { CHECK_EVERY } else { Duration::from_millis(200) };
             tokio::select! {
                 exit = child.wait() => {
-                    let code = exit.map(|s| s.to_string()).unwrap_or_else(|e| e.to_string());
+                    let code = exit.map(|s| self.sandbox.describe_exit(&s)).unwrap_or_else(|e| e.to_string());
                     bail!("the model server exited ({code}): {}", tail(log).await);
                 }
                 _ = stopped(stop) => return Ok(()),

@@ -6,7 +6,6 @@
 mod common;
 mod support;
 
-use std::path::Path;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;

@@ -264,7 +264,7 @@ async fn a_rogue_agent_cannot_grow_its_node_or_redirect_a_kernel() {
     let audit = app.call(Method::GET, "/api/v1/audit-events?action=agent:Register", Auth::Bearer(&token), None).await;
     let refused = audit.json()["events"]
         .as_array()
-        .map(|a| a.iter().filter(|e| e["allowed"] == false).count())
+        .map(|a| a.iter().filter(|e| e["decision"] == "Deny").count())
         .unwrap_or_default();
     assert_eq!(refused, 3, "{}", audit.text());
 
@@ -286,11 +286,13 @@ async fn a_rogue_agent_cannot_grow_its_node_or_redirect_a_kernel() {
             Method::POST,
             "/agent/v1/heartbeat",
             Auth::Bearer(&node_token),
-            Some(json!({"usage": {}, "running": [], "instances": [], "kernels": kernels})),
+            Some(json!({"usage": {"cpu_pct": 0.0, "memory_used_mb": 0, "gpus": []}, "running": [], "instances": [],
+                "kernels": kernels})),
         )
     };
-    let orders = beat(json!([])).await.json();
-    let kernel_id = orders["kernels"][0]["kernel_id"].as_str().expect("a kernel order").to_string();
+    let orders = beat(json!([])).await;
+    assert_eq!(orders.status, StatusCode::OK, "{}", orders.text());
+    let kernel_id = orders.json()["kernels"][0]["kernel_id"].as_str().expect("a kernel order").to_string();
     let r =
         beat(json!([{"kernel_id": kernel_id, "state": "idle", "url": "http://203.0.113.9:4444", "message": ""}])).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());

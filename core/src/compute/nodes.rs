@@ -212,7 +212,8 @@ pub async fn register(db: &Db, node: &NodeCaller, info: &NodeInfo) -> CoreResult
     sqlx::query(
         "UPDATE nodes SET status = $1, hostname = $2, os = $3, cpus = $4, memory_mb = $5, disk_free_mb = $6, \
          gpus = $7, labels = $8, agent_version = $9, registered_at = $10, last_heartbeat_at = $10, sandbox = $12, \
-         advertise_host = $13 \
+         advertise_host = $13, approved_cpus = COALESCE(approved_cpus, $4), \
+         approved_memory_mb = COALESCE(approved_memory_mb, $5), approved_gpus = COALESCE(approved_gpus, $7) \
          WHERE id = $11 AND status <> 'Deregistered'",
     )
     .bind(status::READY)
@@ -240,12 +241,28 @@ pub async fn register(db: &Db, node: &NodeCaller, info: &NodeInfo) -> CoreResult
 /// other users' work and their kernels' secrets). Growing a node means deregistering
 /// it and adding it again.
 async fn refuse_growth(db: &Db, node: &NodeCaller, info: &NodeInfo) -> CoreResult<()> {
-    let known: Option<(Option<i64>, i64, i64, String, String)> =
-        sqlx::query_as("SELECT registered_at, cpus, memory_mb, gpus, advertise_host FROM nodes WHERE id = $1")
-            .bind(&node.id)
-            .fetch_optional(&db.pool)
-            .await?;
-    let Some((Some(_), cpus, memory_mb, gpus, host)) = known else { return Ok(()) };
+    #[derive(sqlx::FromRow)]
+    struct Approved {
+        approved_cpus: Option<i64>,
+        approved_memory_mb: Option<i64>,
+        approved_gpus: Option<String>,
+        advertise_host: String,
+    }
+    let known: Option<Approved> = sqlx::query_as(
+        "SELECT approved_cpus, approved_memory_mb, approved_gpus, advertise_host FROM nodes WHERE id = $1",
+    )
+    .bind(&node.id)
+    .fetch_optional(&db.pool)
+    .await?;
+    let Some(Approved {
+        approved_cpus: Some(cpus),
+        approved_memory_mb: Some(memory_mb),
+        approved_gpus: Some(gpus),
+        advertise_host: host,
+    }) = known
+    else {
+        return Ok(());
+    };
     let known_gpus: Vec<Gpu> = serde_json::from_str(&gpus).unwrap_or_default();
     let mut grown = Vec::new();
     if i64::from(info.cpus) > cpus {
