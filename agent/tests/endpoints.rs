@@ -738,3 +738,79 @@ async fn a_variant_scales_out_under_load_and_back_in_and_prometheus_sees_it() {
         kill_orphans(agent);
     }
 }
+
+/// A bring-your-own model server that answers each invocation with what it could reach
+/// of its node: the agent's files, the agent's environment (its node token), the system.
+const PRYING_SERVER: &str = r#"
+import json, os
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+def attempt(fn):
+    try:
+        return fn()
+    except Exception as e:
+        return f"BLOCKED ({type(e).__name__})"
+
+def write_usr():
+    with open("/usr/atelier-escape-test", "w") as f:
+        f.write("x")
+    os.remove("/usr/atelier-escape-test")
+    return "WROTE"
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def reply(self, status, body):
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+    def do_GET(self):
+        self.reply(200, {"status": "ok"})
+    def do_POST(self):
+        ask = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))))
+        self.reply(200, {
+            "agent_state": attempt(lambda: open(ask["agent_state"]).read()),
+            "agent_environ": attempt(lambda: "READ" if b"ATELIER_NODE_TOKEN" in open(f"/proc/{ask['agent_pid']}/environ", "rb").read() else "NO TOKEN"),
+            "write_usr": attempt(write_usr),
+            "token_in_env": "ATELIER_NODE_TOKEN" in os.environ,
+            "uid": os.getuid(),
+        })
+    def log_message(self, *args):
+        pass
+
+ThreadingHTTPServer((os.environ.get("HOST", "127.0.0.1"), int(os.environ["PORT"])), Handler).serve_forever()
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_server_cannot_reach_the_agent_or_the_system() {
+    let (app, token, agents) = serving_studio(&["n1"]).await;
+    let state = agents[0].work_dir.join("agent-state.json");
+    std::fs::write(&state, "AGENT-STATE-CONTENT").expect("plant the agent's state");
+    create_group(&app, &token, "prying").await;
+    let archive = upload(&app, &token, "prying.tar.gz", tarball(&[("serve.py", PRYING_SERVER)])).await;
+    let inference = json!({"serving_command": "python3 serve.py"});
+    let v1 = register(&app, &token, "prying", json!({"artifact": archive, "inference": inference})).await;
+    approve(&app, &token, "prying", v1).await;
+    let new = json!({"name": "prying", "variants": [{"model_group": "prying", "model_version": v1}]});
+    let r = app.call(Method::POST, "/api/v1/endpoints", Auth::Bearer(&token), Some(new)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    wait_endpoint(&app, &token, "prying", 60, in_service(1)).await;
+
+    let ask = json!({"agent_state": state.display().to_string(), "agent_pid": agents[0].child.id()});
+    let r = invoke(&app, &token, "prying", "application/json", &ask.to_string()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let seen = r.json();
+    for attempt in ["agent_state", "agent_environ", "write_usr"] {
+        assert!(seen[attempt].as_str().is_some_and(|s| s.starts_with("BLOCKED")), "{attempt} got through: {seen}");
+    }
+    assert_eq!(seen["token_in_env"], false, "{seen}");
+    let agent_uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0);
+    if agent_uid == 0 {
+        assert!(
+            seen["uid"].as_u64().is_some_and(|u| u >= u64::from(atelier_agent::sandbox::DEFAULT_UID_BASE)),
+            "{seen}"
+        );
+    }
+}
