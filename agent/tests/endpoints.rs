@@ -338,6 +338,14 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
     assert!(deliveries.contains("endpoint.alarm_changed"), "{deliveries}");
     let jobs = app.call(Method::GET, "/api/v1/training-jobs", Auth::Bearer(&token), None).await.text();
     assert!(jobs.contains("side-retrain-"), "{jobs}");
+    // Audited for the alarm's creator, naming the alarm.
+    let path = "/api/v1/audit-events?action=training:CreateTrainingJob";
+    let audit = app.call(Method::GET, path, Auth::Bearer(&token), None).await.json();
+    let by_alarm = audit["events"].as_array().into_iter().flatten().find(|e| {
+        e["summary"].as_str().is_some_and(|s| s.contains("by alarm drift of endpoint side"))
+            && e["resource"].as_str().is_some_and(|r| r.contains("side-retrain-"))
+    });
+    assert!(by_alarm.is_some_and(|e| e["principal"] == "admin" && e["decision"] == "Allow"), "{audit:#}");
 
     // Capture stops at its budget; serving does not.
     let r = app
@@ -597,6 +605,18 @@ async fn a_python_model_server_is_deployed_rolled_back_and_moved_off_a_lost_node
     assert_eq!(e["variants"][0]["model_version"], v1, "{e:#}");
     let events = app.call(Method::GET, "/api/v1/endpoints/adder/events", Auth::Bearer(&token), None).await.text();
     assert!(events.contains("was rejected; going back to v1"), "{events}");
+    // Both moves are audited as the rule author's, naming the rule.
+    let path = "/api/v1/audit-events?action=endpoints:UpdateEndpoint";
+    let audit = app.call(Method::GET, path, Auth::Bearer(&token), None).await.json();
+    let by_rule: Vec<&str> = audit["events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|e| e["resource"] == "atelier:endpoints:endpoint/adder" && e["principal"] == "admin")
+        .filter_map(|e| e["summary"].as_str())
+        .filter(|s| s.starts_with("by the deployment rule of model group adder"))
+        .collect();
+    assert_eq!(by_rule.len(), 2, "{audit:#}");
 
     for agent in &agents {
         kill_orphans(agent);

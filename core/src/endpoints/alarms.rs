@@ -345,6 +345,17 @@ async fn retrain(db: &Db, store: &ArtifactStore, alarm: &AlarmRow, endpoint: &st
         Ok(name)
     }
     .await;
+    // Submitted for the alarm's creator with no request of theirs: audited here, naming
+    // the alarm.
+    let event = crate::audit::NewEvent {
+        principal: alarm.created_by.clone(),
+        action: "training:CreateTrainingJob".into(),
+        resource: format!("atelier:training:job/{}", result.as_deref().unwrap_or("*")),
+        allowed: result.is_ok(),
+        summary: format!("by alarm {} of endpoint {endpoint}", alarm.name),
+        ..Default::default()
+    };
+    crate::audit::record_or_log(db, event).await;
     let message = match result {
         Ok(name) => format!("alarm {} opened retraining job {name}", alarm.name),
         Err(err) => format!("alarm {} could not open a retraining job: {err}", alarm.name),

@@ -123,6 +123,17 @@ async fn apply(db: &Db, group_id: &str, version: i64, status: &str) -> CoreResul
     } else {
         format!("{group} v{version} was rejected; going back to v{target}")
     };
+    // A change made for a user, without a request of theirs to audit it: the event names
+    // the rule, so an auditor can tell it from the user's own clicks.
+    let event = crate::audit::NewEvent {
+        principal: author.clone(),
+        action: "endpoints:UpdateEndpoint".into(),
+        resource: format!("atelier:endpoints:endpoint/{endpoint}"),
+        allowed: true,
+        summary: format!("by the deployment rule of model group {group}: {why}"),
+        ..Default::default()
+    };
+    crate::audit::record_or_log(db, event).await;
     let e = super::find(db, &endpoint).await?;
     add_event(&db.pool, &e.id, &format!("deployment rule of {group} (by {author}): {why}")).await
 }
