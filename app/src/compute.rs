@@ -217,6 +217,14 @@ fn NodeCard(node: NodeView, deregister: ServerAction<DeregisterNode>) -> impl In
     let status_class = format!("badge status-{}", node.status.to_lowercase());
     let running = if node.running_jobs.is_empty() { "none".to_string() } else { node.running_jobs.join(", ") };
     let live = node.status != "Deregistered";
+    let deregister_consequence = format!(
+        "Its agent's token stops working and it takes no more work; {}. Adding it again needs a new token.",
+        if node.running_jobs.is_empty() {
+            "nothing runs on it now".to_string()
+        } else {
+            format!("what runs on it ({}) is requeued on other nodes", node.running_jobs.join(", "))
+        }
+    );
     // Users' code on this node can reach the agent's token and every file it can.
     let unsandboxed = node.registered_at_least_once() && (node.sandbox.is_empty() || node.sandbox == "unsandboxed");
     let sandbox = if unsandboxed {
@@ -254,11 +262,18 @@ fn NodeCard(node: NodeView, deregister: ServerAction<DeregisterNode>) -> impl In
                     chart.await.ok().map(|svg| view! { <div class="chart" inner_html=svg></div> })
                 })}
             </Transition>
-            {live.then(move || view! {
-                <ActionForm action=deregister attr:class="inline">
-                    <input type="hidden" name="name" value=name.clone()/>
-                    <button type="submit" class="danger">"Deregister"</button>
-                </ActionForm>
+            {live.then(move || {
+                let target = name.clone();
+                view! {
+                <crate::confirm::ConfirmButton
+                    label="Deregister"
+                    title=format!("Deregister node {name}?")
+                    consequence=deregister_consequence
+                    confirm="Deregister node"
+                    testid="deregister-node"
+                    on_confirm=Callback::new(move |_| { deregister.dispatch(DeregisterNode { name: target.clone() }); })
+                />
+                }
             })}
         </section>
     }

@@ -5,6 +5,7 @@ use leptos_router::components::A;
 use leptos_router::hooks::use_params_map;
 use serde::{Deserialize, Serialize};
 
+use crate::confirm::ConfirmButton;
 use crate::error::AppError;
 use crate::format::format_time;
 use crate::forms::{FieldError, FormError};
@@ -293,9 +294,21 @@ pub async fn set_group_member(group: String, username: String, member: bool) -> 
     Ok(())
 }
 
+/// The attach forms start on no policy (none is a safe default): a clear error when
+/// none was chosen.
+#[cfg(feature = "ssr")]
+pub(crate) fn policy_chosen(policy: &str) -> Result<(), AppError> {
+    if policy.trim().is_empty() {
+        // Through CoreError: the answer's status is then 422.
+        return Err(atelier_core::CoreError::invalid("policy", "Choose a policy to attach.").into());
+    }
+    Ok(())
+}
+
 #[server]
 pub async fn set_group_policy(group: String, policy: String, attach: bool) -> Result<(), AppError> {
     let (db, p) = crate::context::db_and_principal()?;
+    policy_chosen(&policy)?;
     atelier_core::iam::admin::set_group_policy(&db, &p, &group, &policy, attach).await?;
     Ok(())
 }
@@ -486,6 +499,7 @@ pub fn GroupPage() -> impl IntoView {
                         let GroupDetail { group: info, members, policies } = g;
                         // StoredValue is Copy: each form's children closure can take it.
                         let gname = StoredValue::new(info.name.clone());
+                        let member_count = members.len();
                         let member_rows = members.into_iter().map(|m| {
                             let (href, value) = (format!("/admin/users/{m}"), m.clone());
                             view! {
@@ -503,16 +517,25 @@ pub fn GroupPage() -> impl IntoView {
                         let options = all_policies.into_iter().filter(|p| !policies.contains(p))
                             .map(|p| { let v = p.clone(); view! { <option value=v>{p}</option> } }).collect_view();
                         let policy_rows = policies.into_iter().map(|p| {
-                            let (href, value) = (format!("/admin/policies/{p}"), p.clone());
+                            let (href, key) = (format!("/admin/policies/{p}"), p.clone());
+                            let group = gname.get_value();
+                            let title = format!("Detach policy {p} from group {group}?");
+                            let consequence = format!(
+                                "Every member of {group} loses what {p} allows them from their next request on, \
+                                 unless another of their policies allows it too."
+                            );
+                            let target = SetGroupPolicy { group, policy: p.clone(), attach: false };
                             view! {
-                                <li>
+                                <li data-policy=key>
                                     <A href=href>{p}</A>" "
-                                    <ActionForm action=policy attr:class="inline">
-                                        <input type="hidden" name="group" value=gname.get_value()/>
-                                        <input type="hidden" name="policy" value=value/>
-                                        <input type="hidden" name="attach" value="false"/>
-                                        <button type="submit" class="link">"Detach"</button>
-                                    </ActionForm>
+                                    <ConfirmButton
+                                        label="Detach"
+                                        class="link"
+                                        title
+                                        consequence
+                                        confirm="Detach policy"
+                                        on_confirm=Callback::new(move |_| { policy.dispatch(target.clone()); })
+                                    />
                                 </li>
                             }
                         }).collect_view();
@@ -535,14 +558,24 @@ pub fn GroupPage() -> impl IntoView {
                                 <ActionForm action=policy attr:class="inline">
                                     <input type="hidden" name="group" value=gname.get_value()/>
                                     <input type="hidden" name="attach" value="true"/>
-                                    <select name="policy" aria-label="Policy to attach">{options}</select>
+                                    <select name="policy" aria-label="Policy to attach" data-testid="attach-policy">
+                                        <option value="" selected>"Choose a policy…"</option>
+                                        {options}
+                                    </select>
                                     <button type="submit" class="secondary">"Attach policy"</button>
                                 </ActionForm>
+                                <FieldError error field="policy"/>
                             </section>
-                            <ActionForm action=delete attr:class="inline">
-                                <input type="hidden" name="name" value=gname.get_value()/>
-                                <button type="submit" class="danger">"Delete group"</button>
-                            </ActionForm>
+                            <ConfirmButton
+                                label="Delete group"
+                                title=format!("Delete group {}?", gname.get_value())
+                                consequence=format!(
+                                    "Its {member_count} member(s) lose what its policies allow them; the policies themselves stay."
+                                )
+                                confirm="Delete group"
+                                testid="delete-group"
+                                on_confirm=Callback::new(move |_| { delete.dispatch(DeleteGroup { name: gname.get_value() }); })
+                            />
                         }.into_any()
                     }
                 }
@@ -644,6 +677,7 @@ pub fn PolicyPage() -> impl IntoView {
                             if users.is_empty() { "none".to_string() } else { users.join(", ") },
                             if groups.is_empty() { "none".to_string() } else { groups.join(", ") },
                         );
+                        let holders_again = holders.clone();
                         let header = view! {
                             <h1>"Policy " {pname.get_value()}</h1>
                             <p class="muted">{info.description.clone()}</p>
@@ -695,10 +729,14 @@ pub fn PolicyPage() -> impl IntoView {
                                     <tbody>{version_rows}</tbody>
                                 </table>
                             </section>
-                            <ActionForm action=delete attr:class="inline">
-                                <input type="hidden" name="name" value=pname.get_value()/>
-                                <button type="submit" class="danger">"Delete policy"</button>
-                            </ActionForm>
+                            <ConfirmButton
+                                label="Delete policy"
+                                title=format!("Delete policy {}?", pname.get_value())
+                                consequence=format!("Every version of it goes. {holders_again}")
+                                confirm="Delete policy"
+                                testid="delete-policy"
+                                on_confirm=Callback::new(move |_| { delete.dispatch(DeletePolicy { name: pname.get_value() }); })
+                            />
                         }.into_any()
                     }
                 }

@@ -476,7 +476,18 @@ fn JobView(data: JobPageData, stop: ServerAction<StopLabelingJob>) -> impl IntoV
             {output.map(|href| view! { <a class="button primary" href=href download=format!("{name}.manifest") data-testid="download-output">"Download output manifest"</a> })}
             {review.map(|href| view! { <a class="button" href=href>"Open review queue"</a> })}
             {can_stop.then(|| view! {
-                <button class="danger" on:click=move |_| { stop.dispatch(StopLabelingJob { name: stop_name.clone() }); }>"Stop job"</button>
+                <crate::confirm::ConfirmButton
+                    label="Stop job"
+                    title=format!("Stop labeling job {name}?")
+                    consequence=format!(
+                        "Labelers can no longer take its tasks; {} of {} items are labeled and the rest stay unlabeled. \
+                         The output is made from the answers so far. A stopped job cannot be restarted.",
+                        done, job.item_count
+                    )
+                    confirm="Stop labeling job"
+                    testid="stop-job"
+                    on_confirm=Callback::new(move |_| { stop.dispatch(StopLabelingJob { name: stop_name.clone() }); })
+                />
             })}
         </div>
     }

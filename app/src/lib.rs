@@ -8,6 +8,7 @@ pub mod auth;
 #[cfg(feature = "ssr")]
 pub mod charts;
 pub mod compute;
+pub mod confirm;
 #[cfg(feature = "ssr")]
 pub mod context;
 pub mod datasets;
@@ -141,6 +142,8 @@ fn AppShell() -> impl IntoView {
     let any_admin = move || {
         [Can::ListUsers, Can::ListGroups, Can::ListPolicies, Can::Simulate, Can::ReadAuditLog].into_iter().any(may)
     };
+    // Before the pages: they open it.
+    let confirm_dialog = confirm::confirm_dialog();
 
     view! {
         <header class="topbar">
@@ -203,6 +206,7 @@ fn AppShell() -> impl IntoView {
                 <Outlet/>
             </main>
         </div>
+        {confirm_dialog}
     }
 }
 

@@ -780,6 +780,17 @@ pub fn TrainingJobPage() -> impl IntoView {
     }
 }
 
+/// What stopping a job means, for the confirmation.
+fn stop_consequence(state: JobState, node: Option<&str>) -> String {
+    match (state, node) {
+        (JobState::Pending, _) | (_, None) => "It leaves the queue and will not run; Clone starts it again.".into(),
+        (_, Some(node)) => format!(
+            "Its process on {node} is ended where it is and no model is produced; it cannot be resumed \
+             (Clone starts it again)."
+        ),
+    }
+}
+
 #[component]
 fn JobSummary(
     detail: TrainingJobDetail,
@@ -823,11 +834,18 @@ fn JobSummary(
         // and hydration then finds another tree than the server rendered.
         <div class="actions">
             <a class="button" href=clone_href>"Clone"</a>
-            {can_stop.then(|| view! {
-                <ActionForm action=stop attr:class="inline">
-                    <input type="hidden" name="name" value=name.clone()/>
-                    <button type="submit" class="danger">"Stop"</button>
-                </ActionForm>
+            {can_stop.then(|| {
+                let target = name.clone();
+                view! {
+                    <crate::confirm::ConfirmButton
+                        label="Stop"
+                        title=format!("Stop training job {name}?")
+                        consequence=stop_consequence(j.state, j.node.as_deref())
+                        confirm="Stop training job"
+                        testid="stop-job"
+                        on_confirm=Callback::new(move |_| { stop.dispatch(StopTrainingJob { name: target.clone() }); })
+                    />
+                }
             })}
         </div>
         <dl class="facts">

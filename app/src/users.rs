@@ -5,6 +5,7 @@ use leptos_router::components::A;
 use leptos_router::hooks::use_params_map;
 use serde::{Deserialize, Serialize};
 
+use crate::confirm::ConfirmButton;
 use crate::error::AppError;
 use crate::format::format_time;
 use crate::forms::{FieldError, FormError};
@@ -93,6 +94,7 @@ pub async fn reset_password(username: String, password: String) -> Result<(), Ap
 #[server]
 pub async fn set_user_policy(username: String, policy: String, attach: bool) -> Result<(), AppError> {
     let (db, p) = crate::context::db_and_principal()?;
+    crate::iam::policy_chosen(&policy)?;
     atelier_core::iam::admin::set_user_policy(&db, &p, &username, &policy, attach).await?;
     Ok(())
 }
@@ -226,16 +228,25 @@ pub fn UserPage() -> impl IntoView {
                         let group_options = all_groups.into_iter().filter(|g| !u.groups.contains(g))
                             .map(|g| { let v = g.clone(); view! { <option value=v>{g}</option> } }).collect_view();
                         let policy_rows = u.policies.clone().into_iter().map(|p| {
-                            let (href, value) = (format!("/admin/policies/{p}"), p.clone());
+                            let (href, key) = (format!("/admin/policies/{p}"), p.clone());
+                            let username = name.get_value();
+                            let title = format!("Detach policy {p} from {username}?");
+                            let consequence = format!(
+                                "{username} loses what {p} allows them from their next request on, \
+                                 unless a policy of one of their groups allows it too."
+                            );
+                            let target = SetUserPolicy { username, policy: p.clone(), attach: false };
                             view! {
-                                <li>
+                                <li data-policy=key>
                                     <A href=href>{p}</A>" "
-                                    <ActionForm action=policy attr:class="inline">
-                                        <input type="hidden" name="username" value=name.get_value()/>
-                                        <input type="hidden" name="policy" value=value/>
-                                        <input type="hidden" name="attach" value="false"/>
-                                        <button type="submit" class="link">"Detach"</button>
-                                    </ActionForm>
+                                    <ConfirmButton
+                                        label="Detach"
+                                        class="link"
+                                        title
+                                        consequence
+                                        confirm="Detach policy"
+                                        on_confirm=Callback::new(move |_| { policy.dispatch(target.clone()); })
+                                    />
                                 </li>
                             }
                         }).collect_view();
@@ -256,13 +267,28 @@ pub fn UserPage() -> impl IntoView {
                         view! {
                             <h1>{u.display_name.clone()} <span class="muted">" @"{u.username.clone()}</span></h1>
                             <p>{if u.active { "Active" } else { "Deactivated" }}" · created "{format_time(u.created_at)}</p>
-                            {(!is_me).then(|| view! {
+                            {(!is_me && u.active).then(|| {
+                                let target = SetUserActive { id: u.id.clone(), active: false };
+                                view! {
+                                    <ConfirmButton
+                                        label="Deactivate"
+                                        title=format!("Deactivate user {}?", u.username)
+                                        consequence=format!(
+                                            "{} is signed out everywhere at once, their API tokens stop working and they \
+                                             cannot sign in until reactivated. What they made stays.",
+                                            u.username
+                                        )
+                                        confirm="Deactivate user"
+                                        testid="deactivate-user"
+                                        on_confirm=Callback::new(move |_| { toggle.dispatch(target.clone()); })
+                                    />
+                                }
+                            })}
+                            {(!is_me && !u.active).then(|| view! {
                                 <ActionForm action=toggle attr:class="inline">
                                     <input type="hidden" name="id" value=u.id.clone()/>
-                                    <input type="hidden" name="active" value=if u.active { "false" } else { "true" }/>
-                                    <button type="submit" class=if u.active { "danger" } else { "secondary" }>
-                                        {if u.active { "Deactivate" } else { "Reactivate" }}
-                                    </button>
+                                    <input type="hidden" name="active" value="true"/>
+                                    <button type="submit" class="secondary">"Reactivate"</button>
                                 </ActionForm>
                             })}
                             <section class="card">
@@ -272,9 +298,13 @@ pub fn UserPage() -> impl IntoView {
                                 <ActionForm action=policy attr:class="inline" attr:hidden=policy_options_empty>
                                     <input type="hidden" name="username" value=name.get_value()/>
                                     <input type="hidden" name="attach" value="true"/>
-                                    <select name="policy" aria-label="Policy to attach">{policy_options}</select>
+                                    <select name="policy" aria-label="Policy to attach" data-testid="attach-policy">
+                                        <option value="" selected>"Choose a policy…"</option>
+                                        {policy_options}
+                                    </select>
                                     <button type="submit" class="secondary">"Attach policy"</button>
                                 </ActionForm>
+                                <FieldError error=errors field="policy"/>
                             </section>
                             <section class="card">
                                 <h2>"Groups"</h2>

@@ -51,6 +51,7 @@ test('an admin creates a user who signs in, sees no admin area, and gets field e
   await page.locator('tr[data-username="dana"]').getByRole('link', { name: 'dana' }).click();
   await hydrated(page);
   await page.getByRole('button', { name: 'Deactivate' }).click();
+  await page.getByRole('alertdialog').getByRole('button', { name: 'Deactivate user' }).click();
   await expect(page.getByText('Deactivated ·')).toBeVisible();
   await dana.reload();
   await expect(dana).toHaveURL(/\/login/);
