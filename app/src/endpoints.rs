@@ -8,6 +8,7 @@ use leptos_router::hooks::use_params_map;
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Can;
+use crate::confirm::ConfirmButton;
 use crate::error::AppError;
 use crate::format::format_time;
 use crate::forms::{FieldError, FormError};
@@ -42,12 +43,26 @@ pub struct EndpointDetail {
     pub events: Vec<EndpointEvent>,
     pub may_update: bool,
     pub may_invoke: bool,
+    /// Its alarms going off now (not muted): name and reason.
+    pub firing: Vec<(String, String)>,
 }
 
 #[server]
 pub async fn list_endpoints() -> Result<Vec<Endpoint>, AppError> {
     let (db, p) = crate::context::db_and_principal()?;
     Ok(atelier_core::endpoints::list(&db, &p).await?)
+}
+
+/// The alarms going off now (not muted) on the endpoints the caller may see:
+/// endpoint, alarm, reason.
+#[server]
+pub async fn firing_alarms() -> Result<Vec<(String, String, String)>, AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    Ok(atelier_core::endpoints::alarms::firing(&db, &p)
+        .await?
+        .into_iter()
+        .map(|f| (f.endpoint, f.alarm, f.reason))
+        .collect())
 }
 
 #[server]
@@ -60,7 +75,13 @@ pub async fn get_endpoint(name: String) -> Result<EndpointDetail, AppError> {
     let resource = endpoints::resource(&name).created_by(endpoint.created_by.clone());
     let may_update = p.can(Action::UpdateEndpoint, &resource);
     let may_invoke = p.can(Action::InvokeEndpoint, &resource);
-    Ok(EndpointDetail { endpoint, events, may_update, may_invoke })
+    let firing = endpoints::alarms::list(&db, &p, &name)
+        .await?
+        .into_iter()
+        .filter(|a| a.state == endpoints::alarms::ALARM && !a.muted)
+        .map(|a| (a.name, a.reason))
+        .collect();
+    Ok(EndpointDetail { endpoint, events, may_update, may_invoke, firing })
 }
 
 /// Approved versions the caller may deploy, as `group:version`, newest first.
@@ -90,13 +111,14 @@ fn parse_model(model: &str) -> Result<(String, i64), AppError> {
         .ok_or_else(|| invalid("model", "choose an approved model version"))
 }
 
+/// A field error, made through `CoreError` so the answer's status is 422, not 500.
 #[cfg(feature = "ssr")]
-fn invalid(field: &str, message: &str) -> AppError {
-    AppError { kind: crate::error::ErrorKind::Invalid, message: message.into(), field: Some(field.into()) }
+fn invalid(field: &'static str, message: &str) -> AppError {
+    atelier_core::CoreError::invalid(field, message).into()
 }
 
 #[cfg(feature = "ssr")]
-fn parse_count(field: &str, raw: &str, default: i64) -> Result<i64, AppError> {
+fn parse_count(field: &'static str, raw: &str, default: i64) -> Result<i64, AppError> {
     match raw.trim() {
         "" => Ok(default),
         n => n.parse().map_err(|_| invalid(field, &format!("{field} must be a whole number"))),
@@ -309,27 +331,34 @@ fn status_class(status: &str) -> &'static str {
 pub fn EndpointsPage() -> impl IntoView {
     let create = ServerAction::<CreateEndpoint>::new();
     let list = Resource::new(|| (), |_| list_endpoints());
+    let firing = Resource::new(|| (), |_| firing_alarms());
     let versions = Resource::new(|| (), |_| deployable_versions());
     let me = expect_context::<crate::CurrentUser>();
     view! {
         <h1>"Endpoints"</h1>
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
+                let firing = firing.await.unwrap_or_default();
                 match list.await {
                     Err(e) => view! { <p class="error">{e.message}</p> }.into_any(),
                     Ok(l) if l.is_empty() => view! { <p class="muted">"No endpoints yet. Deploy an approved model version below."</p> }.into_any(),
                     Ok(l) => view! {
                         <table class="table" data-testid="endpoints">
-                            <thead><tr><th>"Endpoint"</th><th>"Status"</th><th>"Serving"</th><th>"Created by"</th><th>"Updated"</th></tr></thead>
+                            <thead><tr><th>"Endpoint"</th><th>"Status"</th><th>"Alarms"</th><th>"Serving"</th><th>"Created by"</th><th>"Updated"</th></tr></thead>
                             <tbody>
                                 {l.into_iter().map(|e| {
                                     let serving = e.variants.iter()
                                         .map(|v| format!("{} v{} ({}/{} healthy)", v.model_group, v.model_version, v.healthy, v.instance_count))
                                         .collect::<Vec<_>>().join(", ");
+                                    let alarms = firing.iter().filter(|(endpoint, ..)| *endpoint == e.name)
+                                        .map(|(_, alarm, reason)| view! {
+                                            <span class="badge status-rejected" title=reason.clone()>{format!("{alarm} firing")}</span>" "
+                                        }).collect_view();
                                     view! {
                                         <tr data-endpoint=e.name.clone()>
                                             <td><a href=format!("/endpoints/{}", e.name)>{e.name.clone()}</a></td>
                                             <td><span class=status_class(&e.status)>{e.status.clone()}</span></td>
+                                            <td data-testid="firing-alarms">{alarms}</td>
                                             <td>{serving}</td>
                                             <td>{e.created_by.clone()}</td>
                                             <td>{format_time(e.updated_at)}</td>
@@ -451,7 +480,7 @@ pub fn EndpointPage() -> impl IntoView {
         <TestRequest name=Signal::derive(name)/>
         <h2>"Data capture and model monitor"</h2>
         <MonitorSection name=Signal::derive(name) tick config/>
-        <h2>"Alarms"</h2>
+        <h2 id="alarms">"Alarms"</h2>
         <AlarmsSection name=Signal::derive(name) tick config/>
         <h2>"Monitoring"</h2>
         <div class="actions">
@@ -493,6 +522,55 @@ pub fn EndpointPage() -> impl IntoView {
                 }
             })}
         </Transition>
+        <Transition fallback=|| ()>
+            {move || Suspend::new(async move {
+                config.await.ok().filter(|d| d.may_update).map(|d| view! { <DangerZone detail=d/> })
+            })}
+        </Transition>
+    }
+}
+
+/// What deleting the endpoint takes with it, for the confirmation.
+fn delete_consequence(e: &Endpoint) -> String {
+    let serving =
+        e.variants.iter().map(|v| format!("{} v{}", v.model_group, v.model_version)).collect::<Vec<_>>().join(", ");
+    let n = e.variants.len();
+    format!(
+        "It serves {n} variant{} ({serving}); traffic stops, its instances shut down, and its alarms, \
+         monitor, captured data and history are deleted.",
+        if n == 1 { "" } else { "s" }
+    )
+}
+
+/// Deleting the endpoint: at the page's end, away from the everyday forms, and asked first.
+#[component]
+fn DangerZone(detail: EndpointDetail) -> impl IntoView {
+    let delete = ServerAction::<DeleteEndpoint>::new();
+    let error = Signal::derive(move || delete.value().get().and_then(Result::err));
+    let navigate = leptos_router::hooks::use_navigate();
+    // The server function redirects; a client-side dispatch follows it here.
+    Effect::new(move |_| {
+        if matches!(delete.value().get(), Some(Ok(()))) {
+            navigate("/endpoints", Default::default());
+        }
+    });
+    let name = detail.endpoint.name.clone();
+    let consequence = delete_consequence(&detail.endpoint);
+    let target = name.clone();
+    view! {
+        <section class="card danger-zone" data-testid="danger-zone">
+            <h2>"Danger zone"</h2>
+            <p>"Deleting the endpoint stops its traffic at once; it cannot be undone."</p>
+            <ConfirmButton
+                label="Delete endpoint…"
+                title=format!("Delete endpoint {name}?")
+                consequence
+                confirm="Delete endpoint"
+                testid="delete-endpoint"
+                on_confirm=Callback::new(move |_| { delete.dispatch(DeleteEndpoint { name: target.clone() }); })
+            />
+            <FormError error/>
+        </section>
     }
 }
 
@@ -578,8 +656,22 @@ fn EndpointSummary(detail: EndpointDetail) -> impl IntoView {
         .take(20)
         .map(|ev| view! { <li><span class="muted">{format_time(ev.at_ms / 1000)}</span> " " {ev.message.clone()}</li> })
         .collect_view();
+    let firing = (!detail.firing.is_empty()).then(|| {
+        let items = detail
+            .firing
+            .iter()
+            .map(|(alarm, reason)| view! { <li><strong>{alarm.clone()}</strong>" is firing: "{reason.clone()}</li> })
+            .collect_view();
+        view! {
+            <div class="alarm-banner" data-testid="firing-banner">
+                <ul>{items}</ul>
+                <a href="#alarms">"See the alarms"</a>
+            </div>
+        }
+    });
     view! {
         <h1>{e.name.clone()}</h1>
+        {firing}
         <p>
             <span class=status_class(&e.status) data-testid="endpoint-status">{e.status.clone()}</span>
             " "
@@ -609,7 +701,7 @@ fn EndpointSummary(detail: EndpointDetail) -> impl IntoView {
 }
 
 /// What someone allowed to change the endpoint can do: deploy another version, set
-/// autoscaling, delete it.
+/// autoscaling (deleting it is in the page's danger zone, at its end).
 #[component]
 fn EndpointForms(
     detail: EndpointDetail,
@@ -619,10 +711,8 @@ fn EndpointForms(
     set_scaling: ServerAction<SetAutoscaling>,
     remove_scaling: ServerAction<RemoveAutoscaling>,
 ) -> impl IntoView {
-    let (name, name2, name3) =
-        (detail.endpoint.name.clone(), detail.endpoint.name.clone(), detail.endpoint.name.clone());
+    let (name, name2) = (detail.endpoint.name.clone(), detail.endpoint.name.clone());
     let variants: Vec<String> = detail.endpoint.variants.iter().map(|v| v.name.clone()).collect();
-    let delete = ServerAction::<DeleteEndpoint>::new();
     view! {
         <ActionForm action=update attr:class="card form" attr:data-testid="update-endpoint">
             <h2>"Deploy another version"</h2>
@@ -633,10 +723,6 @@ fn EndpointForms(
             <button type="submit">"Deploy (blue/green)"</button>
         </ActionForm>
         <AutoscalingForm name=name2 variants set=set_scaling remove=remove_scaling/>
-        <ActionForm action=delete attr:class="inline-form">
-            <input type="hidden" name="name" value=name3/>
-            <button type="submit" class="danger">"Delete endpoint"</button>
-        </ActionForm>
     }
 }
 
@@ -960,90 +1046,205 @@ pub async fn list_alarms(name: String) -> Result<Vec<atelier_protocol::endpoints
     Ok(atelier_core::endpoints::alarms::list(&db, &p, &name).await?)
 }
 
+pub use alarm_form::{put_alarm, PutAlarm};
+
+/// The alarm form's server function, in a module of its own: it takes eight fields, and
+/// only a module-level allowance reaches the code `#[server]` generates for the browser.
+#[allow(clippy::too_many_arguments)]
+mod alarm_form {
+    use super::*;
+
+    /// Adds an alarm, or with `original` changes that one (keeping its history). A name
+    /// another alarm of the endpoint uses is refused.
+    #[server]
+    pub async fn put_alarm(
+        name: String,
+        alarm: String,
+        original: Option<String>,
+        metric: String,
+        comparison: String,
+        threshold: String,
+        periods: String,
+        retrain: Option<String>,
+    ) -> Result<(), AppError> {
+        use atelier_core::endpoints::alarms;
+        let (db, p) = crate::context::db_and_principal()?;
+        let new = atelier_protocol::endpoints::NewAlarm {
+            name: alarm,
+            metric,
+            comparison,
+            threshold: threshold.trim().parse().map_err(|_| invalid("threshold", "threshold must be a number"))?,
+            periods: parse_count("periods", &periods, 1)?,
+            retrain: retrain.is_some(),
+        };
+        match original.as_deref().map(str::trim).filter(|o| !o.is_empty()) {
+            Some(original) => alarms::update(&db, &p, &name, original, &new).await?,
+            None => alarms::create(&db, &p, &name, &new).await?,
+        };
+        Ok(())
+    }
+}
+
 #[server]
-pub async fn put_alarm(
-    name: String,
-    alarm: String,
-    metric: String,
-    comparison: String,
-    threshold: String,
-    periods: String,
-    retrain: Option<String>,
-) -> Result<(), AppError> {
+pub async fn mute_alarm(name: String, alarm: String, muted: bool) -> Result<(), AppError> {
     let (db, p) = crate::context::db_and_principal()?;
-    let new = atelier_protocol::endpoints::NewAlarm {
-        name: alarm,
-        metric,
-        comparison,
-        threshold: threshold.trim().parse().map_err(|_| invalid("threshold", "threshold must be a number"))?,
-        periods: parse_count("periods", &periods, 1)?,
-        retrain: retrain.is_some(),
-    };
-    atelier_core::endpoints::alarms::create(&db, &p, &name, &new).await?;
+    atelier_core::endpoints::alarms::set_muted(&db, &p, &name, &alarm, muted).await?;
     Ok(())
 }
 
-/// Alarms: their state and history, and a form to add one.
+#[server]
+pub async fn delete_alarm(name: String, alarm: String) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    atelier_core::endpoints::alarms::delete(&db, &p, &name, &alarm).await?;
+    Ok(())
+}
+
+fn comparison_symbol(c: &str) -> &str {
+    match c {
+        "gt" => ">",
+        "ge" => "≥",
+        "lt" => "<",
+        "le" => "≤",
+        other => other,
+    }
+}
+
+/// Alarms: their state and history, and for who may change the endpoint a form to add
+/// or edit one, and buttons to mute and delete them.
 #[component]
 fn AlarmsSection(name: Signal<String>, tick: RwSignal<u32>, config: Config) -> impl IntoView {
     let add = ServerAction::<PutAlarm>::new();
-    let alarms = Resource::new(move || (name.get(), add.version().get(), tick.get() / 5), |(n, _, _)| list_alarms(n));
+    let mute = ServerAction::<MuteAlarm>::new();
+    let delete = ServerAction::<DeleteAlarm>::new();
+    // The alarm being edited in the form, if any.
+    let editing = RwSignal::new(None::<atelier_protocol::endpoints::Alarm>);
+    let alarms = Resource::new(
+        move || (name.get(), add.version().get(), mute.version().get(), delete.version().get(), tick.get() / 5),
+        |(n, ..)| list_alarms(n),
+    );
+    let errors = Signal::derive(move || {
+        mute.value().get().and_then(Result::err).or_else(|| delete.value().get().and_then(Result::err))
+    });
     view! {
         <Transition fallback=|| ()>
             {move || Suspend::new(async move {
+                let may_update = config.await.ok().is_some_and(|d| d.may_update);
                 let list = match alarms.await {
                     Err(e) => return view! { <p class="error">{e.message}</p> }.into_any(),
                     Ok(answer) => answer,
                 };
-                let table = if list.is_empty() {
-                    view! { <p class="muted">"No alarms."</p> }.into_any()
-                } else {
+                if list.is_empty() {
+                    return view! { <p class="muted">"No alarms."</p> }.into_any();
+                }
+                let endpoint = name.get_untracked();
+                let rows = list.into_iter().map(|a| {
+                    let history = a.history.iter().take(3)
+                        .map(|h| format!("{} → {} at {}", h.from, h.to, format_time(h.at_ms / 1000)))
+                        .collect::<Vec<_>>().join("; ");
+                    let condition = format!("{} {} {} for {} period(s){}", a.metric, comparison_symbol(&a.comparison),
+                        a.threshold, a.periods, if a.retrain { ", then retrain" } else { "" });
+                    let state = if a.muted { format!("{} (muted)", a.state) } else { a.state.clone() };
+                    let firing = a.state == "ALARM" && !a.muted;
+                    let actions = may_update.then(|| {
+                        let (edited, muted) = (a.clone(), a.muted);
+                        let mute_input = MuteAlarm { name: endpoint.clone(), alarm: a.name.clone(), muted: !muted };
+                        let delete_input = DeleteAlarm { name: endpoint.clone(), alarm: a.name.clone() };
+                        let consequence = format!(
+                            "Its history goes with it and nothing watches {} on this endpoint any more{}.",
+                            a.metric,
+                            if a.retrain { "; no retraining job will be opened" } else { "" }
+                        );
+                        view! {
+                            <td class="row-actions">
+                                <button type="button" class="secondary" data-testid="edit-alarm"
+                                    on:click=move |_| editing.set(Some(edited.clone()))>"Edit"</button>
+                                <button type="button" class="secondary" data-testid="mute-alarm"
+                                    on:click=move |_| { mute.dispatch(mute_input.clone()); }>
+                                    {if muted { "Unmute" } else { "Mute" }}
+                                </button>
+                                <ConfirmButton
+                                    label="Delete"
+                                    title=format!("Delete alarm {} of endpoint {endpoint}?", a.name)
+                                    consequence
+                                    confirm="Delete alarm"
+                                    testid="delete-alarm"
+                                    on_confirm=Callback::new(move |_| { delete.dispatch(delete_input.clone()); })
+                                />
+                            </td>
+                        }
+                    });
                     view! {
-                        <table class="table" data-testid="alarms">
-                            <thead><tr><th>"Alarm"</th><th>"Condition"</th><th>"State"</th><th>"Reason"</th><th>"Last changes"</th></tr></thead>
-                            <tbody>
-                                {list.into_iter().map(|a| {
-                                    let history = a.history.iter().take(3)
-                                        .map(|h| format!("{} → {} at {}", h.from, h.to, format_time(h.at_ms / 1000)))
-                                        .collect::<Vec<_>>().join("; ");
-                                    view! {
-                                        <tr data-alarm=a.name.clone()>
-                                            <td>{a.name.clone()}</td>
-                                            <td>{format!("{} {} {} for {} period(s){}", a.metric, a.comparison, a.threshold, a.periods,
-                                                if a.retrain { ", then retrain" } else { "" })}</td>
-                                            <td data-testid="alarm-state">{a.state.clone()}</td>
-                                            <td>{a.reason.clone()}</td>
-                                            <td>{history}</td>
-                                        </tr>
-                                    }
-                                }).collect_view()}
-                            </tbody>
-                        </table>
-                    }.into_any()
-                };
-                table
+                        <tr data-alarm=a.name.clone() class:firing=firing>
+                            <td>{a.name.clone()}</td>
+                            <td>{condition}</td>
+                            <td data-testid="alarm-state">{state}</td>
+                            <td>{a.reason.clone()}</td>
+                            <td>{history}</td>
+                            {actions}
+                        </tr>
+                    }
+                }).collect_view();
+                view! {
+                    <table class="table" data-testid="alarms">
+                        <thead><tr>
+                            <th>"Alarm"</th><th>"Condition"</th><th>"State"</th><th>"Reason"</th><th>"Last changes"</th>
+                            {may_update.then(|| view! { <th><span class="visually-hidden">"Actions"</span></th> })}
+                        </tr></thead>
+                        <tbody>{rows}</tbody>
+                    </table>
+                }.into_any()
             })}
         </Transition>
+        <FormError error=errors/>
         <Transition fallback=|| ()>
             {move || Suspend::new(async move {
-                config.await.ok().filter(|d| d.may_update).map(|_| view! { <AlarmForm add name/> })
+                config.await.ok().filter(|d| d.may_update).map(|_| view! { <AlarmForm add name editing/> })
             })}
         </Transition>
     }
 }
 
+/// Adds an alarm, or edits the one chosen in the table.
 #[component]
-fn AlarmForm(add: ServerAction<PutAlarm>, name: Signal<String>) -> impl IntoView {
+fn AlarmForm(
+    add: ServerAction<PutAlarm>,
+    name: Signal<String>,
+    editing: RwSignal<Option<atelier_protocol::endpoints::Alarm>>,
+) -> impl IntoView {
     let error = Signal::derive(move || add.value().get().and_then(Result::err));
+    let first = NodeRef::<leptos::html::Input>::new();
+    // Saved: back to adding.
+    Effect::new(move |_| {
+        if matches!(add.value().get(), Some(Ok(()))) {
+            editing.set(None);
+        }
+    });
+    // Chosen for editing: the form takes the focus.
+    Effect::new(move |_| {
+        if editing.with(Option::is_some) {
+            if let Some(input) = first.get_untracked() {
+                let _ = input.focus();
+            }
+        }
+    });
+    let field = move |f: fn(&atelier_protocol::endpoints::Alarm) -> String, default: &'static str| {
+        move || editing.with(|e| e.as_ref().map(f).unwrap_or_else(|| default.to_string()))
+    };
+    let is_editing = move || editing.with(Option::is_some);
     view! {
             <ActionForm action=add attr:class="card form" attr:data-testid="alarm-form">
-                <h3>"Add an alarm"</h3>
+                <h3>{move || editing.with(|e| match e {
+                    Some(a) => format!("Edit alarm {}", a.name),
+                    None => "Add an alarm".to_string(),
+                })}</h3>
                 <input type="hidden" name="name" value=name.get_untracked()/>
+                <input type="hidden" name="original" prop:value=field(|a| a.name.clone(), "")/>
                 <label for="alarm-name">"Name"</label>
-                <input id="alarm-name" name="alarm" type="text" required maxlength="63"/>
+                <input id="alarm-name" name="alarm" type="text" required maxlength="63" node_ref=first
+                    prop:value=field(|a| a.name.clone(), "")/>
                 <FieldError error field="name"/>
                 <label for="alarm-metric">"Metric"</label>
-                <select id="alarm-metric" name="metric">
+                <select id="alarm-metric" name="metric" prop:value=field(|a| a.metric.clone(), "errors_5xx")>
                     <option value="errors_5xx">"5xx errors per minute"</option>
                     <option value="errors_4xx">"4xx errors per minute"</option>
                     <option value="invocations">"invocations per minute"</option>
@@ -1053,20 +1254,29 @@ fn AlarmForm(add: ServerAction<PutAlarm>, name: Signal<String>) -> impl IntoView
                     <option value="violations">"constraint violations (per monitor run)"</option>
                 </select>
                 <label for="alarm-comparison">"Comparison"</label>
-                <select id="alarm-comparison" name="comparison">
+                <select id="alarm-comparison" name="comparison" prop:value=field(|a| a.comparison.clone(), "ge")>
                     <option value="ge">"≥"</option>
                     <option value="gt">">"</option>
                     <option value="le">"≤"</option>
                     <option value="lt">"<"</option>
                 </select>
                 <label for="alarm-threshold">"Threshold"</label>
-                <input id="alarm-threshold" name="threshold" type="text" required value="1"/>
+                <input id="alarm-threshold" name="threshold" type="text" inputmode="decimal" required value="1"
+                    prop:value=field(|a| a.threshold.to_string(), "1")/>
                 <FieldError error field="threshold"/>
                 <label for="alarm-periods">"Consecutive periods"</label>
-                <input id="alarm-periods" name="periods" type="number" min="1" max="1440" value="1"/>
-                <label class="checkbox"><input type="checkbox" name="retrain" value="on"/> " Open a retraining job when it goes off"</label>
+                <input id="alarm-periods" name="periods" type="number" min="1" max="1440" value="1"
+                    prop:value=field(|a| a.periods.to_string(), "1")/>
+                <FieldError error field="periods"/>
+                <label class="checkbox"><input type="checkbox" name="retrain" value="on"
+                    prop:checked=move || editing.with(|e| e.as_ref().is_some_and(|a| a.retrain))/> " Open a retraining job when it goes off"</label>
                 <FormError error/>
-                <button type="submit">"Add alarm"</button>
+                <div class="actions">
+                    <button type="submit">{move || if is_editing() { "Save alarm" } else { "Add alarm" }}</button>
+                    <Show when=is_editing>
+                        <button type="button" class="secondary" on:click=move |_| editing.set(None)>"Cancel editing"</button>
+                    </Show>
+                </div>
             </ActionForm>
     }
 }

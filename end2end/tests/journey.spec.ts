@@ -295,7 +295,8 @@ test.describe.serial('the whole loop', () => {
     // tests that follow.
     await sofia.goto('/endpoints/shapes');
     await hydrated(sofia);
-    await sofia.getByRole('button', { name: 'Delete endpoint' }).click();
+    await sofia.getByRole('button', { name: 'Delete endpoint…' }).click();
+    await sofia.getByRole('alertdialog').getByRole('button', { name: 'Delete endpoint' }).click();
     await expect
       .poll(async () => (await sofia.request.get('/api/v1/endpoints/shapes')).status(), { timeout: 60_000 })
       .toBe(404);

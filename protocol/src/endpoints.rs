@@ -304,7 +304,8 @@ pub struct InstanceReport {
     pub message: String,
 }
 
-/// `PUT /api/v1/endpoints/{name}/alarms/{alarm}`.
+/// `POST /api/v1/endpoints/{name}/alarms` (a new alarm: a name already taken is a 409)
+/// and `PUT /api/v1/endpoints/{name}/alarms/{alarm}` (changes one, keeping its history).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NewAlarm {
@@ -324,6 +325,13 @@ pub struct NewAlarm {
     pub retrain: bool,
 }
 
+/// `PUT /api/v1/endpoints/{name}/alarms/{alarm}/mute`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AlarmMute {
+    pub muted: bool,
+}
+
 /// An alarm with its state and recent history.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -337,6 +345,10 @@ pub struct Alarm {
     /// `OK`, `ALARM` or `INSUFFICIENT_DATA`.
     pub state: String,
     pub reason: String,
+    /// Muted: still evaluated, but no webhook, event or retraining job, and not shown
+    /// as firing.
+    #[serde(default)]
+    pub muted: bool,
     pub created_by: String,
     pub updated_at: i64,
     /// State changes, newest first.

@@ -60,9 +60,10 @@ fn body_for(method: &Method, path: &str) -> Option<Value> {
         "/api/v1/endpoints/{name}/variants/{variant}/autoscaling" => {
             json!({"min_instances": 1, "max_instances": 2, "target_invocations_per_instance": 10})
         }
-        "/api/v1/endpoints/{name}/alarms" => {
+        "/api/v1/endpoints/{name}/alarms" | "/api/v1/endpoints/{name}/alarms/{alarm}" => {
             json!({"name": "a", "metric": "errors_5xx", "comparison": "ge", "threshold": 1})
         }
+        "/api/v1/endpoints/{name}/alarms/{alarm}/mute" => json!({"muted": true}),
         "/api/v1/compute/nodes" => json!({"name": "newnode"}),
         "/api/v1/notebooks"
         | "/api/v1/notebooks/{id}"
@@ -297,6 +298,8 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
         ("budget_mb", "10"),
         ("frequency", "daily"),
         ("alarm", "a"),
+        ("original", ""),
+        ("muted", "true"),
         ("metric", "errors_5xx"),
         ("comparison", "ge"),
         ("threshold", "1"),

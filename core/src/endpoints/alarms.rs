@@ -51,11 +51,13 @@ struct AlarmRow {
     last_period: i64,
     created_by: String,
     updated_at: i64,
+    /// 1 when muted: evaluated, but tells no one.
+    muted: i64,
 }
 
 const COLUMNS: &str =
     "id, endpoint_id, name, metric, comparison, threshold, periods, retrain, state, reason, breaching, \
-                       last_period, created_by, updated_at";
+                       last_period, created_by, updated_at, muted";
 
 impl AlarmRow {
     fn to_wire(&self, history: Vec<AlarmChange>) -> Alarm {
@@ -68,6 +70,7 @@ impl AlarmRow {
             retrain: self.retrain != 0,
             state: self.state.clone(),
             reason: self.reason.clone(),
+            muted: self.muted != 0,
             created_by: self.created_by.clone(),
             updated_at: self.updated_at,
             history,
@@ -101,23 +104,44 @@ fn validate(new: &NewAlarm) -> CoreResult<()> {
     Ok(())
 }
 
-/// Adds an alarm (replacing one of the same name).
+/// The id of the endpoint's alarm named `name`, if there is one.
+async fn find_id<'e, E: sqlx::Executor<'e, Database = sqlx::Any>>(
+    executor: E,
+    endpoint_id: &str,
+    name: &str,
+) -> CoreResult<Option<String>> {
+    let row: Option<(String,)> = sqlx::query_as("SELECT id FROM endpoint_alarms WHERE endpoint_id = $1 AND name = $2")
+        .bind(endpoint_id)
+        .bind(name)
+        .fetch_optional(executor)
+        .await?;
+    Ok(row.map(|(id,)| id))
+}
+
+fn name_taken(endpoint: &str, name: &str) -> CoreError {
+    CoreError::Conflict(format!(
+        "endpoint {endpoint} already has an alarm named {name}: change that one, or choose another name"
+    ))
+}
+
+/// Adds an alarm. A name the endpoint's alarms already use is refused (409): changing
+/// an alarm is [`update`], which keeps its history.
 pub async fn create(db: &Db, p: &Principal, endpoint: &str, new: &NewAlarm) -> CoreResult<Alarm> {
     let e = endpoint_for(db, p, endpoint, Action::UpdateEndpoint).await?;
     validate(new)?;
+    let name = new.name.trim();
     let t = now();
     let mut tx = db.pool.begin().await?;
-    sqlx::query("DELETE FROM endpoint_alarms WHERE endpoint_id = $1 AND name = $2")
-        .bind(&e.id)
-        .bind(&new.name)
-        .execute(&mut *tx)
-        .await?;
+    if find_id(&mut *tx, &e.id, name).await?.is_some() {
+        return Err(name_taken(endpoint, name));
+    }
+    // The unique (endpoint_id, name) key settles a race with another create.
     sqlx::query(&format!(
-        "INSERT INTO endpoint_alarms ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, 0, $11, $12)"
+        "INSERT INTO endpoint_alarms ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 0, 0, $11, $12, 0)"
     ))
     .bind(uuid::Uuid::now_v7().to_string())
     .bind(&e.id)
-    .bind(new.name.trim())
+    .bind(name)
     .bind(&new.metric)
     .bind(&new.comparison)
     .bind(new.threshold)
@@ -128,15 +152,102 @@ pub async fn create(db: &Db, p: &Principal, endpoint: &str, new: &NewAlarm) -> C
     .bind(&p.user.username)
     .bind(t)
     .execute(&mut *tx)
-    .await?;
+    .await
+    .map_err(|err| if is_unique_violation(&err) { name_taken(endpoint, name) } else { err.into() })?;
     tx.commit().await?;
     p.note_change(format!(
-        "endpoint {endpoint}: alarm {} when {} {} {} for {} periods",
-        new.name, new.metric, new.comparison, new.threshold, new.periods
+        "endpoint {endpoint}: alarm {name} when {} {} {} for {} periods",
+        new.metric, new.comparison, new.threshold, new.periods
     ));
-    let mut all = list_of(db, &e).await?;
-    all.retain(|a| a.name == new.name.trim());
+    one(db, &e, name).await
+}
+
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    matches!(err, sqlx::Error::Database(d) if d.is_unique_violation())
+}
+
+async fn one(db: &Db, e: &EndpointRow, name: &str) -> CoreResult<Alarm> {
+    let mut all = list_of(db, e).await?;
+    all.retain(|a| a.name == name);
     all.pop().ok_or(CoreError::NotFound("alarm"))
+}
+
+/// Changes the alarm `name` (its condition, and its name if `new.name` differs and is
+/// free). Its history stays; its breaching count starts again, and a changed condition
+/// is judged from the next period on.
+pub async fn update(db: &Db, p: &Principal, endpoint: &str, name: &str, new: &NewAlarm) -> CoreResult<Alarm> {
+    let e = endpoint_for(db, p, endpoint, Action::UpdateEndpoint).await?;
+    validate(new)?;
+    let new_name = new.name.trim();
+    let mut tx = db.pool.begin().await?;
+    let id = find_id(&mut *tx, &e.id, name).await?.ok_or(CoreError::NotFound("alarm"))?;
+    if new_name != name && find_id(&mut *tx, &e.id, new_name).await?.is_some() {
+        return Err(name_taken(endpoint, new_name));
+    }
+    sqlx::query(
+        "UPDATE endpoint_alarms SET name = $1, metric = $2, comparison = $3, threshold = $4, periods = $5, \
+         retrain = $6, breaching = 0, updated_at = $7 WHERE id = $8",
+    )
+    .bind(new_name)
+    .bind(&new.metric)
+    .bind(&new.comparison)
+    .bind(new.threshold)
+    .bind(new.periods)
+    .bind(i64::from(new.retrain))
+    .bind(now())
+    .bind(&id)
+    .execute(&mut *tx)
+    .await
+    .map_err(|err| if is_unique_violation(&err) { name_taken(endpoint, new_name) } else { err.into() })?;
+    tx.commit().await?;
+    p.note_change(format!(
+        "endpoint {endpoint}: alarm {name} changed to {new_name} when {} {} {} for {} periods",
+        new.metric, new.comparison, new.threshold, new.periods
+    ));
+    one(db, &e, new_name).await
+}
+
+/// Mutes or unmutes an alarm: a muted one is still evaluated and keeps its history, but
+/// sends no webhook, writes no endpoint event, opens no retraining job and is not shown
+/// as firing.
+pub async fn set_muted(db: &Db, p: &Principal, endpoint: &str, name: &str, muted: bool) -> CoreResult<Alarm> {
+    let e = endpoint_for(db, p, endpoint, Action::UpdateEndpoint).await?;
+    let changed = sqlx::query("UPDATE endpoint_alarms SET muted = $1 WHERE endpoint_id = $2 AND name = $3")
+        .bind(i64::from(muted))
+        .bind(&e.id)
+        .bind(name)
+        .execute(&db.pool)
+        .await?;
+    if changed.rows_affected() == 0 {
+        return Err(CoreError::NotFound("alarm"));
+    }
+    p.note_change(format!("endpoint {endpoint}: {} alarm {name}", if muted { "muted" } else { "unmuted" }));
+    one(db, &e, name).await
+}
+
+/// An alarm in alarm and not muted, on an endpoint the caller may see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Firing {
+    pub endpoint: String,
+    pub alarm: String,
+    pub reason: String,
+}
+
+/// The alarms going off now (not muted) on the endpoints the caller may see.
+pub async fn firing(db: &Db, p: &Principal) -> CoreResult<Vec<Firing>> {
+    let visible: std::collections::HashSet<String> = super::list(db, p).await?.into_iter().map(|e| e.name).collect();
+    let rows: Vec<(String, String, String)> = sqlx::query_as(
+        "SELECT e.name, a.name, a.reason FROM endpoint_alarms a JOIN endpoints e ON e.id = a.endpoint_id \
+         WHERE a.state = $1 AND a.muted = 0 ORDER BY e.name, a.name",
+    )
+    .bind(ALARM)
+    .fetch_all(&db.pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .filter(|(endpoint, ..)| visible.contains(endpoint))
+        .map(|(endpoint, alarm, reason)| Firing { endpoint, alarm, reason })
+        .collect())
 }
 
 /// The endpoint's alarms with their recent history.
@@ -306,6 +417,10 @@ async fn observe(db: &Db, store: &ArtifactStore, alarm: &AlarmRow, period: i64, 
     .bind(&alarm.endpoint_id)
     .fetch_one(&mut *tx)
     .await?;
+    if alarm.muted != 0 {
+        tx.commit().await?;
+        return Ok(());
+    }
     let payload = serde_json::json!({
         "endpoint": endpoint.0, "alarm": alarm.name, "metric": alarm.metric, "from": alarm.state, "to": state,
         "reason": reason,

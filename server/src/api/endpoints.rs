@@ -3,9 +3,10 @@
 
 use atelier_core::endpoints::{self, alarms, autoscaling, capture, metrics};
 use atelier_core::monitor::runs;
+use atelier_core::CoreError;
 use atelier_protocol::endpoints::{
-    Alarm, Autoscaling, CaptureFile, DataCapture, DataCaptureStatus, Endpoint, EndpointConfig, EndpointEvent,
-    EndpointMetrics, NewAlarm, NewEndpoint,
+    Alarm, AlarmMute, Autoscaling, CaptureFile, DataCapture, DataCaptureStatus, Endpoint, EndpointConfig,
+    EndpointEvent, EndpointMetrics, NewAlarm, NewEndpoint,
 };
 use atelier_protocol::monitor::{Monitor, MonitorConfig, MonitorRun};
 use axum::body::Bytes;
@@ -283,20 +284,70 @@ pub async fn list_alarms(
     Ok(Json(alarms::list(&state.db, &p, &name).await?))
 }
 
-/// Adds an alarm (or replaces the one of that name): a threshold on a per-minute metric
-/// or on the model monitor's drift, in alarm after `periods` breaching periods in a row;
-/// changes go to the webhooks (`endpoint.alarm_changed`) and, with `retrain`, open a
-/// retraining job.
+/// An alarm's body, read so that a value of the wrong type is a 422 naming its field
+/// (`"threshold": "high"`), not one about the whole body.
+fn alarm_body(body: serde_json::Value) -> Result<NewAlarm, ApiError> {
+    for (field, what) in [("threshold", "a number"), ("periods", "a whole number"), ("retrain", "true or false")] {
+        let fits = match body.get(field) {
+            None | Some(serde_json::Value::Null) => true,
+            Some(v) if field == "retrain" => v.is_boolean(),
+            Some(v) if field == "periods" => v.is_i64(),
+            Some(v) => v.is_number(),
+        };
+        if !fits {
+            return Err(CoreError::invalid(field, format!("{field} must be {what}")).into());
+        }
+    }
+    serde_json::from_value(body).map_err(|e| CoreError::invalid("body", e.to_string()).into())
+}
+
+/// Adds an alarm: a threshold on a per-minute metric or on the model monitor's drift,
+/// in alarm after `periods` breaching periods in a row; changes go to the webhooks
+/// (`endpoint.alarm_changed`) and, with `retrain`, open a retraining job. A name the
+/// endpoint's alarms already use is a 409 (change that alarm with `PUT`).
 #[utoipa::path(post, path = "/api/v1/endpoints/{name}/alarms", tag = "endpoints", request_body = NewAlarm,
     params(("name" = String, Path, description = "Endpoint name")),
-    responses((status = 201, body = Alarm), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+    responses((status = 201, body = Alarm), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "An alarm of that name exists", body = ErrorBody), (status = 422, body = ErrorBody)))]
 pub async fn create_alarm(
     State(state): State<AppState>,
     Auth(p): Auth,
     Path(name): Path<String>,
-    ApiJson(body): ApiJson<NewAlarm>,
+    ApiJson(body): ApiJson<serde_json::Value>,
 ) -> Result<(StatusCode, Json<Alarm>), ApiError> {
+    let body = alarm_body(body)?;
     Ok((StatusCode::CREATED, Json(alarms::create(&state.db, &p, &name, &body).await?)))
+}
+
+/// Changes an alarm: its condition, and its name when the body's differs (a name
+/// another alarm uses is a 409). Its history stays; breaching periods are counted again.
+#[utoipa::path(put, path = "/api/v1/endpoints/{name}/alarms/{alarm}", tag = "endpoints", request_body = NewAlarm,
+    params(("name" = String, Path, description = "Endpoint name"), ("alarm" = String, Path, description = "Alarm name")),
+    responses((status = 200, body = Alarm), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody),
+        (status = 409, description = "Another alarm has the new name", body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn update_alarm(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, alarm)): Path<(String, String)>,
+    ApiJson(body): ApiJson<serde_json::Value>,
+) -> Result<Json<Alarm>, ApiError> {
+    let body = alarm_body(body)?;
+    Ok(Json(alarms::update(&state.db, &p, &name, &alarm, &body).await?))
+}
+
+/// Mutes or unmutes an alarm. A muted alarm is still evaluated and keeps its history,
+/// but sends no webhook, writes no endpoint event, opens no retraining job and is not
+/// shown as firing.
+#[utoipa::path(put, path = "/api/v1/endpoints/{name}/alarms/{alarm}/mute", tag = "endpoints", request_body = AlarmMute,
+    params(("name" = String, Path, description = "Endpoint name"), ("alarm" = String, Path, description = "Alarm name")),
+    responses((status = 200, body = Alarm), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 422, body = ErrorBody)))]
+pub async fn mute_alarm(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, alarm)): Path<(String, String)>,
+    ApiJson(body): ApiJson<AlarmMute>,
+) -> Result<Json<Alarm>, ApiError> {
+    Ok(Json(alarms::set_muted(&state.db, &p, &name, &alarm, body.muted).await?))
 }
 
 /// Deletes an alarm.
@@ -355,6 +406,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(run_monitor, list_monitor_runs))
         .routes(routes!(get_monitor_run))
         .routes(routes!(list_alarms, create_alarm))
-        .routes(routes!(delete_alarm))
+        .routes(routes!(update_alarm, delete_alarm))
+        .routes(routes!(mute_alarm))
         .routes(routes!(put_autoscaling, delete_autoscaling))
 }
