@@ -114,7 +114,7 @@ fn nbformat_python() -> std::path::PathBuf {
 }
 
 /// Validates `exported` with nbformat and compares its cells with `original`'s (types,
-/// sources, outputs except HTML, which is sanitized, and attachments). Answers what the
+/// sources, outputs as given, HTML included, and attachments). Answers what the
 /// script printed: the cell count and output types.
 fn nbformat_check(original: &std::path::Path, exported: &std::path::Path) -> String {
     let script = r#"
@@ -126,10 +126,7 @@ assert b.nbformat == 4 and b.nbformat_minor >= 5, (b.nbformat, b.nbformat_minor)
 assert len(a.cells) == len(b.cells), (len(a.cells), len(b.cells))
 def plain(outputs):
     for o in outputs:
-        o = dict(o)
-        if 'data' in o:
-            o['data'] = {k: v for k, v in o['data'].items() if k != 'text/html'}
-        yield o
+        yield dict(o)
 for x, y in zip(a.cells, b.cells):
     assert x.cell_type == y.cell_type and x.source == y.source, (x, y)
     assert list(plain(x.get('outputs', []))) == list(plain(y.get('outputs', []))), (x.get('outputs'), y.get('outputs'))
@@ -209,14 +206,29 @@ async fn cells_run_on_a_real_kernel_with_streams_results_errors_images_interrupt
     assert!(!error[0]["content"]["traceback"].as_array().expect("traceback").is_empty());
     assert_eq!(of_type(&out, "execute_reply")[0]["content"]["status"], "error");
 
-    // HTML is sanitized on the way; a matplotlib figure arrives as a PNG.
+    // HTML arrives as the kernel gave it (the editor shows it in a sandboxed frame); a
+    // matplotlib figure arrives as a PNG.
     let out = run(&app, &kernel, &dt, "from IPython.display import HTML, display\ndisplay(HTML('<b onclick=\"x()\">bold</b><script>alert(1)</script>'))").await;
-    assert_eq!(of_type(&out, "display_data")[0]["content"]["data"]["text/html"], "<b>bold</b>", "{out:#?}");
+    assert_eq!(
+        of_type(&out, "display_data")[0]["content"]["data"]["text/html"],
+        "<b onclick=\"x()\">bold</b><script>alert(1)</script>",
+        "{out:#?}"
+    );
     let out = run(&app, &kernel, &dt, "import matplotlib.pyplot as plt\nplt.plot([1, 3, 2])\nplt.show()").await;
     let images: Vec<&str> =
         of_type(&out, "display_data").iter().filter_map(|d| d["content"]["data"]["image/png"].as_str()).collect();
     assert_eq!(images.len(), 1, "{out:#?}");
     assert!(images[0].trim_start().starts_with("iVBORw0KGgo"), "a PNG");
+
+    // A runaway cell's output is cut at 1 MiB, with a note on how much was left out,
+    // before the reply.
+    let out = run(&app, &kernel, &dt, "for _ in range(300):\n    print('x' * 9999)").await;
+    let text = stdout(&out);
+    assert!(text.len() <= 1024 * 1024, "{}", text.len());
+    let (shown, note) = text.rsplit_once("[output truncated: ").expect("a note");
+    let left_out: usize = note.strip_suffix(" more bytes not shown]\n").and_then(|n| n.parse().ok()).expect("a count");
+    assert!((3_000_000..=3_000_001).contains(&(shown.len() + left_out)), "{} + {left_out}", shown.len());
+    assert_eq!(of_type(&out, "execute_reply")[0]["content"]["status"], "ok");
 
     // Interrupt a loop of sleeps: KeyboardInterrupt, long before the loop would end.
     let started = Instant::now();

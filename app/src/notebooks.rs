@@ -415,10 +415,16 @@ struct Cell {
     html: RwSignal<String>,
     metadata: StoredValue<Value>,
     extra: StoredValue<Value>,
+    /// The notebook version whose saved content holds this cell's outputs as shown;
+    /// `None` while they are not saved yet (see [`output_view`]).
+    stored_at: RwSignal<Option<i64>>,
+    /// Counts changes to the outputs, so a save knows whether they changed while it
+    /// was on its way.
+    changes: StoredValue<u64>,
 }
 
 impl Cell {
-    fn from_json(c: &Value, html: String) -> Cell {
+    fn from_json(c: &Value, html: String, stored_at: Option<i64>) -> Cell {
         let mut extra = json!({});
         if let Some(a) = c.get("attachments") {
             extra["attachments"] = a.clone();
@@ -433,12 +439,32 @@ impl Cell {
             html: RwSignal::new(html),
             metadata: StoredValue::new(c.get("metadata").cloned().unwrap_or(json!({}))),
             extra: StoredValue::new(extra),
+            stored_at: RwSignal::new(stored_at),
+            changes: StoredValue::new(0),
         }
+    }
+
+    /// Notes that the outputs changed: they are not saved as shown any more.
+    fn outputs_changed(self) {
+        self.changes.update_value(|n| *n += 1);
+        if self.stored_at.get_untracked().is_some() {
+            self.stored_at.set(None);
+        }
+    }
+
+    fn set_outputs(self, outputs: Vec<Value>) {
+        self.outputs.set(outputs);
+        self.outputs_changed();
+    }
+
+    fn update_outputs(self, f: impl FnOnce(&mut Vec<Value>)) {
+        self.outputs.update(f);
+        self.outputs_changed();
     }
 
     fn new(kind: &str) -> Cell {
         let id = format!("{:x}", (js_random() * 1e15) as u64);
-        Cell::from_json(&json!({"id": id, "cell_type": kind, "source": ""}), String::new())
+        Cell::from_json(&json!({"id": id, "cell_type": kind, "source": ""}), String::new(), None)
     }
 
     fn to_json(self) -> Value {
@@ -534,6 +560,14 @@ impl Ed {
         let upto = self.edits.get_untracked();
         let base_version = base.unwrap_or_else(|| self.version.get_untracked());
         let body = json!({"content": self.content(), "base_version": base_version}).to_string();
+        // Outputs not saved yet, as they are in this save: once it is stored, they are.
+        let unsaved: Vec<(Cell, u64)> = self
+            .cells
+            .get_untracked()
+            .into_iter()
+            .filter(|c| c.stored_at.get_untracked().is_none())
+            .map(|c| (c, c.changes.get_value()))
+            .collect();
         self.saving.set(true);
         let url = format!("/api/v1/notebooks/{}/content", self.id.get_value());
         request("PUT", &url, Body::Json(body), move |status, text| {
@@ -542,6 +576,11 @@ impl Ed {
                 200 => {
                     if let Ok(nb) = serde_json::from_str::<Notebook>(&text) {
                         self.version.set(nb.version);
+                        for (cell, changes) in unsaved {
+                            if cell.changes.get_value() == changes {
+                                cell.stored_at.set(Some(nb.version));
+                            }
+                        }
                     }
                     self.saved_edits.set(upto);
                     self.conflict.set(None);
@@ -662,7 +701,7 @@ impl Ed {
             cell.running.set(false);
             return then(cell.kind.get_untracked() != "code");
         };
-        cell.outputs.set(Vec::new());
+        cell.set_outputs(Vec::new());
         cell.running.set(true);
         let seen = Rc::new(RefCell::new(0usize));
         let clear_pending = Rc::new(RefCell::new(false));
@@ -697,7 +736,7 @@ impl Ed {
             cell.running.set(false);
             if status != 200 {
                 let message = error_message(status, &text);
-                cell.outputs.update(|o| {
+                cell.update_outputs(|o| {
                     o.push(json!({"output_type": "error", "ename": "Not run", "evalue": message, "traceback": []}))
                 });
                 self.refresh_kernel();
@@ -712,9 +751,9 @@ impl Ed {
         let c = &message.content;
         let push = |output: Value| {
             if std::mem::take(&mut *clear_pending.borrow_mut()) {
-                cell.outputs.set(Vec::new());
+                cell.set_outputs(Vec::new());
             }
-            cell.outputs.update(|outs| {
+            cell.update_outputs(|outs| {
                 // Consecutive stream text of one name is one output, as in Jupyter.
                 if output["output_type"] == "stream" {
                     if let Some(last) = outs.last_mut() {
@@ -753,7 +792,7 @@ impl Ed {
                 if c["wait"].as_bool() == Some(true) {
                     *clear_pending.borrow_mut() = true;
                 } else {
-                    cell.outputs.set(Vec::new());
+                    cell.set_outputs(Vec::new());
                 }
             }
             "execute_reply" => {
@@ -789,7 +828,7 @@ fn Editor(data: EditorData) -> impl IntoView {
         .flatten()
         .map(|c| {
             let html = markdown.get(c["id"].as_str().unwrap_or_default()).cloned().unwrap_or_default();
-            Cell::from_json(c, html)
+            Cell::from_json(c, html, Some(notebook.version))
         })
         .collect();
     let ed = Ed {
@@ -845,6 +884,9 @@ fn Editor(data: EditorData) -> impl IntoView {
         }
     });
     on_cleanup(move || unload.remove());
+    // Output frames say how tall their documents are.
+    let frames = window_event_listener(leptos::ev::message, |ev| size_output_frame(&ev));
+    on_cleanup(move || frames.remove());
     let last_key = StoredValue::new(String::new());
     let on_key = move |ev: leptos::ev::KeyboardEvent| command_key(ed, &ev, last_key);
     let save_state = move || {
@@ -969,7 +1011,7 @@ fn set_kind(ed: Ed, i: usize, kind: &str) {
     if let Some(cell) = ed.cells.get_untracked().get(i) {
         cell.kind.set(kind.to_string());
         if kind != "code" {
-            cell.outputs.set(Vec::new());
+            cell.set_outputs(Vec::new());
             cell.count.set(None);
         }
         ed.changed();
@@ -1103,7 +1145,7 @@ fn Toolbar(ed: Ed, nb_id: String) -> impl IntoView {
     let run_range = move |from: usize, to: usize| ed.run_in_order((from..to).collect());
     let clear = move |_| {
         for c in ed.cells.get_untracked() {
-            c.outputs.set(Vec::new());
+            c.set_outputs(Vec::new());
             c.count.set(None);
         }
         ed.changed();
@@ -1171,7 +1213,19 @@ fn CellView(ed: Ed, cell: Cell) -> impl IntoView {
                     <div class="markdown" inner_html=move || cell.html.get() on:dblclick=move |_| { ed.mode.set(Mode::Edit); focus_cell(ed, index()); }></div>
                 </Show>
                 <div class="outputs" data-testid="outputs">
-                    {move || cell.outputs.get().into_iter().map(output_view).collect_view()}
+                    {move || {
+                        let stored_at = cell.stored_at.get();
+                        let (notebook, cell_id) = (ed.id.get_value(), cell.id.get_value());
+                        cell.outputs
+                            .get()
+                            .into_iter()
+                            .enumerate()
+                            .map(|(index, output)| {
+                                let at = OutputAt { notebook: notebook.clone(), cell: cell_id.clone(), index, stored_at };
+                                output_view(output, at)
+                            })
+                            .collect_view()
+                    }}
                 </div>
             </div>
         </div>
@@ -1179,15 +1233,25 @@ fn CellView(ed: Ed, cell: Cell) -> impl IntoView {
     .into_any()
 }
 
-/// One output. HTML arrives sanitized by the server; SVG is shown only as an image,
-/// where scripts never run.
-fn output_view(output: Value) -> AnyView {
+/// Where an output is shown from: its notebook, cell and position, and the version
+/// whose saved content holds it (`None` while it is not saved).
+struct OutputAt {
+    notebook: String,
+    cell: String,
+    index: usize,
+    stored_at: Option<i64>,
+}
+
+/// One output. Outputs are as the kernel gave them: text is shown as text, PNG and JPEG
+/// as images, and whatever can carry script (HTML, JavaScript, SVG) only in a sandboxed
+/// frame ([`framed`]).
+fn output_view(output: Value, at: OutputAt) -> AnyView {
     match output["output_type"].as_str().unwrap_or_default() {
         "stream" => {
             let class = format!("output stream {}", output["name"].as_str().unwrap_or("stdout"));
             view! { <pre class=class>{ansi(output["text"].as_str().unwrap_or_default())}</pre> }.into_any()
         }
-        "display_data" | "execute_result" => rich(&output["data"]),
+        "display_data" | "execute_result" => rich(&output["data"], at),
         "error" => {
             let tb: Vec<&str> =
                 output["traceback"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
@@ -1210,25 +1274,94 @@ fn output_view(output: Value) -> AnyView {
     }
 }
 
-fn rich(data: &Value) -> AnyView {
+fn rich(data: &Value, at: OutputAt) -> AnyView {
+    use atelier_protocol::notebooks::{is_framed, shown_mime};
     let text = |mime: &str| data.get(mime).and_then(Value::as_str).map(str::to_string);
-    if let Some(png) = text("image/png") {
-        let src = format!("data:image/png;base64,{}", png.trim());
-        return view! { <img class="output image" alt="image output" src=src/> }.into_any();
+    match shown_mime(data) {
+        Some(mime) if is_framed(mime) => framed(mime, text("text/plain"), at),
+        Some(mime @ ("image/png" | "image/jpeg")) => {
+            let src = format!("data:{mime};base64,{}", text(mime).unwrap_or_default().trim());
+            view! { <img class="output image" alt="image output" src=src/> }.into_any()
+        }
+        _ => {
+            let plain = text("text/plain").unwrap_or_default();
+            view! { <pre class="output result">{ansi(&plain)}</pre> }.into_any()
+        }
     }
-    if let Some(jpeg) = text("image/jpeg") {
-        let src = format!("data:image/jpeg;base64,{}", jpeg.trim());
-        return view! { <img class="output image" alt="image output" src=src/> }.into_any();
+}
+
+/// A rich output that can carry script, in `<iframe sandbox="allow-scripts">`: its
+/// scripts run, in an opaque origin, and reach neither this page nor the studio's
+/// cookies and API. The frame's document comes from the server
+/// (`GET /api/v1/notebooks/{id}/outputs/{cell}/{index}`, with a `sandbox`
+/// Content-Security-Policy of its own); a `srcdoc` frame would not do, as it inherits
+/// this page's policy, under which the output's inline scripts do not run.
+///
+/// The server serves the notebook as saved. An output that arrives while its cell runs
+/// is not saved yet: it shows its plain text with a note until the editor's autosave
+/// (a second after the cell ends) has stored it, then its frame (`stored_at` names the
+/// version that holds it, and is in the frame's address so that outputs saved anew
+/// load anew). A user who may run cells but not save shows plain text only.
+///
+/// The document posts its height (`{atelierOutputHeight: N}`), and the editor sizes the
+/// frame to it ([`size_output_frame`]), up to [`MAX_FRAME_HEIGHT`]; beyond, the frame
+/// scrolls. Frames load lazily, so a notebook with many outputs stays fast.
+fn framed(mime: &str, plain: Option<String>, at: OutputAt) -> AnyView {
+    let what = match mime {
+        "application/javascript" => "JavaScript",
+        "image/svg+xml" => "SVG",
+        _ => "HTML",
+    };
+    match at.stored_at {
+        Some(version) => {
+            let src = format!("/api/v1/notebooks/{}/outputs/{}/{}?v={version}", at.notebook, at.cell, at.index);
+            // `loading` is not among the iframe attributes the view macro knows.
+            use leptos::tachys::html::attribute::custom::CustomAttribute;
+            view! {
+                <iframe class="output output-frame" referrerpolicy="no-referrer"
+                    title=format!("{what} output") src=src sandbox="allow-scripts"></iframe>
+            }
+            .attr("loading", "lazy")
+            .into_any()
+        }
+        None => view! {
+            <div class="output pending">
+                {plain.map(|p| view! { <pre class="output result">{ansi(&p)}</pre> })}
+                <p class="muted small">{format!("{what} output: shown once the notebook is saved.")}</p>
+            </div>
+        }
+        .into_any(),
     }
-    if let Some(svg) = text("image/svg+xml") {
-        let src = format!("data:image/svg+xml;charset=utf-8,{}", encode(&svg));
-        return view! { <img class="output image svg" alt="SVG output" src=src/> }.into_any();
+}
+
+/// The tallest an output frame grows to fit its document; a taller document scrolls
+/// in it.
+const MAX_FRAME_HEIGHT: f64 = 1200.0;
+
+/// Sizes an output frame to the height its document says (see [`framed`]). Only a
+/// message from one of the page's output frames counts: its sender must be that
+/// frame's window.
+fn size_output_frame(ev: &leptos::web_sys::MessageEvent) {
+    use leptos::wasm_bindgen::JsCast;
+    use leptos::web_sys::js_sys::{Object, Reflect};
+    let Some(height) = Reflect::get(&ev.data(), &"atelierOutputHeight".into()).ok().and_then(|h| h.as_f64()) else {
+        return;
+    };
+    let Some(source) = ev.source() else { return };
+    if !height.is_finite() {
+        return;
     }
-    if let Some(html) = text("text/html") {
-        return view! { <div class="output html" inner_html=html></div> }.into_any();
+    let frames = document().get_elements_by_class_name("output-frame");
+    for i in 0..frames.length() {
+        let Some(frame) = frames.item(i).and_then(|e| e.dyn_into::<leptos::web_sys::HtmlIFrameElement>().ok()) else {
+            continue;
+        };
+        if frame.content_window().is_some_and(|w| Object::is(&w, &source)) {
+            let px = height.clamp(16.0, MAX_FRAME_HEIGHT).ceil();
+            let _ = frame.set_attribute("style", &format!("height: {px}px"));
+            return;
+        }
     }
-    let plain = text("text/plain").unwrap_or_default();
-    view! { <pre class="output result">{ansi(&plain)}</pre> }.into_any()
 }
 
 /// Text with ANSI colour codes (IPython's tracebacks) as coloured spans.

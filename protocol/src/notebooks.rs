@@ -195,3 +195,37 @@ pub struct Kernel {
     pub created_at: i64,
     pub last_activity_at: i64,
 }
+
+/// The representations of a rich output (`display_data`, `execute_result`) the studio
+/// can show, in the order Jupyter prefers them: the first one present is shown.
+const SHOWN_MIMES: [&str; 6] =
+    ["application/javascript", "text/html", "image/svg+xml", "image/png", "image/jpeg", "text/plain"];
+
+/// Which representation of a rich output's `data` is shown, if any.
+pub fn shown_mime(data: &serde_json::Value) -> Option<&'static str> {
+    SHOWN_MIMES.into_iter().find(|mime| data.get(*mime).is_some_and(|v| !v.is_null()))
+}
+
+/// Whether a representation is shown in a sandboxed frame (a document of its own,
+/// served by `GET /api/v1/notebooks/{id}/outputs/{cell}/{index}` in an opaque origin)
+/// rather than in the page: everything that can carry script (HTML, JavaScript, SVG).
+/// Text and PNG/JPEG images are shown in the page.
+pub fn is_framed(mime: &str) -> bool {
+    matches!(mime, "application/javascript" | "text/html" | "image/svg+xml")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn html_is_preferred_and_framed_images_are_not() {
+        let data = json!({"text/plain": "df", "text/html": "<table></table>", "image/png": "iVBOR"});
+        assert_eq!(shown_mime(&data), Some("text/html"));
+        assert!(is_framed("text/html") && is_framed("image/svg+xml") && is_framed("application/javascript"));
+        assert_eq!(shown_mime(&json!({"image/png": "iVBOR", "text/plain": "<Figure>"})), Some("image/png"));
+        assert!(!is_framed("image/png"));
+        assert_eq!(shown_mime(&json!({"application/json": {}})), None);
+    }
+}

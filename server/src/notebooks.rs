@@ -1,9 +1,12 @@
 //! The relay between browsers (or scripts) and kernels: the server checks access, then
 //! talks to the kernel gateway of the agent running the kernel (see
 //! `atelier_protocol::notebooks`) and streams what the kernel says back as server-sent
-//! events, with HTML sanitized on the way. Kernels never run in this process.
+//! events. Outputs go as the kernel gave them (the editor shows rich ones in a
+//! sandboxed frame), within a cell's output caps (`ipynb::OutputBudget`): a runaway
+//! cell's output is cut, with a note. Kernels never run in this process.
 
 use std::convert::Infallible;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use atelier_core::authz::Principal;
@@ -64,14 +67,20 @@ pub async fn execute(
     }
     let db = state.db.clone();
     let id = target.id.clone();
-    let messages = lines(response.bytes_stream()).map(move |line| {
-        let mut message: KernelMessage = serde_json::from_slice(&line).unwrap_or_else(|err| KernelMessage {
-            msg_type: "relay_error".into(),
-            content: serde_json::json!({"message": format!("an unreadable message from the kernel: {err}")}),
-        });
-        ipynb::sanitize_message(&mut message.content);
-        message
-    });
+    // The cell's outputs are counted as they pass: beyond the caps they are cut, and a
+    // note on what was left out goes before the message that ends the cell (or at the
+    // end of the stream, whatever ended it).
+    let budget = Arc::new(Mutex::new(ipynb::OutputBudget::new()));
+    let (counting, closing) = (budget.clone(), budget);
+    let messages = lines(response.bytes_stream())
+        .map(|line| {
+            serde_json::from_slice::<KernelMessage>(&line).unwrap_or_else(|err| KernelMessage {
+                msg_type: "relay_error".into(),
+                content: serde_json::json!({"message": format!("an unreadable message from the kernel: {err}")}),
+            })
+        })
+        .flat_map(move |message| futures::stream::iter(bounded(&counting, message)))
+        .chain(futures::stream::once(async move { note(&closing) }).filter_map(futures::future::ready));
     // Activity is noted when the cell ends too, and a death right away (the agent's
     // next heartbeat says the same a little later).
     let events = messages
@@ -100,6 +109,31 @@ pub async fn execute(
         .chain(futures::stream::once(stopped_notice(state.shutdown.clone())).filter_map(futures::future::ready))
         .boxed();
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))).into_response())
+}
+
+/// A kernel message within the cell's output caps: as it came, cut (stream text at
+/// the cap), or left out; a message that ends the cell is preceded by the note on what
+/// was left out, if anything was.
+fn bounded(budget: &Mutex<ipynb::OutputBudget>, mut message: KernelMessage) -> Vec<KernelMessage> {
+    let Ok(mut budget) = budget.lock() else { return vec![message] };
+    if !budget.admit_message(&message.msg_type, &mut message.content) {
+        return Vec::new();
+    }
+    let ends = matches!(message.msg_type.as_str(), "execute_reply" | "kernel_dead" | "kernel_lost" | "relay_error");
+    let note = if ends { note_message(&mut budget) } else { None };
+    note.into_iter().chain([message]).collect()
+}
+
+/// The note on what was left out of the cell's output, as a `stream` message.
+fn note(budget: &Mutex<ipynb::OutputBudget>) -> Option<KernelMessage> {
+    budget.lock().ok().and_then(|mut b| note_message(&mut b))
+}
+
+fn note_message(budget: &mut ipynb::OutputBudget) -> Option<KernelMessage> {
+    budget.take_note().map(|note| KernelMessage {
+        msg_type: "stream".into(),
+        content: serde_json::json!({"name": note["name"], "text": note["text"]}),
+    })
 }
 
 /// The last event of a cell's stream cut short by the server stopping; none otherwise.

@@ -9,8 +9,22 @@ use axum::http::{header, Method, Request, StatusCode};
 use common::{Auth, TestApp};
 use serde_json::{json, Value};
 
+/// Rich HTML as pandas, IPython and widgets write it: a `<style>`, a `<script>`, audio,
+/// video and an iframe, as lines.
+fn rich_html() -> Value {
+    json!([
+        "<style scoped>.dataframe td { color: red; }</style>\n",
+        "<table class=\"dataframe\"><tr><td>1</td></tr></table>\n",
+        "<script>document.title = 'ran'; steal()</script>\n",
+        "<audio controls src=\"data:audio/wav;base64,UklGRg==\"></audio>\n",
+        "<video controls><source src=\"data:video/mp4;base64,AAAA\" type=\"video/mp4\"></video>\n",
+        "<iframe src=\"https://example.com/embed\" width=\"300\"></iframe>"
+    ])
+}
+
 /// A notebook as Jupyter writes it: sources and texts as lists of lines, nbformat 4.4
-/// without cell ids, an image, an error with ANSI colours, HTML with a script.
+/// without cell ids, an image, an error with ANSI colours, HTML with a style and a
+/// script, audio, video and an iframe.
 fn jupyter_notebook() -> Value {
     json!({
         "nbformat": 4, "nbformat_minor": 4,
@@ -20,8 +34,7 @@ fn jupyter_notebook() -> Value {
             {"cell_type": "code", "metadata": {"tags": ["setup"]}, "execution_count": 1,
              "source": ["import pandas as pd\n", "df = pd.DataFrame({'a': [1]})\n", "df"],
              "outputs": [{"output_type": "execute_result", "execution_count": 1, "metadata": {},
-                          "data": {"text/plain": ["   a\n", "0  1"],
-                                   "text/html": ["<table><tr><td>1</td></tr></table>\n", "<script>steal()</script>"]}}]},
+                          "data": {"text/plain": ["   a\n", "0  1"], "text/html": rich_html()}}]},
             {"cell_type": "code", "metadata": {}, "execution_count": 2, "source": "plot()",
              "outputs": [{"output_type": "display_data", "metadata": {},
                           "data": {"image/png": "iVBORw0KGgo=\n", "text/plain": ["<Figure>"]}},
@@ -46,7 +59,7 @@ async fn import(app: &TestApp, token: &str, name: &str, bytes: Vec<u8>) -> commo
 }
 
 #[tokio::test]
-async fn an_imported_notebook_exports_to_the_same_notebook_with_html_sanitized() {
+async fn an_imported_notebook_exports_to_the_same_notebook_with_outputs_as_given() {
     let app = TestApp::new().await;
     let dana = app.create_user_with("dana", &["DataScientist".into()]).await;
     let token = app.token_for(&dana, None).await;
@@ -62,8 +75,10 @@ async fn an_imported_notebook_exports_to_the_same_notebook_with_html_sanitized()
     assert!(cells.iter().all(|c| c["id"].as_str().is_some_and(|s| !s.is_empty())), "ids were added");
     assert_eq!(cells[1]["source"], "import pandas as pd\ndf = pd.DataFrame({'a': [1]})\ndf");
     assert_eq!(cells[1]["metadata"]["tags"][0], "setup");
+    // Outputs are stored as the file gave them: style, script, audio, video and iframe.
     let html = cells[1]["outputs"][0]["data"]["text/html"].as_str().expect("html");
-    assert!(html.contains("<td>1</td>") && !html.contains("script") && !html.contains("steal"), "{html}");
+    let given: String = rich_html().as_array().expect("lines").iter().filter_map(Value::as_str).collect();
+    assert_eq!(html, given);
 
     // The export is nbformat 4.5 with texts split into lines, as Jupyter writes them.
     let r = app.call(Method::GET, &format!("/api/v1/notebooks/{id}/export"), Auth::Bearer(&token), None).await;
@@ -74,6 +89,11 @@ async fn an_imported_notebook_exports_to_the_same_notebook_with_html_sanitized()
     assert_eq!(exported["nbformat"], 4);
     assert_eq!(exported["nbformat_minor"], 5);
     assert_eq!(exported["cells"][0]["source"], json!(["# Churn\n", "A *first* look."]));
+    // Every output's data is exported as it was imported.
+    let original = jupyter_notebook();
+    for c in [1, 2, 3] {
+        assert_eq!(exported["cells"][c]["outputs"], original["cells"][c]["outputs"], "cell {c}");
+    }
     assert_eq!(exported["cells"][2]["outputs"][0]["data"]["image/png"], "iVBORw0KGgo=\n");
     assert_eq!(exported["cells"][3]["outputs"][0]["ename"], "ZeroDivisionError");
     assert!(exported["cells"][4].get("outputs").is_none(), "raw cells have no outputs");
@@ -90,6 +110,124 @@ async fn an_imported_notebook_exports_to_the_same_notebook_with_html_sanitized()
     let py = r.text();
     assert!(py.contains("# %% [markdown]\n# # Churn\n# A *first* look.\n"), "{py}");
     assert!(py.contains("# %%\n1/0\n"), "{py}");
+}
+
+/// What `GET .../outputs/{cell}/{index}` answers.
+async fn output(app: &TestApp, auth: Auth<'_>, id: &str, cell: &str, index: usize) -> common::TestResponse {
+    app.call(Method::GET, &format!("/api/v1/notebooks/{id}/outputs/{cell}/{index}"), auth, None).await
+}
+
+#[tokio::test]
+async fn rich_outputs_are_served_as_sandboxed_documents_to_those_who_may_open_the_notebook() {
+    let app = TestApp::new().await;
+    let dana = app.create_user_with("dana", &["DataScientist".into()]).await;
+    app.create_user_with("erin", &["DataScientist".into()]).await;
+    let token = app.token_for(&dana, None).await;
+    let r = import(&app, &token, "churn", serde_json::to_vec(&jupyter_notebook()).expect("json")).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let nb = r.json();
+    let id = nb["id"].as_str().expect("id").to_string();
+    let cell = |i: usize| nb["content"]["cells"][i]["id"].as_str().expect("cell id").to_string();
+
+    // The HTML output as a document of its own, as given, in an opaque origin: the
+    // sandbox policy is the response's own, not the pages' (no allow-same-origin), and
+    // it may be framed by the studio only.
+    let r = output(&app, Auth::Bearer(&token), &id, &cell(1), 0).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("content-type").as_deref(), Some("text/html; charset=utf-8"));
+    let csp = r.header("content-security-policy").expect("a policy");
+    assert!(csp.starts_with("sandbox allow-scripts;"), "{csp}");
+    assert!(!csp.contains("allow-same-origin") && !csp.contains("allow-top-navigation"), "{csp}");
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'self'"), "{csp}");
+    assert!(!csp.contains("nonce-"), "not the pages' policy: {csp}");
+    assert_eq!(r.header("x-frame-options").as_deref(), Some("SAMEORIGIN"));
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(r.header("x-content-type-options").as_deref(), Some("nosniff"));
+    let document = r.text();
+    let given: String = rich_html().as_array().expect("lines").iter().filter_map(Value::as_str).collect();
+    assert!(document.contains(&given), "{document}");
+    assert!(document.contains("atelierOutputHeight"), "it tells the editor its height");
+
+    // A browser's session cookie works as well (the editor's frame sends it).
+    let cookie = app.sign_in("dana", common::PASSWORD).await;
+    let r = output(&app, Auth::Cookie(&cookie), &id, &cell(1), 0).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // Outputs shown in the page (an image, stream text, an error) have no document; nor
+    // do cells and positions that do not exist.
+    for (c, i) in [(2, 0), (2, 1), (3, 0), (1, 1), (0, 0)] {
+        let r = output(&app, Auth::Bearer(&token), &id, &cell(c), i).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "cell {c} output {i}: {}", r.text());
+    }
+    assert_eq!(output(&app, Auth::Bearer(&token), &id, "nope", 0).await.status, StatusCode::NOT_FOUND);
+
+    // Only those who may open the notebook: not anonymously, not another user until it
+    // is shared with them.
+    let r = output(&app, Auth::None, &id, &cell(1), 0).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.text());
+    let erin = app.sign_in("erin", common::PASSWORD).await;
+    let r = output(&app, Auth::Cookie(&erin), &id, &cell(1), 0).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert!(!r.text().contains("steal"));
+    let share = format!("/api/v1/notebooks/{id}/shares/erin");
+    let r = app.call(Method::PUT, &share, Auth::Bearer(&token), Some(json!({"role": "reader"}))).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let r = output(&app, Auth::Cookie(&erin), &id, &cell(1), 0).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // JavaScript and SVG outputs get documents too.
+    let content = json!({"nbformat": 4, "cells": [{"cell_type": "code", "id": "js", "source": "", "outputs": [
+        {"output_type": "display_data", "metadata": {},
+         "data": {"application/javascript": "element.innerText = 'hi';", "text/plain": "<Javascript>"}},
+        {"output_type": "display_data", "metadata": {},
+         "data": {"image/svg+xml": "<svg xmlns=\"http://www.w3.org/2000/svg\"><script>x()</script></svg>"}}]}]});
+    let r = save(&app, &token, &id, &content, nb["version"].as_i64().expect("version")).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let js = output(&app, Auth::Bearer(&token), &id, "js", 0).await;
+    assert!(js.text().contains("<script>var element = document.getElementById('output');\nelement.innerText = 'hi';"));
+    let svg = output(&app, Auth::Bearer(&token), &id, "js", 1).await;
+    assert!(svg.text().contains("<svg xmlns=\"http://www.w3.org/2000/svg\"><script>x()</script></svg>"));
+}
+
+#[tokio::test]
+async fn a_cell_s_stored_outputs_are_bounded_with_a_note_on_what_was_left_out() {
+    let app = TestApp::new().await;
+    let dana = app.create_user_with("dana", &["DataScientist".into()]).await;
+    let token = app.token_for(&dana, None).await;
+    let r = app.call(Method::POST, "/api/v1/notebooks", Auth::Bearer(&token), Some(json!({"name": "loud"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let id = r.json()["id"].as_str().expect("id").to_string();
+
+    // What `while True: print('x' * 10000)` leaves behind: 3 MB of stdout.
+    let line = "x".repeat(9_999) + "\n";
+    let outputs: Vec<Value> =
+        (0..300).map(|_| json!({"output_type": "stream", "name": "stdout", "text": line})).collect();
+    let content = json!({"nbformat": 4, "cells": [
+        {"cell_type": "code", "id": "loud", "source": "while True: print('x' * 10000)", "outputs": outputs},
+        {"cell_type": "code", "id": "quiet", "source": "print(1)",
+         "outputs": [{"output_type": "stream", "name": "stdout", "text": "1\n"}]}]});
+    let r = save(&app, &token, &id, &content, 1).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let saved = r.json();
+    let kept: String = saved["content"]["cells"][0]["outputs"]
+        .as_array()
+        .expect("outputs")
+        .iter()
+        .filter_map(|o| o["text"].as_str())
+        .collect();
+    assert!(kept.len() <= 1024 * 1024, "at most 1 MiB of stream text: {}", kept.len());
+    let shown = kept.bytes().filter(|b| *b == b'x' || *b == b'\n').count() - 2;
+    let note = format!("\n[output truncated: {} more bytes not shown]\n", 3_000_000 - shown);
+    assert!(kept.ends_with(&note), "{}", &kept[kept.len() - 80..]);
+    assert_eq!(saved["content"]["cells"][1]["outputs"][0]["text"], "1\n", "other cells are untouched");
+
+    // Saving, exporting and importing it again changes nothing more.
+    let r = save(&app, &token, &id, &saved["content"], 2).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.json()["content"], saved["content"]);
+    let r = app.call(Method::GET, &format!("/api/v1/notebooks/{id}/export"), Auth::Bearer(&token), None).await;
+    let again = import(&app, &token, "again", r.body.clone()).await;
+    assert_eq!(again.json()["content"]["cells"], saved["content"]["cells"]);
 }
 
 #[tokio::test]

@@ -2,9 +2,14 @@
 //! Atelier stores, and writing `.ipynb` and `.py` back out.
 //!
 //! Stored shape: nbformat 4.5 (every cell has an `id`), `source` and every multi-line
-//! text (stream text, `text/*` data, SVG) joined into one string, and HTML outputs
-//! sanitized. Export splits texts back into lines, as Jupyter writes them. Output
-//! types Atelier does not know are kept as they are (the editor shows them raw).
+//! text (stream text, `text/*` data, SVG) joined into one string. Outputs are kept as
+//! the kernel or the imported file gave them (HTML with its `<style>`, `<script>`,
+//! audio, video and iframes): they are made safe where they are shown, in a sandboxed
+//! frame without the studio's origin ([`output_document`]). Export splits texts back
+//! into lines, as Jupyter writes them. Output types Atelier does not know are kept as
+//! they are (the editor shows them raw). A cell's outputs are bounded
+//! ([`MAX_STREAM_BYTES_PER_CELL`], [`MAX_OUTPUT_BYTES_PER_CELL`]): beyond, they are
+//! truncated with a note saying how much was left out.
 
 use serde_json::{json, Map, Value};
 
@@ -14,6 +19,19 @@ use crate::{CoreError, CoreResult};
 pub const MAX_NOTEBOOK_BYTES: usize = 16 * 1024 * 1024;
 /// Cells in one notebook at most.
 const MAX_CELLS: usize = 10_000;
+/// Stream text (stdout and stderr together) kept per cell. A megabyte is some ten
+/// thousand long log lines, more than anyone reads in a notebook; a runaway
+/// `while True: print(...)` stops there instead of growing the browser's page and the
+/// database without limit.
+pub const MAX_STREAM_BYTES_PER_CELL: usize = 1024 * 1024;
+/// Every output of one cell together (text, images, HTML, tracebacks), counted as
+/// stream text bytes plus the JSON of the other outputs. 8 MiB holds a few large
+/// figures, or an interactive figure with its library inlined (plotly's is some 4 MB),
+/// and leaves room in a notebook of at most [`MAX_NOTEBOOK_BYTES`].
+pub const MAX_OUTPUT_BYTES_PER_CELL: usize = 8 * 1024 * 1024;
+/// Room kept under both caps for the truncation note, so that a truncated cell is
+/// within the caps with its note, and normalizing it again changes nothing.
+const NOTE_ROOM: usize = 128;
 
 /// An empty notebook with one code cell.
 pub fn empty() -> Value {
@@ -136,9 +154,9 @@ fn normalize_cell(cell: Value) -> Result<Value, String> {
         "code" => {
             let outputs = match cell.get("outputs") {
                 None | Some(Value::Null) => Vec::new(),
-                Some(Value::Array(outputs)) => {
-                    outputs.iter().enumerate().map(|(j, o)| normalize_output(o, j)).collect::<Result<_, _>>()?
-                }
+                Some(Value::Array(outputs)) => bound_outputs(
+                    outputs.iter().enumerate().map(|(j, o)| normalize_output(o, j)).collect::<Result<_, _>>()?,
+                ),
                 Some(_) => return Err("outputs must be a list".into()),
             };
             let count = cell.get("execution_count").and_then(Value::as_i64);
@@ -166,8 +184,7 @@ fn normalize_data(data: Option<&Value>, at: &str) -> Result<Map<String, Value>, 
     let mut data = object(data, &format!("{at} data"))?;
     for (mime, value) in data.iter_mut() {
         if is_text_mime(mime) || mime.starts_with("image/") {
-            let joined = text(Some(value), &format!("{at} {mime}"))?;
-            *value = Value::String(if mime == "text/html" { sanitize_html(&joined) } else { joined });
+            *value = Value::String(text(Some(value), &format!("{at} {mime}"))?);
         }
     }
     Ok(data)
@@ -204,8 +221,8 @@ fn normalize_output(output: &Value, j: usize) -> Result<Value, String> {
 }
 
 /// An output message from a kernel (iopub `content` of `stream`, `display_data`,
-/// `execute_result`, `error`) as a stored output, sanitized; `None` for messages that
-/// are not outputs.
+/// `execute_result`, `error`) as a stored output, as the kernel gave it; `None` for
+/// messages that are not outputs.
 pub fn output_from_message(msg_type: &str, content: &Value) -> Option<Value> {
     let mut output = match msg_type {
         "stream" | "display_data" | "execute_result" | "error" => content.clone(),
@@ -223,19 +240,239 @@ pub fn output_from_message(msg_type: &str, content: &Value) -> Option<Value> {
     normalize_output(&output, 0).ok()
 }
 
-/// Sanitizes a kernel message's content before it goes to a browser: HTML outputs are
-/// cleaned. SVG is left as it is because the editor only ever shows it as an image
-/// (`<img src="data:…">`), where scripts do not run.
-pub fn sanitize_message(content: &mut Value) {
-    if let Some(html) = content.get_mut("data").and_then(|d| d.get_mut("text/html")) {
-        if let Ok(joined) = text(Some(html), "text/html") {
-            *html = Value::String(sanitize_html(&joined));
-        }
+/// How much an output counts against a cell's caps: stream text in bytes, any other
+/// output as its JSON.
+fn output_size(output: &Value) -> usize {
+    match output.get("text").and_then(Value::as_str) {
+        Some(text) if output["output_type"] == "stream" => text.len(),
+        _ => serde_json::to_string(output).map_or(0, |s| s.len()),
     }
 }
 
-/// Cleans HTML from a kernel or a user: no scripts, no event handlers, no
-/// `javascript:` links; tables, formatting and images stay.
+/// The longest prefix of `text` of at most `max` bytes that ends on a character.
+fn prefix(text: &str, max: usize) -> &str {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// What is left of a cell's output caps while its outputs are taken one by one: on
+/// saving and importing ([`normalize`]), and in the server's relay of a running cell's
+/// messages ([`OutputBudget::admit_message`]), so a browser never holds more than it
+/// could save. Stream text beyond [`MAX_STREAM_BYTES_PER_CELL`] is cut (and later
+/// stream text dropped); another output that does not fit in
+/// [`MAX_OUTPUT_BYTES_PER_CELL`] is dropped; [`OutputBudget::take_note`] then says how
+/// much was left out.
+#[derive(Debug, Default)]
+pub struct OutputBudget {
+    stream: usize,
+    total: usize,
+    /// Bytes left out so far.
+    dropped: usize,
+    /// Stream text was cut: the stream (`stdout`/`stderr`) it was.
+    cut: Option<String>,
+    /// Whether the last stream text kept ended a line.
+    open_line: bool,
+}
+
+impl OutputBudget {
+    pub fn new() -> OutputBudget {
+        OutputBudget::default()
+    }
+
+    /// Takes one output (in the stored shape): kept as it is, kept shortened (stream
+    /// text at the cap), or `None` when it is left out.
+    pub fn admit(&mut self, mut output: Value) -> Option<Value> {
+        let size = output_size(&output);
+        let total_room = (MAX_OUTPUT_BYTES_PER_CELL - NOTE_ROOM).saturating_sub(self.total);
+        if output["output_type"] != "stream" || output.get("text").and_then(Value::as_str).is_none() {
+            if size > total_room {
+                self.dropped += size;
+                return None;
+            }
+            self.total += size;
+            return Some(output);
+        }
+        if self.cut.is_some() {
+            self.dropped += size;
+            return None;
+        }
+        let room = (MAX_STREAM_BYTES_PER_CELL - NOTE_ROOM).saturating_sub(self.stream).min(total_room);
+        let text = output["text"].as_str().unwrap_or_default();
+        let kept = prefix(text, room).to_string();
+        if kept.len() < text.len() {
+            self.dropped += text.len() - kept.len();
+            self.cut = Some(output["name"].as_str().unwrap_or("stdout").to_string());
+        }
+        self.stream += kept.len();
+        self.total += kept.len();
+        if kept.is_empty() {
+            return None;
+        }
+        self.open_line = !kept.ends_with('\n');
+        output["text"] = Value::String(kept);
+        Some(output)
+    }
+
+    /// A kernel message on its way to a browser: false when it is to be left out (an
+    /// output over the caps); stream text at the cap is shortened in place. A
+    /// `clear_output` starts the count again: what was counted is gone.
+    pub fn admit_message(&mut self, msg_type: &str, content: &mut Value) -> bool {
+        if msg_type == "clear_output" {
+            *self = OutputBudget::new();
+            return true;
+        }
+        if !matches!(msg_type, "stream" | "display_data" | "execute_result" | "error") {
+            return true;
+        }
+        let Some(output) = output_from_message(msg_type, content) else { return true };
+        match self.admit(output) {
+            None => false,
+            Some(kept) => {
+                if msg_type == "stream" {
+                    content["text"] = kept["text"].clone();
+                }
+                true
+            }
+        }
+    }
+
+    /// The note on what was left out, as a stream output (once; `None` when nothing
+    /// was). It goes after the outputs kept: on the stream text that was cut, else on
+    /// `stdout`.
+    pub fn take_note(&mut self) -> Option<Value> {
+        if self.dropped == 0 {
+            return None;
+        }
+        let dropped = std::mem::take(&mut self.dropped);
+        let name = self.cut.clone().unwrap_or_else(|| "stdout".to_string());
+        let start = if self.open_line { "\n" } else { "" };
+        self.open_line = false;
+        Some(json!({"output_type": "stream", "name": name,
+                    "text": format!("{start}[output truncated: {dropped} more bytes not shown]\n")}))
+    }
+}
+
+/// Appends an output as the editor and Jupyter show it: stream text after stream text
+/// of the same name is one output.
+fn push_output(outputs: &mut Vec<Value>, output: Value) {
+    if output["output_type"] == "stream" {
+        if let Some(last) = outputs.last_mut() {
+            if last["output_type"] == "stream" && last["name"] == output["name"] {
+                if let (Some(a), Some(b)) = (last["text"].as_str(), output["text"].as_str()) {
+                    last["text"] = Value::String(format!("{a}{b}"));
+                    return;
+                }
+            }
+        }
+    }
+    outputs.push(output);
+}
+
+/// A cell's outputs within its caps: as they are when they fit, else truncated with a
+/// note (which fits too, so bounding them again changes nothing).
+fn bound_outputs(outputs: Vec<Value>) -> Vec<Value> {
+    let (stream, total) = outputs.iter().fold((0, 0), |(stream, total), o| {
+        let size = output_size(o);
+        (if o["output_type"] == "stream" { stream + size } else { stream }, total + size)
+    });
+    if stream <= MAX_STREAM_BYTES_PER_CELL && total <= MAX_OUTPUT_BYTES_PER_CELL {
+        return outputs;
+    }
+    let mut budget = OutputBudget::new();
+    let mut kept = Vec::with_capacity(outputs.len());
+    for output in outputs {
+        if let Some(o) = budget.admit(output) {
+            kept.push(o);
+        }
+    }
+    if let Some(note) = budget.take_note() {
+        push_output(&mut kept, note);
+    }
+    kept
+}
+
+/// The page a rich output is shown in, inside `<iframe sandbox="allow-scripts">` and
+/// served with a `sandbox` Content-Security-Policy, so its scripts run in an opaque
+/// origin: they reach neither the studio's pages, cookies nor API. The output is
+/// inserted as it is (HTML and SVG markup as given; JavaScript in a script element, as
+/// Jupyter runs it, with `element` naming a `div` for it); a small script tells the
+/// page the document's height (`{atelierOutputHeight: N}` to the parent) at load and
+/// whenever it changes, so the frame fits its content. `None` for outputs not shown in
+/// a frame (see `atelier_protocol::notebooks::is_framed`).
+pub fn output_document(output: &Value) -> Option<String> {
+    use atelier_protocol::notebooks::{is_framed, shown_mime};
+    if !matches!(output["output_type"].as_str(), Some("display_data" | "execute_result")) {
+        return None;
+    }
+    let data = output.get("data")?;
+    let mime = shown_mime(data).filter(|m| is_framed(m))?;
+    let value = text(data.get(mime), mime).ok()?;
+    let body = if mime == "application/javascript" {
+        format!(
+            "<div id=\"output\"></div>\n<script>var element = document.getElementById('output');\n{}\n</script>",
+            escape_script(&value)
+        )
+    } else {
+        value
+    };
+    Some(format!("{OUTPUT_HEAD}{body}\n</body>\n</html>\n"))
+}
+
+/// The start of an output's document (see [`output_document`]); the height script is
+/// in the head so that markup in the output that never closes cannot swallow it.
+const OUTPUT_HEAD: &str = r#"<!DOCTYPE html>
+<html>
+<head>
+<meta charset="utf-8">
+<script>
+(function () {
+  var last = -1;
+  function height() {
+    var b = document.body;
+    return b ? Math.ceil(Math.max(b.scrollHeight, b.getBoundingClientRect().height)) : 0;
+  }
+  function post() {
+    var h = height();
+    if (h !== last) { last = h; parent.postMessage({atelierOutputHeight: h}, '*'); }
+  }
+  addEventListener('DOMContentLoaded', function () {
+    post();
+    if (window.ResizeObserver) { new ResizeObserver(post).observe(document.body); }
+  });
+  addEventListener('load', post);
+})();
+</script>
+<style>
+html, body { margin: 0; padding: 0; background: transparent; }
+body { display: flow-root; font: 14px/1.45 system-ui, -apple-system, "Segoe UI", sans-serif; color: #1f2328; overflow-wrap: anywhere; }
+table { border-collapse: collapse; font-size: 13px; }
+th, td { padding: 3px 8px; text-align: right; border-bottom: 1px solid #e5e7eb; }
+img, svg, video { max-width: 100%; height: auto; }
+</style>
+</head>
+<body>
+"#;
+
+/// JavaScript as the content of a script element: a `</script` inside it would end the
+/// element early.
+fn escape_script(js: &str) -> String {
+    let lower = js.to_ascii_lowercase();
+    let mut out = String::with_capacity(js.len());
+    let mut from = 0;
+    while let Some(at) = lower[from..].find("</script") {
+        out.push_str(&js[from..from + at]);
+        out.push_str("<\\/");
+        from += at + 2;
+    }
+    out.push_str(&js[from..]);
+    out
+}
+
+/// Cleans HTML that the studio shows in its own pages (rendered Markdown): no scripts,
+/// no event handlers, no `javascript:` links; tables, formatting and images stay.
 pub fn sanitize_html(html: &str) -> String {
     ammonia::Builder::default().add_generic_attributes(["class", "style"]).clean(html).to_string()
 }
@@ -317,7 +554,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lists_are_joined_ids_added_and_html_sanitized() {
+    fn lists_are_joined_ids_added_and_outputs_kept_as_given() {
         let raw = json!({"nbformat": 4, "nbformat_minor": 2, "metadata": {}, "cells": [
             {"cell_type": "markdown", "metadata": {}, "source": ["# Title\n", "text"]},
             {"cell_type": "code", "metadata": {}, "execution_count": 3, "source": ["print(1)\n", "1+1"],
@@ -335,7 +572,10 @@ mod tests {
         assert!(valid_id(cells[0]["id"].as_str().expect("id")));
         assert_ne!(cells[0]["id"], cells[1]["id"]);
         assert_eq!(cells[1]["outputs"][0]["text"], "1\n");
-        assert_eq!(cells[1]["outputs"][1]["data"]["text/html"], "<b>2</b>");
+        assert_eq!(
+            cells[1]["outputs"][1]["data"]["text/html"], "<b onclick=\"x()\">2</b><script>alert(1)</script>",
+            "HTML is stored as given"
+        );
         assert_eq!(cells[1]["outputs"][2]["payload"], 1, "unknown outputs are kept");
         let exported = export(&nb);
         assert_eq!(exported["cells"][1]["source"], json!(["print(1)\n", "1+1"]));
@@ -370,5 +610,92 @@ mod tests {
         let html = render_markdown("**bold** <img src=x onerror=alert(1)> [a](javascript:alert(1))");
         assert!(html.contains("<strong>bold</strong>"));
         assert!(!html.contains("onerror") && !html.contains("javascript:"), "{html}");
+    }
+
+    #[test]
+    fn a_runaway_stream_is_cut_with_a_note_and_cutting_again_changes_nothing() {
+        let line = "x".repeat(9_999) + "\n";
+        let outputs: Vec<Value> =
+            (0..300).map(|_| json!({"output_type": "stream", "name": "stdout", "text": line})).collect();
+        let nb = normalize(json!({"nbformat": 4, "cells": [{"cell_type": "code", "source": "", "outputs": outputs}]}))
+            .expect("valid");
+        let kept = nb["cells"][0]["outputs"].as_array().expect("outputs");
+        let text: String = kept.iter().filter_map(|o| o["text"].as_str()).collect();
+        let kept_len = MAX_STREAM_BYTES_PER_CELL - NOTE_ROOM;
+        let note = format!("\n[output truncated: {} more bytes not shown]\n", 300 * 10_000 - kept_len);
+        assert_eq!(text.len(), kept_len + note.len());
+        assert!(text.ends_with(&note), "{}", &text[text.len() - 100..]);
+        assert!(text.len() <= MAX_STREAM_BYTES_PER_CELL);
+        assert_eq!(normalize(nb.clone()).expect("again"), nb, "a cut cell is within the caps");
+        assert_eq!(normalize(export(&nb)).expect("round trip"), nb);
+    }
+
+    #[test]
+    fn outputs_over_the_cell_cap_are_left_out_and_later_ones_that_fit_kept() {
+        let big = "A".repeat(3 * 1024 * 1024);
+        let image = |data: &str| json!({"output_type": "display_data", "metadata": {}, "data": {"image/png": data}});
+        let outputs = vec![
+            image(&big),
+            image(&big),
+            image(&big),
+            json!({"output_type": "stream", "name": "stdout", "text": "done\n"}),
+        ];
+        let nb = normalize(json!({"nbformat": 4, "cells": [{"cell_type": "code", "source": "", "outputs": outputs}]}))
+            .expect("valid");
+        let kept = nb["cells"][0]["outputs"].as_array().expect("outputs");
+        assert_eq!(kept.len(), 3, "two images, then the text with the note");
+        let dropped = serde_json::to_string(&image(&big)).expect("json").len();
+        assert_eq!(kept[2]["text"], format!("done\n[output truncated: {dropped} more bytes not shown]\n"));
+        assert_eq!(normalize(nb.clone()).expect("again"), nb);
+    }
+
+    #[test]
+    fn the_relay_cuts_a_running_cell_s_stream_and_notes_it_before_the_reply() {
+        let mut budget = OutputBudget::new();
+        let chunk = "y".repeat(100_000);
+        let mut seen = String::new();
+        let mut passed = 0;
+        for _ in 0..30 {
+            let mut content = json!({"name": "stdout", "text": chunk});
+            if budget.admit_message("stream", &mut content) {
+                passed += 1;
+                seen.push_str(content["text"].as_str().expect("text"));
+            }
+        }
+        assert_eq!(passed, 11, "ten whole chunks and a cut one");
+        assert_eq!(seen.len(), MAX_STREAM_BYTES_PER_CELL - NOTE_ROOM);
+        let mut status = json!({"execution_state": "busy"});
+        assert!(budget.admit_message("status", &mut status), "other messages pass");
+        let note = budget.take_note().expect("a note");
+        assert_eq!(note["name"], "stdout");
+        let note_text = note["text"].as_str().expect("text");
+        assert_eq!(note_text, format!("\n[output truncated: {} more bytes not shown]\n", 3_000_000 - seen.len()));
+        assert!(budget.take_note().is_none(), "once");
+        // What the browser then saves is within the caps as it is.
+        let saved = vec![json!({"output_type": "stream", "name": "stdout", "text": seen + note_text})];
+        assert_eq!(bound_outputs(saved.clone()), saved);
+        // A cleared output starts over.
+        budget.admit_message("clear_output", &mut json!({"wait": false}));
+        let mut content = json!({"name": "stdout", "text": chunk});
+        assert!(budget.admit_message("stream", &mut content));
+        assert_eq!(content["text"].as_str().map(str::len), Some(chunk.len()));
+    }
+
+    #[test]
+    fn rich_outputs_get_a_document_of_their_own_with_the_output_as_given() {
+        let html = json!({"output_type": "display_data", "metadata": {},
+            "data": {"text/html": "<style>td{color:red}</style><table><tr><td>1</td></tr></table><script>go()</script>",
+                     "text/plain": "df"}});
+        let doc = output_document(&html).expect("framed");
+        assert!(doc.starts_with("<!DOCTYPE html>"));
+        assert!(doc.contains("<style>td{color:red}</style><table><tr><td>1</td></tr></table><script>go()</script>"));
+        assert!(doc.contains("atelierOutputHeight"));
+        let js = json!({"output_type": "display_data", "metadata": {},
+            "data": {"application/javascript": "element.textContent = '</script><b>x</b>';"}});
+        let doc = output_document(&js).expect("framed");
+        assert!(doc.contains("element.textContent = '<\\/script><b>x</b>';\n</script>"), "{doc}");
+        let png = json!({"output_type": "display_data", "metadata": {}, "data": {"image/png": "iVBOR"}});
+        assert!(output_document(&png).is_none());
+        assert!(output_document(&json!({"output_type": "stream", "name": "stdout", "text": "<b>"})).is_none());
     }
 }

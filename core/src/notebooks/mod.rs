@@ -202,6 +202,21 @@ pub async fn get(db: &Db, p: &Principal, id: &str) -> CoreResult<Notebook> {
     open_full(db, p, id, Action::GetNotebook).await?.notebook(p)
 }
 
+/// One stored output of a code cell (`index` counts from 0), for whoever may open the
+/// notebook: what `GET /api/v1/notebooks/{id}/outputs/{cell}/{index}` shows in a
+/// sandboxed frame.
+pub async fn output(db: &Db, p: &Principal, id: &str, cell_id: &str, index: usize) -> CoreResult<Value> {
+    let mut notebook = get(db, p, id).await?;
+    let cell = notebook.content["cells"]
+        .as_array_mut()
+        .and_then(|cells| cells.iter_mut().find(|c| c["id"] == cell_id))
+        .ok_or(CoreError::NotFound("cell"))?;
+    match cell.get_mut("outputs").and_then(Value::as_array_mut) {
+        Some(outputs) if index < outputs.len() => Ok(outputs.swap_remove(index)),
+        _ => Err(CoreError::NotFound("output")),
+    }
+}
+
 /// The caller's role on a notebook they may open (for the editor: readers get a
 /// read-only page).
 pub async fn role(db: &Db, p: &Principal, id: &str) -> CoreResult<String> {

@@ -154,6 +154,47 @@ pub async fn export_notebook(
         .into_response())
 }
 
+/// The Content-Security-Policy of an output's document. `sandbox allow-scripts` puts it
+/// in an opaque origin even when opened on its own (not in the editor's sandboxed
+/// frame): its scripts reach neither the studio's pages, cookies nor API. Inline
+/// scripts, styles and `data:`/`blob:` media run and show; nothing is fetched from
+/// anywhere, the studio included. Only the studio's own pages may frame it.
+pub const OUTPUT_CSP: &str = "sandbox allow-scripts; default-src 'none'; \
+    script-src 'unsafe-inline' 'unsafe-eval' data: blob:; style-src 'unsafe-inline' data:; \
+    img-src data: blob:; media-src data: blob:; font-src data:; frame-ancestors 'self'";
+
+/// A rich output (HTML, JavaScript, SVG) of a code cell as a document of its own, as
+/// the editor shows it in `<iframe sandbox="allow-scripts">`: the output as the kernel
+/// gave it, served with a sandbox Content-Security-Policy so its scripts run in an
+/// opaque origin. For whoever may open the notebook; 404 for outputs shown in the page
+/// (text, PNG and JPEG images).
+#[utoipa::path(get, path = "/api/v1/notebooks/{id}/outputs/{cell}/{index}", tag = "notebooks",
+    params(("id" = String, Path, description = "Notebook id"), ("cell" = String, Path, description = "Cell id"),
+           ("index" = usize, Path, description = "The output's position in the cell, from 0")),
+    responses((status = 200, description = "text/html: the output's document", content_type = "text/html"),
+              (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn get_output(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((id, cell, index)): Path<(String, String, usize)>,
+) -> Result<Response, ApiError> {
+    let output = notebooks::output(&state.db, &p, &id, &cell, index).await?;
+    let document =
+        notebooks::ipynb::output_document(&output).ok_or(ApiError(atelier_core::CoreError::NotFound("rich output")))?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CONTENT_SECURITY_POLICY, OUTPUT_CSP),
+            // The security headers' default is DENY; the editor frames this.
+            (header::X_FRAME_OPTIONS, "SAMEORIGIN"),
+            (header::CACHE_CONTROL, "no-store"),
+            (header::REFERRER_POLICY, "no-referrer"),
+        ],
+        document,
+    )
+        .into_response())
+}
+
 /// Earlier contents: automatic snapshots, checkpoints, and what restores replaced.
 #[utoipa::path(get, path = "/api/v1/notebooks/{id}/revisions", tag = "notebooks",
     params(("id" = String, Path, description = "Notebook id")),
@@ -304,8 +345,9 @@ pub async fn stop_kernel(
 /// Runs code on the kernel. The answer is a stream of server-sent events, one
 /// `KernelMessage` JSON per `data:` line, as the kernel sends them: `status`,
 /// `execute_input`, `stream`, `display_data`, `execute_result`, `error`,
-/// `clear_output`, then `execute_reply`; `kernel_dead` if the kernel dies. HTML in
-/// outputs is sanitized.
+/// `clear_output`, then `execute_reply`; `kernel_dead` if the kernel dies. Outputs are
+/// as the kernel gave them; a cell's are bounded (stream text at 1 MiB, all outputs at
+/// 8 MiB): beyond, they are cut and a `stream` message says how much was left out.
 #[utoipa::path(post, path = "/api/v1/kernels/{id}/execute", tag = "notebooks", request_body = ExecuteRequest,
     params(("id" = String, Path, description = "Kernel id")),
     responses((status = 200, description = "text/event-stream of kernel messages", body = KernelMessage), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody), (status = 502, body = ErrorBody)))]
@@ -351,6 +393,7 @@ pub fn routes() -> OpenApiRouter<AppState> {
         .routes(routes!(save_notebook))
         .routes(routes!(duplicate_notebook))
         .routes(routes!(export_notebook))
+        .routes(routes!(get_output))
         .routes(routes!(list_revisions, create_checkpoint))
         .routes(routes!(get_revision))
         .routes(routes!(restore_revision))
