@@ -481,6 +481,14 @@ pub fn GroupPage() -> impl IntoView {
     let member = ServerAction::<SetGroupMember>::new();
     let policy = ServerAction::<SetGroupPolicy>::new();
     let delete = ServerAction::<DeleteGroup>::new();
+    // The server function redirects; after a confirmation it is dispatched from code, so
+    // the page follows here as well.
+    let navigate = leptos_router::hooks::use_navigate();
+    Effect::new(move |_| {
+        if matches!(delete.value().get(), Some(Ok(()))) {
+            navigate("/admin/groups", Default::default());
+        }
+    });
     let group = Resource::new(move || (name(), member.version().get(), policy.version().get()), |(n, ..)| get_group(n));
     let choices = Resource::new(|| (), |_| attach_choices());
     let error = Signal::derive(move || {
@@ -655,6 +663,14 @@ pub fn PolicyPage() -> impl IntoView {
     let save = ServerAction::<SavePolicy>::new();
     let rollback = ServerAction::<SetDefaultVersion>::new();
     let delete = ServerAction::<DeletePolicy>::new();
+    // The server function redirects; after a confirmation it is dispatched from code, so
+    // the page follows here as well.
+    let navigate = leptos_router::hooks::use_navigate();
+    Effect::new(move |_| {
+        if matches!(delete.value().get(), Some(Ok(()))) {
+            navigate("/admin/policies", Default::default());
+        }
+    });
     let policy =
         Resource::new(move || (name(), save.version().get(), rollback.version().get()), |(n, ..)| get_policy(n));
     let save_error = Signal::derive(move || save.value().get().and_then(Result::err));

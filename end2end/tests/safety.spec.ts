@@ -103,7 +103,9 @@ test('deleting an endpoint asks first, naming it and what it serves, from the da
   const errors = browserErrors(sid);
   const upload = await ok(await sid.request.post('/api/v1/artifacts?name=model.tar.gz', { data: Buffer.from('not really a model') }));
   await ok(await sid.request.post('/api/v1/model-groups', { data: { name: 'safety-model' } }));
-  await ok(await sid.request.post('/api/v1/model-groups/safety-model/versions', { data: { artifact: upload.id } }));
+  await ok(await sid.request.post('/api/v1/model-groups/safety-model/versions', {
+    data: { artifact: upload.id, inference: { serving_command: 'python3 serve.py' } },
+  }));
   const remy = await userPage(browser, 'remy', PASSWORD);
   await ok(await remy.request.post('/api/v1/model-groups/safety-model/versions/1/approval', { data: { status: 'Approved' } }));
   await remy.context().close();
