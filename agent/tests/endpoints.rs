@@ -357,7 +357,8 @@ async fn a_trained_model_is_deployed_invoked_split_by_weight_and_switched_withou
         )
         .await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let big = format!("x1,x2\n{}", "0.25,0.5\n".repeat(130_000));
+    // Over the 1 MB budget with its answer, and under the 6 MB limit of each.
+    let big = format!("x1,x2\n{}", "0.25,0.5\n".repeat(60_000));
     let r = invoke(&app, &token, "side", "text/csv", &big).await;
     assert_eq!(r.status, StatusCode::OK, "{}", &r.text()[..200.min(r.text().len())]);
     app.state.invoker.flush(&app.state).await;
@@ -480,10 +481,14 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         raw = self.rfile.read(int(self.headers.get("Content-Length", 0)))
         try:
-            numbers = json.loads(raw)["numbers"]
+            request = json.loads(raw)
+            numbers = request["numbers"]
         except Exception as e:
             return self.reply(400, {"error": f"send {{\"numbers\": [...]}}: {e}"})
-        self.reply(200, {"sum": sum(numbers), "weights": open("weights.txt").read().strip()})
+        answer = {"sum": sum(numbers), "weights": open("weights.txt").read().strip()}
+        if "pad" in request:
+            answer["pad"] = "x" * int(request["pad"])
+        self.reply(200, answer)
     def log_message(self, *args):
         pass
 
@@ -536,6 +541,12 @@ async fn a_python_model_server_is_deployed_rolled_back_and_moved_off_a_lost_node
     let r = invoke(&app, &token, "adder", "application/json", r#"{"words": []}"#).await;
     assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.text());
     assert!(r.text().contains("numbers"), "{}", r.text());
+    // An answer over the payload limit is not passed on, nor held whole in memory.
+    let r = invoke(&app, &token, "adder", "application/json", r#"{"numbers": [1], "pad": 7000000}"#).await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY, "{}", r.text());
+    assert!(r.text().contains("larger than the limit"), "{}", r.text());
+    let r = invoke(&app, &token, "adder", "application/json", r#"{"numbers": [1], "pad": 10}"#).await;
+    assert_eq!(r.json()["pad"], "xxxxxxxxxx", "{}", r.text());
 
     // A version whose server cannot start: the update is rolled back and v1 serves on.
     let broken = upload(&app, &token, "broken.tar.gz", tarball(&[("weights.txt", "v2")])).await;

@@ -287,6 +287,15 @@ pub async fn stop_training_job(name: String) -> Result<(), AppError> {
 #[derive(Clone)]
 pub struct WorkSignal(pub std::sync::Arc<dyn Fn() + Send + Sync>);
 
+/// The create form's text fields (name, hyperparameters, metric definitions…) are
+/// small: these bound what is held in memory while the form is read.
+#[cfg(feature = "ssr")]
+const MAX_FORM_FIELD_BYTES: usize = 64 * 1024;
+#[cfg(feature = "ssr")]
+const MAX_FORM_TEXT_BYTES: usize = 256 * 1024;
+#[cfg(feature = "ssr")]
+const MAX_FORM_FIELDS: usize = 64;
+
 /// Creates a training job from the create form: multipart, with the files to upload.
 #[server(input = MultipartFormData)]
 pub async fn create_training_job(data: MultipartData) -> Result<String, AppError> {
@@ -294,10 +303,17 @@ pub async fn create_training_job(data: MultipartData) -> Result<String, AppError
     let (db, p) = crate::context::db_and_principal()?;
     let store = crate::context::artifacts()?;
     let max = use_context::<UploadLimit>().map(|l| l.0).unwrap_or(u64::MAX);
+    // Authorized before a byte of the form is read: the form may carry gigabytes.
+    atelier_core::authz::authorize(
+        &p,
+        atelier_core::authz::Action::CreateTrainingJob,
+        &atelier_core::authz::Resource::new("atelier:training:job/*"),
+    )?;
     let mut multipart = data.into_inner().ok_or_else(|| AppError::new(ErrorKind::Internal, "no form data"))?;
     let mut fields: BTreeMap<String, String> = BTreeMap::new();
     let mut files: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut stored: Vec<String> = Vec::new();
+    let mut text_bytes = 0usize;
     let outcome: Result<String, AppError> = async {
         while let Some(field) = multipart
             .next_field()
@@ -313,11 +329,6 @@ pub async fn create_training_job(data: MultipartData) -> Result<String, AppError
                         job_id: None,
                         created_by: &p.user.username,
                     };
-                    atelier_core::authz::authorize(
-                        &p,
-                        atelier_core::authz::Action::CreateTrainingJob,
-                        &atelier_core::authz::Resource::new("atelier:training:job/*"),
-                    )?;
                     let artifact = store.put(&db, new, field, max).await?;
                     stored.push(artifact.id.clone());
                     files.entry(name).or_default().push(artifact.id);
@@ -333,12 +344,23 @@ pub async fn create_training_job(data: MultipartData) -> Result<String, AppError
                         .map_err(|e| AppError::new(ErrorKind::Invalid, format!("field {name}: {e}")))?
                     {
                         bytes.extend_from_slice(&chunk);
-                        if bytes.len() > 64 * 1024 {
+                        if bytes.len() > MAX_FORM_FIELD_BYTES {
                             return Err(AppError::new(
                                 ErrorKind::Invalid,
-                                format!("field {name} is longer than 64 KiB"),
+                                format!("field {name} is longer than {} KiB", MAX_FORM_FIELD_BYTES / 1024),
                             ));
                         }
+                    }
+                    text_bytes += bytes.len();
+                    if text_bytes > MAX_FORM_TEXT_BYTES || fields.len() >= MAX_FORM_FIELDS {
+                        return Err(AppError::new(
+                            ErrorKind::Invalid,
+                            format!(
+                                "the form's text fields are too many or too long (at most {MAX_FORM_FIELDS} \
+                                 fields, {} KiB in all)",
+                                MAX_FORM_TEXT_BYTES / 1024
+                            ),
+                        ));
                     }
                     fields.insert(name, String::from_utf8_lossy(&bytes).into_owned());
                 }

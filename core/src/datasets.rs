@@ -21,6 +21,12 @@ pub const MAX_TEXT_BYTES: usize = 1024 * 1024;
 pub const MAX_TEXT_FILE_BYTES: u64 = 256 * 1024 * 1024;
 /// Most rejections kept per batch; more are counted, not listed.
 const MAX_REJECTIONS_LISTED: usize = 1000;
+/// Most items (and manifest lines naming images) one batch takes: a batch is held in
+/// memory until it is stored in one transaction, so it is bounded; more data goes in
+/// more batches.
+pub const MAX_BATCH_ITEMS: usize = 1_000_000;
+/// Most text, in bytes, one batch holds in all (its items are stored in the database).
+pub const MAX_BATCH_TEXT_BYTES: usize = 256 * 1024 * 1024;
 
 /// What a dataset holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -314,6 +320,10 @@ pub struct Upload {
     items: Vec<NewItem>,
     files: Vec<String>,
     rejected: Vec<String>,
+    /// Rejections past [`MAX_REJECTIONS_LISTED`], counted only.
+    more_rejected: usize,
+    /// Text held in `items`, in bytes.
+    text_bytes: usize,
     /// Manifest lines naming images: (origin, source-ref).
     refs: Vec<(String, String)>,
 }
@@ -331,6 +341,8 @@ impl Upload {
             items: Vec::new(),
             files: Vec::new(),
             rejected: Vec::new(),
+            more_rejected: 0,
+            text_bytes: 0,
             refs: Vec::new(),
         })
     }
@@ -347,7 +359,24 @@ impl Upload {
     }
 
     fn reject(&mut self, what: impl Into<String>) {
-        self.rejected.push(what.into());
+        if self.rejected.len() < MAX_REJECTIONS_LISTED {
+            self.rejected.push(what.into());
+        } else {
+            self.more_rejected += 1;
+        }
+    }
+
+    /// Whether the batch has room for one more item (or manifest line); rejects `origin`
+    /// with the reason when it has not.
+    fn has_room(&mut self, origin: &str) -> bool {
+        let full = self.items.len() + self.refs.len() >= MAX_BATCH_ITEMS;
+        if full {
+            self.reject(format!(
+                "{origin}: the batch already holds {MAX_BATCH_ITEMS} items, the most one batch takes; \
+                 upload the rest in another batch"
+            ));
+        }
+        !full
     }
 
     /// Adds one uploaded file. Errors only for what ends the whole upload (the store
@@ -397,6 +426,9 @@ impl Upload {
                 self.reject(format!("{name}: not a PNG, JPEG or WebP image"));
                 return Ok(());
             };
+            if !self.has_room(&name) {
+                return Ok(());
+            }
             let stream = futures::stream::once(async move { Ok::<Bytes, String>(first) })
                 .chain(body.map(|r| r.map_err(|e| e.to_string())));
             let new = NewArtifact { name: &name, kind: kind::DATASET, job_id: None, created_by: &self.created_by };
@@ -445,7 +477,14 @@ impl Upload {
             self.reject(format!("{origin}: empty text"));
         } else if text.len() > MAX_TEXT_BYTES {
             self.reject(format!("{origin}: text longer than {MAX_TEXT_BYTES} bytes"));
-        } else {
+        } else if self.text_bytes + text.len() > MAX_BATCH_TEXT_BYTES {
+            self.reject(format!(
+                "{origin}: the batch already holds {} MiB of text, the most one batch takes; \
+                 upload the rest in another batch",
+                MAX_BATCH_TEXT_BYTES / (1024 * 1024)
+            ));
+        } else if self.has_room(&origin) {
+            self.text_bytes += text.len();
             self.items.push(NewItem {
                 name,
                 artifact_id: None,
@@ -502,7 +541,11 @@ impl Upload {
             let reference = object.get("source-ref").and_then(|v| v.as_str());
             match (self.kind, inline, reference) {
                 (DatasetKind::Text, Some(t), _) => self.add_text(origin.clone(), origin, t),
-                (DatasetKind::Image, _, Some(r)) => self.refs.push((origin, r.to_string())),
+                (DatasetKind::Image, _, Some(r)) => {
+                    if self.has_room(&origin) {
+                        self.refs.push((origin, r.to_string()))
+                    }
+                }
                 (DatasetKind::Text, None, _) => {
                     self.reject(format!("{origin}: a text item needs \"source\" or \"text\""))
                 }
@@ -538,10 +581,8 @@ impl Upload {
             many => format!("{} files: {}, ...", many.len(), many[..5].join(", ")),
         };
         let mut rejected = std::mem::take(&mut self.rejected);
-        if rejected.len() > MAX_REJECTIONS_LISTED {
-            let more = rejected.len() - MAX_REJECTIONS_LISTED;
-            rejected.truncate(MAX_REJECTIONS_LISTED);
-            rejected.push(format!("... and {more} more"));
+        if self.more_rejected > 0 {
+            rejected.push(format!("... and {} more", self.more_rejected));
         }
         let at = now();
         let mut tx = db.pool.begin().await?;

@@ -21,6 +21,8 @@ const RESERVOIR: usize = 20_000;
 const STORED_SAMPLE: usize = 2_000;
 /// Distinct values counted per column; further values count as [`OTHER_CATEGORY`].
 const MAX_TRACKED_CATEGORIES: usize = 1_000;
+/// Longest value counted as a category, in bytes.
+const MAX_CATEGORY_BYTES: usize = 200;
 /// Above this many distinct values a categorical constraint allows any value, and a numeric
 /// feature keeps no category counts.
 const MAX_ALLOWED_CATEGORIES: usize = 100;
@@ -225,8 +227,13 @@ impl Column {
     }
 
     /// Counts the value by name; false when the counts are full and it went to `other`.
+    /// A value longer than [`MAX_CATEGORY_BYTES`] is free text, not a category: it is
+    /// counted as `other` so that a baseline never stores it.
     fn count(&mut self, value: &str) -> bool {
-        if let Some(n) = self.counts.get_mut(value) {
+        if value.len() > MAX_CATEGORY_BYTES {
+            self.other += 1;
+            true
+        } else if let Some(n) = self.counts.get_mut(value) {
             *n += 1;
             true
         } else if self.counts.len() < MAX_TRACKED_CATEGORIES {
@@ -985,6 +992,16 @@ mod tests {
         assert_eq!(id.categories[OTHER_CATEGORY], 200);
         assert_eq!(id.categories["user5"], 2);
         assert_eq!(id.categories.values().sum::<u64>(), 1_500);
+    }
+
+    #[test]
+    fn long_values_are_counted_but_never_stored_as_categories() {
+        let long = "y".repeat(MAX_CATEGORY_BYTES + 1);
+        let b = profile(&["note"], (0..10).map(|i| vec![if i < 4 { "short".to_string() } else { long.clone() }]));
+        let note = &b.features[0];
+        assert_eq!(note.categories.get("short"), Some(&4));
+        assert_eq!(note.categories.get(OTHER_CATEGORY), Some(&6));
+        assert!(note.categories.keys().all(|k| k.len() <= MAX_CATEGORY_BYTES));
     }
 
     const COLUMNS: [&str; 3] = ["x1", "x2", "color"];

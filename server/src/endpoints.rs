@@ -12,7 +12,7 @@ use atelier_core::endpoints::reconcile::{self, Route, RouteInstance, RouteVarian
 use atelier_core::endpoints::{capture, resource};
 use atelier_core::CoreError;
 use atelier_protocol::endpoints::{TARGET_VARIANT_HEADER, VARIANT_HEADER};
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -161,11 +161,11 @@ impl Invoker {
             };
             let status = response.status();
             let content_type = response.headers().get(header::CONTENT_TYPE).cloned();
-            let body = match response.bytes().await {
+            let body = match bounded_answer(response).await {
                 Ok(body) => body,
-                Err(err) => {
+                Err(message) => {
                     self.record(state, &route, variant, 502, sent.elapsed().as_micros() as u64, started);
-                    return Err(upstream(502, format!("the model server's answer was cut short: {err}")));
+                    return Err(upstream(502, message));
                 }
             };
             let model_us = sent.elapsed().as_micros() as u64;
@@ -332,8 +332,9 @@ pub async fn invoke(
     Auth(p): Auth,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Body,
 ) -> Result<Response, ApiError> {
+    let body = authorized_payload(&p, &name, body).await?;
     let target = headers.get(TARGET_VARIANT_HEADER).and_then(|v| v.to_str().ok());
     let call = Call {
         endpoint: &name,
@@ -351,6 +352,37 @@ pub async fn invoke(
         response.headers_mut().insert(VARIANT_HEADER, v);
     }
     Ok(response)
+}
+
+/// The invocation's payload, read only once `p` may invoke the endpoint (by name; the
+/// invoker checks the endpoint's full resource again) and at most
+/// [`MAX_PAYLOAD_BYTES`] of it: a caller who may not invoke makes the server read nothing.
+async fn authorized_payload(p: &Principal, name: &str, body: Body) -> Result<Bytes, CoreError> {
+    authorize(p, Action::InvokeEndpoint, &resource(name))?;
+    axum::body::to_bytes(body, MAX_PAYLOAD_BYTES).await.map_err(|_| {
+        CoreError::TooLarge(format!(
+            "the payload is too large; an invocation carries at most {MAX_PAYLOAD_BYTES} bytes"
+        ))
+    })
+}
+
+/// Reads a model server's answer, refusing one over [`MAX_PAYLOAD_BYTES`] (SageMaker's
+/// limit on a response too): a model that streams without end cannot fill the
+/// server's memory.
+async fn bounded_answer(mut response: reqwest::Response) -> Result<Bytes, String> {
+    if response.content_length().is_some_and(|n| n > MAX_PAYLOAD_BYTES as u64) {
+        return Err(format!("the model's answer is larger than the limit of {MAX_PAYLOAD_BYTES} bytes"));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) =
+        response.chunk().await.map_err(|e| format!("the model server's answer was cut short: {e}"))?
+    {
+        if body.len() + chunk.len() > MAX_PAYLOAD_BYTES {
+            return Err(format!("the model's answer is larger than the limit of {MAX_PAYLOAD_BYTES} bytes"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.into())
 }
 
 /// Whether a path is an invocation (it gets the payload limit and API-style errors).
@@ -563,7 +595,11 @@ pub mod v2 {
             .collect()
     }
 
-    async fn infer(State(state): State<AppState>, Auth(p): Auth, Path(name): Path<String>, body: Bytes) -> Response {
+    async fn infer(State(state): State<AppState>, Auth(p): Auth, Path(name): Path<String>, body: Body) -> Response {
+        let body = match authorized_payload(&p, &name, body).await {
+            Ok(body) => body,
+            Err(err) => return core_error(err),
+        };
         let request: InferRequest = match serde_json::from_slice(&body) {
             Ok(r) => r,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("not an inference request: {e}")),

@@ -184,7 +184,16 @@ async fn anonymous(
 ) -> Response {
     let path = request.uri().path().to_string();
     if is_public(&path) {
-        return next.run(request).await;
+        // Small enough to read here whole, so that an over-long body is a clear 413
+        // whatever the route (a server function would call a cut-short body a 500).
+        let (parts, body) = request.into_parts();
+        return match axum::body::to_bytes(body, ANONYMOUS_BODY_BYTES).await {
+            Ok(bytes) => next.run(Request::from_parts(parts, axum::body::Body::from(bytes))).await,
+            Err(_) => ApiError(CoreError::TooLarge(format!(
+                "the request body is larger than the limit of {ANONYMOUS_BODY_BYTES} bytes for a caller not signed in"
+            )))
+            .into_response(),
+        };
     }
     if !path.starts_with("/api/")
         && !path.starts_with("/v2/")
@@ -212,6 +221,10 @@ async fn anonymous(
     let error = AppError::new(ErrorKind::Unauthenticated, "Your session has ended. Sign in again.");
     (StatusCode::UNAUTHORIZED, axum::Json(error)).into_response()
 }
+
+/// The largest body an anonymous caller may send: the sign-in form is the only public
+/// route that takes one, and nobody unknown gets to make the server read megabytes.
+pub const ANONYMOUS_BODY_BYTES: usize = 16 * 1024;
 
 /// Records a request refused for want of a principal. Anyone can send these, so they
 /// are rate-limited per client address before being written (see

@@ -657,3 +657,78 @@ async fn audit_events_name_the_api_token_a_change_was_made_with_but_not_its_secr
     assert_eq!(made_with("web"), serde_json::Value::Null);
     assert!(!page.text().contains(&created.secret), "the token's secret is not in the audit log");
 }
+
+/// Sends `method path` with a body that starts and then never ends, and returns the
+/// response: a route that read the body before authorizing would never answer.
+async fn with_endless_body(
+    app: &TestApp,
+    path: &str,
+    content_type: &str,
+    auth: Auth<'_>,
+) -> Option<common::TestResponse> {
+    let (sender, receiver) = futures::channel::mpsc::unbounded::<Result<Vec<u8>, std::io::Error>>();
+    sender.unbounded_send(Ok(vec![b'{'; 64 * 1024])).expect("first chunk");
+    let mut builder = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("content-type", content_type)
+        .header("accept", "application/json");
+    builder = match auth {
+        Auth::Bearer(token) => builder.header("authorization", format!("Bearer {token}")),
+        Auth::Cookie(cookie) => builder.header("cookie", cookie),
+        Auth::None => builder,
+    };
+    let request = builder.body(axum::body::Body::from_stream(receiver)).expect("request");
+    let answer = tokio::time::timeout(std::time::Duration::from_secs(10), app.send(request)).await.ok();
+    drop(sender);
+    answer
+}
+
+#[tokio::test]
+async fn a_caller_not_allowed_the_action_makes_the_server_read_no_body() {
+    let app = TestApp::new().await;
+    let mallory = app.create_user("mallory", false).await;
+    let token = app.token_for(&mallory, None).await;
+    let cookie = app.sign_in("mallory", PASSWORD).await;
+    let training = <app::training::CreateTrainingJob as leptos::server_fn::ServerFn>::PATH;
+    let routes = [
+        ("/endpoints/churn/invocations", "application/json", Auth::Bearer(&token)),
+        ("/api/v1/endpoints/churn/invocations", "application/json", Auth::Bearer(&token)),
+        ("/v2/models/churn/infer", "application/json", Auth::Bearer(&token)),
+        ("/api/v1/artifacts?name=big.bin", "application/octet-stream", Auth::Bearer(&token)),
+        ("/api/v1/datasets/photos/batches", "multipart/form-data; boundary=b", Auth::Bearer(&token)),
+        (training, "multipart/form-data; boundary=b", Auth::Cookie(&cookie)),
+    ];
+    for (path, content_type, auth) in routes {
+        let answer = with_endless_body(&app, path, content_type, auth).await;
+        let answer = answer.unwrap_or_else(|| panic!("{path} read the body before refusing the caller"));
+        assert!(
+            matches!(answer.status, StatusCode::FORBIDDEN | StatusCode::NOT_FOUND),
+            "{path}: {} {}",
+            answer.status,
+            answer.text()
+        );
+    }
+    // Anonymous callers reach only the public routes, which read at most a small body.
+    let refused = app.sign_in_response("mallory", &"x".repeat(100 * 1024), Auth::None).await;
+    assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", refused.text());
+    let answer = with_endless_body(&app, "/api/v1/datasets", "application/json", Auth::None).await;
+    assert_eq!(answer.map(|a| a.status), Some(StatusCode::UNAUTHORIZED));
+}
+
+#[tokio::test]
+async fn an_invocation_over_the_payload_limit_is_refused_naming_it() {
+    let app = TestApp::new().await;
+    let admin = app.create_user("admin", true).await;
+    let token = app.token_for(&admin, None).await;
+    let request = axum::http::Request::builder()
+        .method(Method::POST)
+        .uri("/endpoints/churn/invocations")
+        .header("content-type", "text/csv")
+        .header("authorization", format!("Bearer {token}"))
+        .body(axum::body::Body::from(vec![b'1'; atelier_server::endpoints::MAX_PAYLOAD_BYTES + 1]))
+        .expect("request");
+    let answer = app.send(request).await;
+    assert_eq!(answer.status, StatusCode::PAYLOAD_TOO_LARGE, "{}", answer.text());
+    assert!(answer.text().contains(&atelier_server::endpoints::MAX_PAYLOAD_BYTES.to_string()), "{}", answer.text());
+}

@@ -21,6 +21,10 @@ use crate::{now, CoreError, CoreResult};
 /// Below this many captured rows a run says its drift figures are not to be trusted.
 const MIN_ROWS: u64 = 100;
 
+/// Most features a baseline profiles: each keeps a sample and its category counts, and
+/// the baseline is one stored document.
+pub const MAX_FEATURES: usize = 1000;
+
 /// Largest training file or captured window read for a baseline or a run.
 const MAX_READ_BYTES: usize = 512 * 1024 * 1024;
 
@@ -123,13 +127,7 @@ pub async fn configure(
 ) -> CoreResult<Monitor> {
     let e = endpoint_for(db, p, name, Action::UpdateEndpoint).await?;
     validate(config)?;
-    let (group, version, columns, rows) = training_data(db, store, &e).await?;
-    let mut profiler = Profiler::new(columns);
-    for row in &rows {
-        let values: Vec<Option<&str>> = row.iter().map(|v| Some(v.as_str())).collect();
-        profiler.add_row(&values);
-    }
-    let baseline = profiler.finish();
+    let (group, version, baseline) = training_baseline(db, store, &e).await?;
     let constraints = suggest_constraints(&baseline);
     let t = now();
     let next = period(&config.frequency).map(|p| t + p);
@@ -162,14 +160,11 @@ pub async fn configure(
     schedule_of(db, &e.id).await?.ok_or(CoreError::NotFound("model monitor"))?.to_wire(&e.name)
 }
 
-/// The training table of the version the endpoint's first variant serves: the CSV
-/// files of its training job's `train` channel without the label column, or, for an
-/// image model, the statistics of each training image (see [`images`]).
-async fn training_data(
-    db: &Db,
-    store: &ArtifactStore,
-    e: &EndpointRow,
-) -> CoreResult<(String, i64, Vec<String>, Vec<Vec<String>>)> {
+/// The profile of the training table of the version the endpoint's first variant
+/// serves: the CSV files of its training job's `train` channel without the label
+/// column, or, for an image model, the statistics of each training image (see
+/// [`images`]). Rows are profiled as they are read, never all held at once.
+async fn training_baseline(db: &Db, store: &ArtifactStore, e: &EndpointRow) -> CoreResult<(String, i64, Baseline)> {
     let generation = e.active_generation.unwrap_or(e.generation);
     let row: Option<(String, i64, Option<String>, String)> = sqlx::query_as(
         "SELECT g.name, m.version, j.spec, m.hyperparameters FROM endpoint_variants v \
@@ -202,24 +197,26 @@ async fn training_data(
         .ok_or_else(|| no_baseline("its training job had no train channel of files"))?;
     if matches!(&spec.algorithm, atelier_protocol::Algorithm::Builtin { name } if name == "image_classification") {
         // The channel also holds the manifest; only the images are profiled.
-        let mut rows = Vec::new();
+        let mut profiler = Profiler::new(images::FEATURES.iter().map(|f| f.to_string()).collect());
         for artifact in &channel.artifacts {
             let bytes = read_bytes(store, artifact).await?;
             // Decoding an image is CPU work: off the runtime's threads.
             let stats =
                 tokio::task::spawn_blocking(move || images::features(&bytes)).await.map_err(CoreError::internal)?;
             if let Some(stats) = stats {
-                rows.push(stats.iter().map(|v| images::format(*v)).collect());
+                let values: Vec<String> = stats.iter().map(|v| images::format(*v)).collect();
+                profiler.add_row(&values.iter().map(|v| Some(v.as_str())).collect::<Vec<_>>());
             }
         }
-        if rows.is_empty() {
+        let baseline = profiler.finish();
+        if baseline.rows == 0 {
             return Err(no_baseline("its train channel held no images"));
         }
-        return Ok((group, version, images::FEATURES.iter().map(|f| f.to_string()).collect(), rows));
+        return Ok((group, version, baseline));
     }
     let hps: BTreeMap<String, String> = serde_json::from_str(&hyperparameters).unwrap_or_default();
-    let mut header: Option<Vec<String>> = None;
-    let mut rows = Vec::new();
+    // The first file's header, the label's position in it, and the profile so far.
+    let mut table: Option<(Vec<String>, usize, Profiler)> = None;
     for artifact in &channel.artifacts {
         let text = String::from_utf8_lossy(&read_bytes(store, artifact).await?).into_owned();
         let mut reader = csv::ReaderBuilder::new().flexible(true).from_reader(text.as_bytes());
@@ -229,23 +226,38 @@ async fn training_data(
             .iter()
             .map(|h| h.trim().to_string())
             .collect();
-        if header.as_ref().is_some_and(|h| *h != this) {
-            return Err(no_baseline("its training files have different columns"));
+        match &table {
+            Some((header, _, _)) if *header != this => {
+                return Err(no_baseline("its training files have different columns"))
+            }
+            Some(_) => {}
+            None => {
+                if this.len() > MAX_FEATURES + 1 {
+                    return Err(CoreError::invalid(
+                        "endpoint",
+                        format!(
+                            "{group} v{version}'s training data has {} columns; a baseline profiles at most \
+                             {MAX_FEATURES} features",
+                            this.len() - 1
+                        ),
+                    ));
+                }
+                // The label is what the model predicts, never an input.
+                let label = hps.get("label").and_then(|l| this.iter().position(|h| h == l)).unwrap_or(0);
+                let columns = this.iter().enumerate().filter(|(i, _)| *i != label).map(|(_, h)| h.clone()).collect();
+                table = Some((this, label, Profiler::new(columns)));
+            }
         }
-        for record in reader.records().flatten() {
-            rows.push(record.iter().map(str::to_string).collect::<Vec<_>>());
+        if let Some((_, label, profiler)) = &mut table {
+            for record in reader.records().flatten() {
+                let values: Vec<Option<&str>> =
+                    record.iter().enumerate().filter(|(i, _)| *i != *label).map(|(_, v)| Some(v)).collect();
+                profiler.add_row(&values);
+            }
         }
-        header = Some(this);
     }
-    let header = header.ok_or_else(|| no_baseline("its training job had no files"))?;
-    // The label is what the model predicts, never an input.
-    let label = hps.get("label").and_then(|l| header.iter().position(|h| h == l)).unwrap_or(0);
-    let columns = header.iter().enumerate().filter(|(i, _)| *i != label).map(|(_, h)| h.clone()).collect();
-    let rows = rows
-        .into_iter()
-        .map(|r| r.into_iter().enumerate().filter(|(i, _)| *i != label).map(|(_, v)| v).collect())
-        .collect();
-    Ok((group, version, columns, rows))
+    let (_, _, profiler) = table.ok_or_else(|| no_baseline("its training job had no files"))?;
+    Ok((group, version, profiler.finish()))
 }
 
 async fn read_bytes(store: &ArtifactStore, artifact_id: &str) -> CoreResult<Vec<u8>> {

@@ -9,7 +9,6 @@ use atelier_protocol::endpoints::{
     EndpointEvent, EndpointMetrics, NewAlarm, NewEndpoint,
 };
 use atelier_protocol::monitor::{Monitor, MonitorConfig, MonitorRun};
-use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
@@ -136,7 +135,7 @@ pub async fn invoke_endpoint(
     auth: Auth,
     name: Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: axum::body::Body,
 ) -> Result<Response, ApiError> {
     crate::endpoints::invoke(state, auth, name, headers, body).await
 }
