@@ -114,10 +114,17 @@ fn running_with(marker: &str) -> bool {
     })
 }
 
+/// How the attacked agent runs: as this process's user with these arguments, or as
+/// another (ordinary) user.
+enum AgentAs<'a> {
+    Args(&'a [&'a str]),
+    User(u32),
+}
+
 /// Plants the studio's database beside the agent's work directory (as `atelier serve`
 /// lays out its local agent) and a file in the agent's own state, starts an agent with
 /// `extra` arguments and runs the escape job on it; the job's log.
-async fn escape_job(extra: &[&str]) -> (String, Value, String) {
+async fn escape_job(agent_as: AgentAs<'_>) -> (String, Value, String) {
     let (app, url, token) = studio().await;
     let node_token = add_node(&app, &token, "attacked").await;
     let data = temp_dir("data");
@@ -127,7 +134,16 @@ async fn escape_job(extra: &[&str]) -> (String, Value, String) {
     std::fs::write(&db, "STUDIO-DATABASE-CONTENT").expect("plant the database");
     let state = work.join("agent-state.json");
     std::fs::write(&state, "AGENT-STATE-CONTENT").expect("plant the agent state");
-    let agent = Agent::start_with(&url, &node_token, &work, &[], extra);
+    let agent = match agent_as {
+        AgentAs::Args(extra) => Agent::start_with(&url, &node_token, &work, &[], extra),
+        AgentAs::User(uid) => {
+            // Its work directory is its own; the planted files stay readable to it.
+            for path in [&data, &work, &state, &db] {
+                std::os::unix::fs::chown(path, Some(uid), Some(uid)).expect("chown");
+            }
+            Agent::start_as(uid, &url, &node_token, &work)
+        }
+    };
     let node = wait_node(&app, &token, "attacked", "Ready").await;
 
     let marker = format!("atelier-daemon-{}", uuid::Uuid::new_v4().simple());
@@ -160,10 +176,34 @@ async fn escape_job(extra: &[&str]) -> (String, Value, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_training_job_cannot_reach_the_studio_the_agent_or_the_system() {
-    let (log, node, daemon) = escape_job(&[]).await;
+    let (log, node, daemon) = escape_job(AgentAs::Args(&[])).await;
+    assert_contained(&log, &node, &daemon);
+}
+
+/// The same attempts on an agent that runs as an ordinary user: the sandbox is a user
+/// namespace then, with the agent's uid, and still hides and protects everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_on_an_agent_run_by_an_ordinary_user_is_contained_too() {
+    if !nix::unistd::Uid::effective().is_root() {
+        // Not root: the test above already ran the agent as an ordinary user.
+        return;
+    }
+    let (log, node, daemon) = escape_job(AgentAs::User(NON_ROOT_AGENT_UID)).await;
+    assert!(node["sandbox"].as_str().is_some_and(|s| s.contains("user namespace")), "{node}");
+    assert_contained(&log, &node, &daemon);
+    let identity = log.lines().find(|l| l.starts_with("IDENTITY")).expect("identity line");
+    assert!(identity.contains(&format!("uid={NON_ROOT_AGENT_UID}")), "{identity}");
+}
+
+/// A uid no account on a test machine has.
+const NON_ROOT_AGENT_UID: u32 = 4_242_424;
+
+/// Every escape attempt in the log failed, the job had no capabilities and
+/// `no_new_privs`, and its daemon died with it.
+fn assert_contained(log: &str, node: &Value, daemon: &str) {
     let sandbox = node["sandbox"].as_str().unwrap_or_default();
     assert!(sandbox.starts_with("bubblewrap"), "the node reports its sandbox: {node}");
-    let tried = attempts(&log);
+    let tried = attempts(log);
     assert_eq!(tried.len(), 8, "every attempt ran:\n{log}");
     for (name, result) in &tried {
         assert!(result.starts_with("BLOCKED"), "{name} got through: {result}\n{log}");
@@ -171,8 +211,7 @@ async fn a_training_job_cannot_reach_the_studio_the_agent_or_the_system() {
     let identity = log.lines().find(|l| l.starts_with("IDENTITY")).expect("identity line");
     let uid: u32 =
         identity.split_whitespace().find_map(|w| w.strip_prefix("uid=")).and_then(|u| u.parse().ok()).expect("uid");
-    let agent_uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0);
-    if agent_uid == 0 {
+    if sandbox.contains("a uid per sandbox") {
         // A root agent gives each sandbox a uid of its own.
         assert!(uid >= atelier_agent::sandbox::DEFAULT_UID_BASE, "{identity}");
     }
@@ -183,7 +222,7 @@ async fn a_training_job_cannot_reach_the_studio_the_agent_or_the_system() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unsandboxed_the_same_job_escapes_and_the_node_says_so() {
-    let (log, node, daemon) = escape_job(&["--unsandboxed"]).await;
+    let (log, node, daemon) = escape_job(AgentAs::Args(&["--unsandboxed"])).await;
     assert_eq!(node["sandbox"], "unsandboxed", "{node}");
     let tried: std::collections::BTreeMap<String, String> = attempts(&log).into_iter().collect();
     assert_eq!(tried.get("studio_db").map(String::as_str), Some("STUDIO-DATABASE-CONTENT"), "{log}");

@@ -45,7 +45,26 @@ impl Agent {
 
     /// An agent with `extra` command-line arguments (`--unsandboxed`, ...).
     pub fn start_with(url: &str, node_token: &str, work_dir: &Path, labels: &[&str], extra: &[&str]) -> Agent {
-        let mut command = Command::new(env!("CARGO_BIN_EXE_atelier-agent"));
+        Agent::spawn(Command::new(env!("CARGO_BIN_EXE_atelier-agent")), url, node_token, work_dir, labels, extra)
+    }
+
+    /// An agent run as the ordinary user `uid` (the test runs as root), as an operator
+    /// runs one without root: `setpriv` execs it, so its pid is the child's.
+    pub fn start_as(uid: u32, url: &str, node_token: &str, work_dir: &Path) -> Agent {
+        let mut command = Command::new("setpriv");
+        let id = uid.to_string();
+        command.args(["--reuid", &id, "--regid", &id, "--clear-groups", "--", env!("CARGO_BIN_EXE_atelier-agent")]);
+        Agent::spawn(command, url, node_token, work_dir, &[], &[])
+    }
+
+    fn spawn(
+        mut command: Command,
+        url: &str,
+        node_token: &str,
+        work_dir: &Path,
+        labels: &[&str],
+        extra: &[&str],
+    ) -> Agent {
         command
             .args(["--server", url, "--work-dir"])
             .arg(work_dir)
