@@ -92,8 +92,8 @@ test('the attach-policy choice starts empty and refuses none; detaching and dele
   expect(errors).toEqual([]);
 });
 
-test('deleting an endpoint asks first, naming it and what it serves, from the danger zone below the test request; alarms are refused twice, muted and deleted', async ({ page, browser }) => {
-  test.setTimeout(120_000);
+test('deleting an endpoint asks first, naming it and what it serves, from the danger zone below the test request; alarms are refused twice, shown firing, muted and deleted', async ({ page, browser }) => {
+  test.setTimeout(240_000);
   await signIn(page, 'admin', ADMIN_PASSWORD);
   await ok(await page.request.post('/api/v1/users', { data: { username: 'sid', password: PASSWORD, policies: ['DataScientist'] } }));
   await ok(await page.request.post('/api/v1/users', { data: { username: 'remy', password: PASSWORD, policies: ['Reviewer'] } }));
@@ -123,8 +123,24 @@ test('deleting an endpoint asks first, naming it and what it serves, from the da
   expect(wrong.status()).toBe(422);
   expect((await wrong.json()).error.field).toBe('threshold');
 
+  // An alarm that goes off on the next minute's evaluation: no traffic is 0 invocations.
+  await ok(await sid.request.post(alarms, { data: { name: 'quiet', metric: 'invocations', comparison: 'le', threshold: 0 } }));
+  await expect
+    .poll(async () => ((await ok(await sid.request.get(alarms))) as { name: string; state: string }[]).find((a) => a.name === 'quiet')?.state, { timeout: 150_000 })
+    .toBe('ALARM');
+  // Shown on the endpoints list and at the top of the endpoint page.
+  await sid.goto('/endpoints');
+  await hydrated(sid);
+  await expect(sid.locator('tr[data-endpoint="fraud-prod"]').getByTestId('firing-alarms')).toContainText('quiet firing');
+
   await sid.goto('/endpoints/fraud-prod');
   await hydrated(sid);
+  await expect(sid.getByTestId('firing-banner')).toContainText('quiet is firing');
+  // Muted, it no longer shows as firing.
+  await sid.getByTestId('alarms').locator('tr[data-alarm="quiet"]').getByRole('button', { name: 'Mute' }).click();
+  await expect(sid.getByTestId('alarms').locator('tr[data-alarm="quiet"]').getByTestId('alarm-state')).toHaveText('ALARM (muted)');
+  await expect(sid.getByTestId('firing-banner')).toHaveCount(0, { timeout: 20_000 });
+
   // The delete button is in the danger zone, after the test request, not above it.
   const remove = sid.getByRole('button', { name: 'Delete endpoint…' });
   await expect(remove).toBeVisible();
@@ -145,6 +161,7 @@ test('deleting an endpoint asks first, naming it and what it serves, from the da
   const row = sid.getByTestId('alarms').locator('tr[data-alarm="errors"]');
   await row.getByRole('button', { name: 'Mute' }).click();
   await expect(row.getByTestId('alarm-state')).toContainText('(muted)');
+  await expect(row.getByRole('button', { name: 'Unmute' })).toBeVisible();
   await row.getByRole('button', { name: 'Delete' }).click();
   await expect(dialog(sid)).toContainText('Delete alarm errors of endpoint fraud-prod?');
   await dialog(sid).getByRole('button', { name: 'Delete alarm' }).click();
