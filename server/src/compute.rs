@@ -22,7 +22,7 @@ pub fn spawn_sweeper(state: AppState) {
         let mut tick = tokio::time::interval(every);
         loop {
             tick.tick().await;
-            let lost = nodes::sweep(&state.db, &settings).await;
+            let lost = requeue_lost(&state).await;
             let expired = jobs::sweep(&state.db).await;
             match (lost, expired) {
                 (Ok(lost), Ok(expired)) => {
@@ -34,6 +34,15 @@ pub fn spawn_sweeper(state: AppState) {
             }
         }
     });
+}
+
+/// Marks nodes without heartbeats Lost and requeues the jobs they held.
+async fn requeue_lost(state: &AppState) -> Result<Vec<(String, String)>, atelier_core::CoreError> {
+    let lost = nodes::sweep(&state.db, &state.config.compute()).await?;
+    for (id, name) in &lost {
+        jobs::requeue_node(&state.db, id, &format!("compute node {name} stopped sending heartbeats")).await?;
+    }
+    Ok(lost)
 }
 
 /// Starts `atelier-agent` as a child process for the node `local`, with a fresh token

@@ -12,7 +12,8 @@ use atelier_protocol::{
 };
 use serde::Serialize;
 
-use super::nodes::{self, NodeCaller, NODE_COLUMNS};
+use super::nodes::{self, NodeCaller};
+use super::placement;
 use super::scheduler::{self, Capacity, Queued};
 use super::{now_ms, Settings};
 use crate::artifacts::{self, Artifact, ArtifactStore};
@@ -54,12 +55,7 @@ const JOB_COLUMNS: &str = "id, name, spec, state, message, priority, cpus, memor
      stop_reason, checkpoint_artifact";
 
 /// States an agent holds a lease in.
-const ACTIVE: &str = "('Starting', 'Downloading', 'Training', 'Uploading')";
-/// What model server instances hold on their nodes: training and serving share them.
-/// What notebook kernels hold (GPUs, and CPUs and memory when they reserved some).
-const KERNEL_USE: &str = crate::notebooks::kernels::KERNEL_USE;
-const SERVING_USE: &str =
-    "SELECT node_id, cpus, memory_mb, gpu_indices FROM endpoint_instances WHERE state IN ('Pending', 'Starting', 'InService')";
+pub(crate) const ACTIVE: &str = "('Starting', 'Downloading', 'Training', 'Uploading')";
 
 impl Job {
     pub fn spec(&self) -> CoreResult<JobSpec> {
@@ -306,7 +302,7 @@ pub async fn submit(db: &Db, store: &ArtifactStore, p: &Principal, name: &str, s
     let name = validate_name("name", name)?;
     authorize(p, Action::CreateTrainingJob, &resource_named(&name))?;
     let mut spec = validate_spec(db, p, spec).await?;
-    let capacities: Vec<Capacity> = capacities(db, true).await?.into_iter().map(|(_, c)| c).collect();
+    let capacities: Vec<Capacity> = placement::capacities(db, true).await?.into_iter().map(|(_, c)| c).collect();
     if let Some(reason) = scheduler::never_fits(&spec.resources, &capacities) {
         return Err(CoreError::invalid("resources", reason));
     }
@@ -413,7 +409,7 @@ pub async fn wait_reason(db: &Db, job: &Job) -> CoreResult<Option<String>> {
         return Ok(None);
     }
     let spec = job.spec()?;
-    let ready: Vec<Capacity> = capacities(db, false).await?.into_iter().map(|(_, c)| c).collect();
+    let ready: Vec<Capacity> = placement::capacities(db, false).await?.into_iter().map(|(_, c)| c).collect();
     if let Some(reason) = scheduler::why_waiting(&spec.resources, &ready) {
         return Ok(Some(reason));
     }
@@ -546,66 +542,6 @@ pub async fn stop(db: &Db, p: &Principal, name: &str) -> CoreResult<Job> {
     find_by_id(db, &job.id).await
 }
 
-/// A node's capacity, less what the given running jobs use.
-fn capacity_of(n: &nodes::Node, used: &[(String, i64, i64, String)]) -> Capacity {
-    let mut cap = Capacity {
-        name: n.name.clone(),
-        cpus: n.cpus.max(0) as u32,
-        memory_mb: n.memory_mb.max(0) as u64,
-        gpus: n.gpu_list().iter().map(|g| g.index).collect(),
-        labels: n.label_map(),
-        used_cpus: 0,
-        used_memory_mb: 0,
-        used_gpus: BTreeSet::new(),
-    };
-    for (_, cpus, memory, gpus) in used.iter().filter(|(node, ..)| *node == n.id) {
-        let gpus: Vec<u32> = serde_json::from_str(gpus).unwrap_or_default();
-        let r = atelier_protocol::Resources {
-            cpus: *cpus as u32,
-            memory_mb: *memory as u64,
-            gpus: gpus.len() as u32,
-            labels: BTreeMap::new(),
-        };
-        cap.take(&r, &gpus);
-    }
-    cap
-}
-
-/// Every node that can take work (`include_lost`: also Lost ones, for the "could this
-/// ever run" check), with what its running jobs use.
-pub async fn capacities(db: &Db, include_lost: bool) -> CoreResult<Vec<(String, Capacity)>> {
-    let all: Vec<nodes::Node> =
-        sqlx::query_as(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE status = 'Ready' OR ($1 AND status = 'Lost')"))
-            .bind(include_lost)
-            .fetch_all(&db.pool)
-            .await?;
-    let used: Vec<(String, i64, i64, String)> = sqlx::query_as(&format!(
-        "SELECT node_id, cpus, memory_mb, gpu_indices FROM training_jobs WHERE state IN {ACTIVE} AND node_id IS NOT NULL \
-         UNION ALL {SERVING_USE} AND node_id IS NOT NULL UNION ALL {KERNEL_USE}"
-    ))
-    .fetch_all(&db.pool)
-    .await?;
-    Ok(all.into_iter().map(|n| (n.id.clone(), capacity_of(&n, &used))).collect())
-}
-
-/// One Ready node's capacity.
-async fn node_capacity(db: &Db, node_id: &str) -> CoreResult<Option<Capacity>> {
-    let node: Option<nodes::Node> =
-        sqlx::query_as(&format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = $1 AND status = 'Ready'"))
-            .bind(node_id)
-            .fetch_optional(&db.pool)
-            .await?;
-    let Some(node) = node else { return Ok(None) };
-    let used: Vec<(String, i64, i64, String)> = sqlx::query_as(&format!(
-        "SELECT node_id, cpus, memory_mb, gpu_indices FROM training_jobs WHERE node_id = $1 AND state IN {ACTIVE} \
-         UNION ALL {SERVING_USE} AND node_id = $1 UNION ALL {KERNEL_USE} AND node_id = $1"
-    ))
-    .bind(node_id)
-    .fetch_all(&db.pool)
-    .await?;
-    Ok(Some(capacity_of(&node, &used)))
-}
-
 /// Names of the jobs a node is running.
 pub async fn running_on(db: &Db, node_id: &str) -> CoreResult<Vec<String>> {
     let rows: Vec<(String,)> = sqlx::query_as(&format!(
@@ -623,14 +559,8 @@ pub async fn node_names(db: &Db) -> CoreResult<std::collections::HashMap<String,
     Ok(rows.into_iter().collect())
 }
 
-/// Leases the next job that fits on the node.
-/// Placements in this process go one at a time. Concurrent agents would otherwise all
-/// read the same queue head and all but one lose the race for it, then race again for
-/// the next job: quadratic work in a fill burst (1,000 agents placed 43 jobs/s that
-/// way). Replicas sharing a PostgreSQL database are still kept apart by the
-/// conditional update below.
-pub(crate) static PLACING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
+/// Leases the next job that fits on the node, under the placement lock (see
+/// [`placement::lock`]).
 pub async fn lease(db: &Db, node: &NodeCaller, settings: &Settings) -> CoreResult<Lease> {
     // A full node (the steady state of a busy cluster) costs one aggregate query.
     let totals: Option<(i64, i64, i64, i64)> = sqlx::query_as(&format!(
@@ -649,8 +579,8 @@ pub async fn lease(db: &Db, node: &NodeCaller, settings: &Settings) -> CoreResul
         }
         Some(_) => {}
     }
-    let _placing = PLACING.lock().await;
-    let Some(capacity) = node_capacity(db, &node.id).await? else {
+    let _placing = placement::lock().await;
+    let Some(capacity) = placement::node_capacity(db, &node.id).await? else {
         return Ok(Lease::Full);
     };
     let free_gpus = capacity.free_gpus().len() as i64;

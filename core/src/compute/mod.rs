@@ -5,6 +5,7 @@
 
 pub mod jobs;
 pub mod nodes;
+pub mod placement;
 pub mod scheduler;
 
 /// Timing of the agent protocol.

@@ -386,9 +386,10 @@ pub async fn deregister(db: &Db, p: &Principal, name: &str) -> CoreResult<()> {
     Ok(())
 }
 
-/// Marks nodes whose heartbeats stopped as Lost and requeues their work (old samples
-/// go by [`crate::retention`]). Returns the nodes marked lost.
-pub async fn sweep(db: &Db, settings: &Settings) -> CoreResult<Vec<String>> {
+/// Marks nodes whose heartbeats stopped as Lost (old samples go by
+/// [`crate::retention`]). Returns the nodes marked lost, `(id, name)`: what they held
+/// is the caller's to requeue (see `jobs::requeue_node`).
+pub async fn sweep(db: &Db, settings: &Settings) -> CoreResult<Vec<(String, String)>> {
     let t = now();
     let lost: Vec<(String, String)> =
         sqlx::query_as("SELECT id, name FROM nodes WHERE status = $1 AND last_heartbeat_at < $2")
@@ -396,17 +397,18 @@ pub async fn sweep(db: &Db, settings: &Settings) -> CoreResult<Vec<String>> {
             .bind(t - settings.lost_after_secs as i64)
             .fetch_all(&db.pool)
             .await?;
-    for (id, name) in &lost {
+    let mut marked = Vec::new();
+    for (id, name) in lost {
         let updated = sqlx::query("UPDATE nodes SET status = $1 WHERE id = $2 AND status = $3")
             .bind(status::LOST)
-            .bind(id)
+            .bind(&id)
             .bind(status::READY)
             .execute(&db.pool)
             .await?;
         if updated.rows_affected() == 1 {
             tracing::warn!(node = %name, "compute node lost: no heartbeat");
-            jobs::requeue_node(db, id, &format!("compute node {name} stopped sending heartbeats")).await?;
+            marked.push((id, name));
         }
     }
-    Ok(lost.into_iter().map(|(_, name)| name).collect())
+    Ok(marked)
 }

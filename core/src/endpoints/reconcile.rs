@@ -14,13 +14,13 @@ use atelier_protocol::endpoints::{
 use atelier_protocol::Resources;
 
 use super::{add_event, EndpointRow, COLUMNS};
-use crate::compute::jobs;
 use crate::compute::nodes::NodeCaller;
+use crate::compute::placement;
 use crate::db::Db;
 use crate::{now, CoreError, CoreResult};
 
 /// Instances that hold (or will hold) resources on a node.
-const LIVE: &str = "('Pending', 'Starting', 'InService')";
+pub(crate) const LIVE: &str = "('Pending', 'Starting', 'InService')";
 
 /// A variant gives up replacing instances after this many failures within
 /// [`FAILURE_WINDOW_SECS`] per wanted instance: a model server that cannot start
@@ -308,7 +308,10 @@ async fn place(db: &Db) -> CoreResult<bool> {
     if pending.is_empty() {
         return Ok(false);
     }
-    let mut nodes = jobs::capacities(db, false).await?;
+    // Held until every claim below is stored: a job's lease or a kernel's start must
+    // not count the same room.
+    let _placing = placement::lock().await;
+    let mut nodes = placement::capacities(db, false).await?;
     let spread: Vec<(String, String)> = sqlx::query_as(&format!(
         "SELECT variant_id, node_id FROM endpoint_instances WHERE state IN {LIVE} AND node_id IS NOT NULL"
     ))

@@ -13,8 +13,8 @@ use atelier_protocol::notebooks::{
 use atelier_protocol::Resources;
 
 use crate::authz::{authorize, Action, Principal, Resource};
-use crate::compute::jobs;
 use crate::compute::nodes::NodeCaller;
+use crate::compute::placement;
 use crate::db::Db;
 use crate::{now, CoreError, CoreResult};
 
@@ -22,11 +22,7 @@ use crate::{now, CoreError, CoreResult};
 pub const PENDING: &str = "pending";
 pub const STOPPED: &str = "stopped";
 /// States that hold a place on a node.
-const LIVE: &str = "('pending', 'starting', 'idle', 'busy', 'dead')";
-/// What kernels hold on their nodes, for placement (see `compute::jobs::capacities`).
-pub const KERNEL_USE: &str =
-    "SELECT node_id, cpus, memory_mb, gpu_indices FROM kernels WHERE state IN ('pending', 'starting', 'idle', 'busy', 'dead')";
-
+pub(crate) const LIVE: &str = "('pending', 'starting', 'idle', 'busy', 'dead')";
 /// When kernels are shut down without being asked.
 #[derive(Debug, Clone, Copy)]
 pub struct Lifecycle {
@@ -117,8 +113,8 @@ pub async fn start(db: &Db, p: &Principal, notebook_id: &str, ask: &StartKernel)
     let id = uuid::Uuid::now_v7().to_string();
     authorize(p, Action::AttachKernel, &resource(&id, &p.user.username))?;
     let wanted = Resources { cpus: ask.cpus, memory_mb: ask.memory_mb, gpus: ask.gpus, labels: Default::default() };
-    let _placing = jobs::PLACING.lock().await;
-    let nodes = jobs::capacities(db, false).await?;
+    let _placing = placement::lock().await;
+    let nodes = placement::capacities(db, false).await?;
     let node_name = ask.node.as_deref().map(str::trim).filter(|n| !n.is_empty());
     let placed = match node_name {
         Some(name) => {
