@@ -184,8 +184,11 @@ impl Sandbox {
                 .filter(|p| p.starts_with("/usr") || p.starts_with("/bin"))
                 .context("setpriv (util-linux) is not installed in /usr: it drops the sandbox to its own uid")?;
             sandbox.cgroups = Cgroups::detect();
-            if sandbox.cgroups.is_none() {
-                tracing::warn!("no writable cgroup hierarchy: sandboxes run without memory, CPU and process limits");
+            match &sandbox.cgroups {
+                Some(cgroups) => cgroups.remove_stale(),
+                None => {
+                    tracing::warn!("no writable cgroup hierarchy: sandboxes run without memory, CPU and process limits")
+                }
             }
         }
         std::fs::create_dir_all(&sandbox.lock_dir)
@@ -528,6 +531,27 @@ impl Cgroups {
         };
         let memory = make("memory")?;
         Some(Cgroups::V1 { memory, cpu: make("cpu"), pids: make("pids") })
+    }
+
+    /// Removes the empty sandbox cgroups an agent killed without warning (SIGKILL, a
+    /// crash) left behind. Only those older than a minute: another agent on the
+    /// machine may have made one that its process is about to join. The kernel
+    /// refuses to remove a cgroup that still holds a process, so a busy one stays.
+    fn remove_stale(&self) {
+        let parents: Vec<&PathBuf> = match self {
+            Cgroups::V2 { parent } => vec![parent],
+            Cgroups::V1 { memory, cpu, pids } => std::iter::once(memory).chain(cpu).chain(pids).collect(),
+        };
+        let minute_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        for parent in parents {
+            let Ok(entries) = std::fs::read_dir(parent) else { continue };
+            for entry in entries.flatten() {
+                let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|t| t < minute_ago);
+                if old && entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    let _ = std::fs::remove_dir(entry.path());
+                }
+            }
+        }
     }
 
     fn create(&self, name: &str, memory_mb: u64, cpus: u32) -> anyhow::Result<Cgroup> {
