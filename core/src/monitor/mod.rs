@@ -1,6 +1,7 @@
-//! Model monitoring of endpoints. The statistics (profiling, drift, constraints) are
-//! pure and live in `atelier_protocol::monitor`, shared with the UI; this module keeps
-//! baselines, schedules and runs.
+//! Model monitoring of endpoints: baselines, schedules and runs ([`runs`]), and the
+//! statistics they compute ([`stats`]: profiling, drift, constraints), which are pure.
+//! The types the API shows are `atelier_protocol::monitor`'s.
 
 pub mod images;
 pub mod runs;
+pub mod stats;

@@ -4,14 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use atelier_protocol::monitor::{
-    compare, suggest_constraints, Baseline, Constraints, Monitor, MonitorConfig, MonitorRun, Profiler, Report,
-    Thresholds,
-};
+use atelier_protocol::monitor::{Baseline, Constraints, Monitor, MonitorConfig, MonitorRun, Report, Thresholds};
 use base64::Engine as _;
 use futures::TryStreamExt;
 
 use super::images;
+use super::stats::{compare, suggest_constraints, Profiler};
 use crate::artifacts::ArtifactStore;
 use crate::authz::{Action, Principal};
 use crate::db::Db;
