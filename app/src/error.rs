@@ -15,6 +15,10 @@ pub enum ErrorKind {
     NotFound,
     Conflict,
     TooManyRequests,
+    /// The request's body or a file in it is over a limit.
+    TooLarge,
+    /// The model behind an endpoint did not answer, or answered badly.
+    ModelUnavailable,
     Internal,
     /// The request did not reach the server or its answer could not be read.
     Transport,
@@ -58,20 +62,21 @@ impl From<atelier_core::CoreError> for AppError {
     fn from(err: atelier_core::CoreError) -> Self {
         use atelier_core::CoreError as E;
         use http::StatusCode;
-        let (kind, field) = match &err {
-            E::Invalid { field, .. } | E::Malformed { field, .. } => (ErrorKind::Invalid, Some(field.to_string())),
-            E::Unauthenticated(_) => (ErrorKind::Unauthenticated, None),
-            E::Forbidden(_) => (ErrorKind::Forbidden, None),
-            E::NotFound(_) => (ErrorKind::NotFound, None),
-            E::Conflict(_) => (ErrorKind::Conflict, None),
-            E::TooLarge(_) => (ErrorKind::Invalid, None),
-            E::TooManyAttempts { .. } => (ErrorKind::TooManyRequests, None),
-            E::Upstream { .. } => (ErrorKind::Transport, None),
-            E::Internal(source) => {
-                tracing::error!(error = %source, "server function failed");
-                (ErrorKind::Internal, None)
-            }
+        if let E::Internal(source) = &err {
+            tracing::error!(error = %source, "server function failed");
+        }
+        let kind = match err.code() {
+            "invalid" | "malformed" => ErrorKind::Invalid,
+            "unauthenticated" => ErrorKind::Unauthenticated,
+            "forbidden" => ErrorKind::Forbidden,
+            "not_found" => ErrorKind::NotFound,
+            "conflict" => ErrorKind::Conflict,
+            "too_large" => ErrorKind::TooLarge,
+            "too_many_attempts" => ErrorKind::TooManyRequests,
+            "model_unavailable" => ErrorKind::ModelUnavailable,
+            _ => ErrorKind::Internal,
         };
+        let field = err.field().map(str::to_string);
         let status = StatusCode::from_u16(err.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         // A form posted without JavaScript (before hydration) must keep leptos'
         // redirect back to the page, which then shows the error; API-style calls get

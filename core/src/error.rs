@@ -71,6 +71,31 @@ impl CoreError {
         }
     }
 
+    /// The stable machine-readable code of this error, the one vocabulary of every edge:
+    /// the REST API's `error.code` and the server functions' error kind come from it.
+    pub fn code(&self) -> &'static str {
+        match self {
+            CoreError::Invalid { .. } => "invalid",
+            CoreError::Malformed { .. } => "malformed",
+            CoreError::Unauthenticated(_) => "unauthenticated",
+            CoreError::Forbidden(_) => "forbidden",
+            CoreError::NotFound(_) => "not_found",
+            CoreError::Conflict(_) => "conflict",
+            CoreError::TooLarge(_) => "too_large",
+            CoreError::TooManyAttempts { .. } => "too_many_attempts",
+            CoreError::Upstream { .. } => "model_unavailable",
+            CoreError::Internal(_) => "internal",
+        }
+    }
+
+    /// The input field at fault, when there is one.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            CoreError::Invalid { field, .. } | CoreError::Malformed { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
     /// Wraps an unexpected failure.
     pub fn internal(err: impl std::error::Error + Send + Sync + 'static) -> Self {
         CoreError::Internal(Box::new(err))

@@ -191,7 +191,9 @@ async fn every_route_and_server_function_is_authorized_or_on_the_reviewed_public
                 .replace("{task}", "t1")
                 .replace("{group}", "team")
                 .replace("{name}", "ep-1")
-                .replace("{alarm}", "a");
+                .replace("{alarm}", "a")
+                .replace("{cell}", "c1")
+                .replace("{index}", "0");
             assert!(!is_public(&path), "{path} is public but documented as an authorized route");
             // Uploads name their file in the query.
             let path = match path.as_str() {

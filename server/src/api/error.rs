@@ -58,21 +58,10 @@ impl From<PathRejection> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (code, field) = match &self.0 {
-            CoreError::Invalid { field, .. } => ("invalid", Some(field.to_string())),
-            CoreError::Malformed { field, .. } => ("malformed", Some(field.to_string())),
-            CoreError::Unauthenticated(_) => ("unauthenticated", None),
-            CoreError::Forbidden(_) => ("forbidden", None),
-            CoreError::NotFound(_) => ("not_found", None),
-            CoreError::Conflict(_) => ("conflict", None),
-            CoreError::TooLarge(_) => ("too_large", None),
-            CoreError::TooManyAttempts { .. } => ("too_many_attempts", None),
-            CoreError::Upstream { .. } => ("model_unavailable", None),
-            CoreError::Internal(source) => {
-                tracing::error!(error = %source, "request failed");
-                ("internal", None)
-            }
-        };
+        if let CoreError::Internal(source) = &self.0 {
+            tracing::error!(error = %source, "request failed");
+        }
+        let (code, field) = (self.0.code(), self.0.field().map(str::to_string));
         let status = StatusCode::from_u16(self.0.http_status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = ErrorBody { error: ErrorDetail { code, message: self.0.to_string(), field } };
         let mut response = (status, axum::Json(body)).into_response();
