@@ -884,9 +884,11 @@ fn Editor(data: EditorData) -> impl IntoView {
         }
     });
     on_cleanup(move || unload.remove());
-    // Output frames say how tall their documents are.
+    // Output frames say how tall their documents are; those that loaded before this
+    // listened are asked again.
     let frames = window_event_listener(leptos::ev::message, |ev| size_output_frame(&ev));
     on_cleanup(move || frames.remove());
+    Effect::new(move |_| ask_output_heights());
     let last_key = StoredValue::new(String::new());
     let on_key = move |ev: leptos::ev::KeyboardEvent| command_key(ed, &ev, last_key);
     let save_state = move || {
@@ -1337,6 +1339,23 @@ fn framed(mime: &str, plain: Option<String>, at: OutputAt) -> AnyView {
 /// The tallest an output frame grows to fit its document; a taller document scrolls
 /// in it.
 const MAX_FRAME_HEIGHT: f64 = 1200.0;
+
+/// Asks every output frame on the page for its document's height again (answered
+/// through [`size_output_frame`]): a frame that loaded before the page was hydrated
+/// told no one.
+fn ask_output_heights() {
+    use leptos::wasm_bindgen::JsCast;
+    let frames = document().get_elements_by_class_name("output-frame");
+    for i in 0..frames.length() {
+        let window = frames
+            .item(i)
+            .and_then(|e| e.dyn_into::<leptos::web_sys::HtmlIFrameElement>().ok())
+            .and_then(|f| f.content_window());
+        if let Some(window) = window {
+            let _ = window.post_message(&"atelierOutputHeight?".into(), "*");
+        }
+    }
+}
 
 /// Sizes an output frame to the height its document says (see [`framed`]). Only a
 /// message from one of the page's output frames counts: its sender must be that

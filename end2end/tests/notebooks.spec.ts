@@ -94,3 +94,39 @@ test('a data scientist runs cells on a kernel, sees printed text and a plot, and
 
   expect(errors).toEqual([]);
 });
+
+test('rich outputs run in a sandboxed frame, away from the studio, sized to their content', async ({ page }) => {
+  await signIn(page, 'admin', ADMIN_PASSWORD);
+  // An HTML output that tries what an attacker's output would: reach the page, read the
+  // cookie, call the API. Its style and script run; none of the rest does.
+  const probe = `<div id="tall" style="height: 300px">tall</div><p id="r">not run</p>
+<style>p { color: rgb(255, 0, 0); }</style>
+<script>
+var r = [];
+try { parent.document.title; r.push('parent:reachable'); } catch (e) { r.push('parent:blocked'); }
+try { document.cookie; r.push('cookie:readable'); } catch (e) { r.push('cookie:blocked'); }
+r.push('origin:' + self.origin);
+document.getElementById('r').textContent = r.join(' ');
+fetch('/api/v1/me').then(() => { document.body.dataset.fetch = 'reached'; }, () => { document.body.dataset.fetch = 'blocked'; });
+</script>`;
+  const content = { nbformat: 4, cells: [{ cell_type: 'code', id: 'rich', source: 'probe()', outputs: [
+    { output_type: 'display_data', metadata: {}, data: { 'text/html': probe, 'text/plain': 'probe' } },
+    { output_type: 'display_data', metadata: {}, data: { 'application/javascript': "element.textContent = 'js ran in ' + self.origin;" } },
+  ] }] };
+  const nb = await ok(await page.request.post('/api/v1/notebooks', { data: { name: 'rich outputs', content } }));
+  // Stored as given: the script is there.
+  expect(nb.content.cells[0].outputs[0].data['text/html']).toBe(probe);
+
+  await page.goto(`/notebooks/${nb.id}`);
+  await hydrated(page);
+  const frames = page.locator('iframe.output-frame');
+  await expect(frames).toHaveCount(2);
+  await expect(frames.first()).toHaveAttribute('sandbox', 'allow-scripts');
+  const html = page.frameLocator('iframe.output-frame').first();
+  await expect(html.locator('#r')).toHaveText('parent:blocked cookie:blocked origin:null');
+  await expect(html.locator('#r')).toHaveCSS('color', 'rgb(255, 0, 0)');
+  await expect(html.locator('body')).toHaveAttribute('data-fetch', 'blocked');
+  await expect(page.frameLocator('iframe.output-frame').nth(1).locator('#output')).toHaveText('js ran in null');
+  // The frame grows to fit its document.
+  await expect.poll(async () => (await frames.first().boundingBox())?.height ?? 0).toBeGreaterThan(300);
+});

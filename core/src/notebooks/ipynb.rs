@@ -399,8 +399,9 @@ fn bound_outputs(outputs: Vec<Value>) -> Vec<Value> {
 /// origin: they reach neither the studio's pages, cookies nor API. The output is
 /// inserted as it is (HTML and SVG markup as given; JavaScript in a script element, as
 /// Jupyter runs it, with `element` naming a `div` for it); a small script tells the
-/// page the document's height (`{atelierOutputHeight: N}` to the parent) at load and
-/// whenever it changes, so the frame fits its content. `None` for outputs not shown in
+/// page the document's height (`{atelierOutputHeight: N}` to the parent) at load,
+/// whenever it changes, and when the page asks (`"atelierOutputHeight?"`), so the frame
+/// fits its content. `None` for outputs not shown in
 /// a frame (see `atelier_protocol::notebooks::is_framed`).
 pub fn output_document(output: &Value) -> Option<String> {
     use atelier_protocol::notebooks::{is_framed, shown_mime};
@@ -434,15 +435,19 @@ const OUTPUT_HEAD: &str = r#"<!DOCTYPE html>
     var b = document.body;
     return b ? Math.ceil(Math.max(b.scrollHeight, b.getBoundingClientRect().height)) : 0;
   }
-  function post() {
+  function post(again) {
     var h = height();
-    if (h !== last) { last = h; parent.postMessage({atelierOutputHeight: h}, '*'); }
+    if (h !== last || again === true) { last = h; parent.postMessage({atelierOutputHeight: h}, '*'); }
   }
   addEventListener('DOMContentLoaded', function () {
     post();
-    if (window.ResizeObserver) { new ResizeObserver(post).observe(document.body); }
+    if (window.ResizeObserver) { new ResizeObserver(function () { post(); }).observe(document.body); }
   });
-  addEventListener('load', post);
+  addEventListener('load', function () { post(); });
+  // The editor asks again once it listens (a frame may load before the page is live).
+  addEventListener('message', function (e) {
+    if (e.source === parent && e.data === 'atelierOutputHeight?') { post(true); }
+  });
 })();
 </script>
 <style>
