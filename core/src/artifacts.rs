@@ -195,6 +195,15 @@ impl ArtifactStore {
         Ok(result.into_stream().map_err(std::io::Error::other).boxed())
     }
 
+    /// Deletes only the bytes (the record was removed by the caller, in its transaction);
+    /// bytes already gone are not an error.
+    pub async fn delete_content(&self, id: &str) -> CoreResult<()> {
+        match self.store.delete(&Self::path(id)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(other) => Err(CoreError::internal(other)),
+        }
+    }
+
     /// Deletes the bytes and the record (used to replace superseded checkpoints).
     pub async fn delete(&self, db: &Db, id: &str) -> CoreResult<()> {
         sqlx::query("DELETE FROM artifacts WHERE id = $1").bind(id).execute(&db.pool).await?;

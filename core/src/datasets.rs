@@ -261,6 +261,163 @@ pub async fn channel_files(
     Ok(out)
 }
 
+/// Training job states in which a job still reads (or will read) its inputs.
+const ACTIVE_JOB_STATES: [&str; 5] = ["Pending", "Starting", "Downloading", "Training", "Uploading"];
+
+/// What uses the dataset now and forbids deleting it or its items: training jobs not
+/// yet finished with a channel from it (directly or through a labeling job on it), and
+/// labeling jobs on it in progress. With `all_labeling_jobs`, every labeling job made
+/// from it counts (they read its items for their output).
+async fn users(db: &Db, dataset: &Dataset, all_labeling_jobs: bool) -> CoreResult<Vec<String>> {
+    let labeling: Vec<(String, String)> =
+        sqlx::query_as("SELECT name, status FROM labeling_jobs WHERE dataset_id = $1 ORDER BY name")
+            .bind(&dataset.id)
+            .fetch_all(&db.pool)
+            .await?;
+    let mut out = Vec::new();
+    let placeholders = ACTIVE_JOB_STATES.iter().enumerate().map(|(i, _)| format!("${}", i + 1)).collect::<Vec<_>>();
+    let sql = format!(
+        "SELECT name, state, spec FROM training_jobs WHERE state IN ({}) ORDER BY name",
+        placeholders.join(", ")
+    );
+    let mut query = sqlx::query_as::<_, (String, String, String)>(&sql);
+    for state in ACTIVE_JOB_STATES {
+        query = query.bind(state);
+    }
+    for (job, state, spec) in query.fetch_all(&db.pool).await? {
+        let Ok(spec) = serde_json::from_str::<atelier_protocol::JobSpec>(&spec) else { continue };
+        let uses = spec.channels.iter().any(|c| {
+            c.dataset.as_deref() == Some(dataset.name.as_str())
+                || c.labeling_job.as_deref().is_some_and(|l| labeling.iter().any(|(n, _)| n == l))
+        });
+        if uses {
+            out.push(format!("training job {job} ({state})"));
+        }
+    }
+    for (job, status) in labeling {
+        if status == crate::labeling::jobs::IN_PROGRESS {
+            out.push(format!("labeling job {job} (in progress)"));
+        } else if all_labeling_jobs {
+            out.push(format!("labeling job {job} ({status}), whose output reads its items"));
+        }
+    }
+    Ok(out)
+}
+
+fn refuse_in_use(what: &str, users: &[String]) -> CoreResult<()> {
+    if users.is_empty() {
+        return Ok(());
+    }
+    Err(CoreError::Conflict(format!("{what} is in use by {}", users.join(", "))))
+}
+
+/// Removes the stored bytes of artifacts whose records are already gone; one that
+/// fails is logged (the record is gone, so nothing refers to it any more).
+async fn delete_contents(store: &ArtifactStore, ids: &[String]) {
+    for id in ids {
+        if let Err(err) = store.delete_content(id).await {
+            tracing::warn!(%err, artifact = %id, "could not remove a deleted dataset item's file");
+        }
+    }
+}
+
+/// Deletes the artifact records in `ids` that no dataset item refers to any more;
+/// returns those deleted.
+async fn delete_unused_artifacts(
+    tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ids: Vec<String>,
+) -> CoreResult<Vec<String>> {
+    let mut deleted = Vec::new();
+    for id in ids {
+        let still: i64 =
+            sqlx::query_scalar("SELECT CAST(COUNT(*) AS BIGINT) FROM dataset_items WHERE artifact_id = $1")
+                .bind(&id)
+                .fetch_one(&mut **tx)
+                .await?;
+        if still > 0 {
+            continue;
+        }
+        sqlx::query("DELETE FROM artifacts WHERE id = $1").bind(&id).execute(&mut **tx).await?;
+        deleted.push(id);
+    }
+    Ok(deleted)
+}
+
+/// Deletes a dataset: its items, batches and record in one transaction, then its files
+/// from the store. Refused (409, naming them) while a training job that is not
+/// finished reads it or a labeling job was made from it. Training jobs and model
+/// versions keep its name in their lineage, shown as "deleted dataset NAME".
+pub async fn delete_dataset(db: &Db, store: &ArtifactStore, p: &Principal, name: &str) -> CoreResult<()> {
+    let dataset = get_for(db, p, name, Action::DeleteDataset).await?;
+    refuse_in_use(&format!("dataset {}", dataset.name), &users(db, &dataset, true).await?)?;
+    let mut tx = db.pool.begin().await?;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT artifact_id FROM dataset_items WHERE dataset_id = $1 AND artifact_id IS NOT NULL",
+    )
+    .bind(&dataset.id)
+    .fetch_all(&mut *tx)
+    .await?;
+    sqlx::query("DELETE FROM dataset_items WHERE dataset_id = $1").bind(&dataset.id).execute(&mut *tx).await?;
+    sqlx::query("DELETE FROM dataset_batches WHERE dataset_id = $1").bind(&dataset.id).execute(&mut *tx).await?;
+    let removed = sqlx::query("DELETE FROM datasets WHERE id = $1").bind(&dataset.id).execute(&mut *tx).await?;
+    if removed.rows_affected() != 1 {
+        return Err(CoreError::NotFound("dataset"));
+    }
+    let deleted = delete_unused_artifacts(&mut tx, ids).await?;
+    tx.commit().await?;
+    delete_contents(store, &deleted).await;
+    p.note_change(format!(
+        "deleted {} dataset {}: {} items, {} bytes, {} files removed",
+        dataset.kind,
+        dataset.name,
+        dataset.item_count,
+        dataset.total_bytes,
+        deleted.len()
+    ));
+    Ok(())
+}
+
+/// Removes the item at position `seq` (and its file, unless another item shares it);
+/// the other items keep their positions. Refused while the dataset is in use.
+pub async fn remove_item(db: &Db, store: &ArtifactStore, p: &Principal, name: &str, seq: i64) -> CoreResult<()> {
+    let dataset = get_for(db, p, name, Action::UpdateDataset).await?;
+    let item = item(db, &dataset, seq).await?;
+    refuse_in_use(&format!("dataset {}", dataset.name), &users(db, &dataset, false).await?)?;
+    let mut tx = db.pool.begin().await?;
+    let removed = sqlx::query("DELETE FROM dataset_items WHERE dataset_id = $1 AND seq = $2")
+        .bind(&dataset.id)
+        .bind(seq)
+        .execute(&mut *tx)
+        .await?;
+    if removed.rows_affected() != 1 {
+        return Err(CoreError::NotFound("dataset item"));
+    }
+    sqlx::query("UPDATE datasets SET item_count = item_count - 1, total_bytes = total_bytes - $1 WHERE id = $2")
+        .bind(item.size)
+        .bind(&dataset.id)
+        .execute(&mut *tx)
+        .await?;
+    let deleted = delete_unused_artifacts(&mut tx, item.artifact_id.clone().into_iter().collect()).await?;
+    tx.commit().await?;
+    delete_contents(store, &deleted).await;
+    p.note_change(format!("removed item {seq} ({}) from dataset {}", item.name, dataset.name));
+    Ok(())
+}
+
+/// Which of these dataset names no longer name a dataset (for lineage: "deleted
+/// dataset NAME").
+pub async fn deleted_among(db: &Db, names: &[String]) -> CoreResult<Vec<String>> {
+    let mut out = Vec::new();
+    for name in names {
+        let found: Option<String> =
+            sqlx::query_scalar("SELECT id FROM datasets WHERE name = $1").bind(name).fetch_optional(&db.pool).await?;
+        if found.is_none() {
+            out.push(name.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// The media type of an image, from its first bytes; `None` if it is not PNG, JPEG or
 /// WebP (the file name is not trusted).
 pub fn image_type(head: &[u8]) -> Option<&'static str> {
@@ -597,6 +754,14 @@ impl Upload {
         .bind(&self.dataset.id)
         .fetch_one(&mut *tx)
         .await?;
+        // Positions continue after the last item ever kept: a removed item's position
+        // is not reused, so the items after it keep theirs.
+        let last: i64 =
+            sqlx::query_scalar("SELECT CAST(COALESCE(MAX(seq), 0) AS BIGINT) FROM dataset_items WHERE dataset_id = $1")
+                .bind(&self.dataset.id)
+                .fetch_one(&mut *tx)
+                .await?;
+        let first = last.max(end - count) + 1;
         let batch_seq: i64 =
             sqlx::query_scalar("SELECT CAST(COUNT(*) + 1 AS BIGINT) FROM dataset_batches WHERE dataset_id = $1")
                 .bind(&self.dataset.id)
@@ -634,7 +799,7 @@ impl Upload {
             .bind(uuid::Uuid::now_v7().to_string())
             .bind(&self.dataset.id)
             .bind(batch.seq)
-            .bind(end - count + 1 + i as i64)
+            .bind(first + i as i64)
             .bind(&item.name)
             .bind(&item.artifact_id)
             .bind(&item.text)

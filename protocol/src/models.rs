@@ -39,6 +39,10 @@ pub struct Lineage {
     pub datasets: Vec<String>,
     #[serde(default)]
     pub labeling_jobs: Vec<String>,
+    /// Those of `datasets` deleted since (shown as "deleted dataset NAME"); filled in
+    /// when the version is read, never stored.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deleted_datasets: Vec<String>,
 }
 
 /// How a version is served: its input and output, and for models that are not

@@ -207,3 +207,172 @@ async fn only_permitted_users_see_and_change_datasets() {
     let list = app.call(Method::GET, "/api/v1/datasets", Auth::Bearer(&token), None).await.json();
     assert_eq!(list.as_array().map(Vec::len), Some(2), "{list}");
 }
+
+/// The artifact ids of a dataset's items, by position (from the database: the API does
+/// not show them).
+async fn item_artifacts(app: &TestApp, dataset: &str) -> Vec<(i64, String)> {
+    sqlx::query_as(
+        "SELECT i.seq, i.artifact_id FROM dataset_items i JOIN datasets d ON d.id = i.dataset_id \
+         WHERE d.name = $1 AND i.artifact_id IS NOT NULL ORDER BY i.seq",
+    )
+    .bind(dataset)
+    .fetch_all(&app.state.db.pool)
+    .await
+    .expect("items")
+}
+
+/// The positions of a dataset's items, as the API lists them.
+async fn item_seqs(app: &TestApp, token: &str, dataset: &str) -> Vec<i64> {
+    let items = app.call(Method::GET, &format!("/api/v1/datasets/{dataset}/items"), Auth::Bearer(token), None).await;
+    assert_eq!(items.status, StatusCode::OK, "{}", items.text());
+    items.json().as_array().map(|a| a.iter().filter_map(|i| i["seq"].as_i64()).collect()).unwrap_or_default()
+}
+
+#[tokio::test]
+async fn deleting_a_dataset_removes_its_items_and_files_and_is_audited() {
+    let app = TestApp::new().await;
+    let admin = app.create_user("admin", true).await;
+    let token = app.token_for(&admin, None).await;
+    assert_eq!(create(&app, &token, "photos", "image").await.status, StatusCode::CREATED);
+    let files: [(&str, Option<&str>, &[u8]); 2] = [("file", Some("a.png"), PNG), ("file", Some("b.jpg"), JPEG)];
+    assert_eq!(app.upload_batch(&token, "photos", &files).await.status, StatusCode::CREATED);
+    let artifacts = item_artifacts(&app, "photos").await;
+    assert_eq!(artifacts.len(), 2);
+
+    // Who may read datasets but not delete them is refused, and nothing changes.
+    let reader = app.create_user_with("rita", &["ReadOnly".into()]).await;
+    let reader = app.token_for(&reader, None).await;
+    let r = app.call(Method::DELETE, "/api/v1/datasets/photos", Auth::Bearer(&reader), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    let r = app.call(Method::DELETE, "/api/v1/datasets/photos/items/1", Auth::Bearer(&reader), None).await;
+    assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.text());
+    assert_eq!(item_seqs(&app, &token, "photos").await, [1, 2]);
+
+    let r = app.call(Method::DELETE, "/api/v1/datasets/photos", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    let r = app.call(Method::GET, "/api/v1/datasets/photos", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    let r = app.call(Method::GET, "/api/v1/datasets/photos/items/1/content", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    for (_, id) in &artifacts {
+        let r = app.call(Method::GET, &format!("/api/v1/artifacts/{id}/content"), Auth::Bearer(&token), None).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.text());
+        assert!(app.state.artifacts.get(id).await.is_err(), "the stored bytes of {id} are gone");
+    }
+    let r = app.call(Method::DELETE, "/api/v1/datasets/photos", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+
+    // The name can be used again; the deletion is in the audit log.
+    assert_eq!(create(&app, &token, "photos", "text").await.status, StatusCode::CREATED);
+    let summaries: Vec<String> =
+        sqlx::query_scalar("SELECT summary FROM audit_events").fetch_all(&app.state.db.pool).await.unwrap_or_default();
+    assert!(summaries.iter().any(|s| s.contains("deleted image dataset photos: 2 items")), "{summaries:?}");
+}
+
+#[tokio::test]
+async fn removing_an_item_keeps_the_others_positions() {
+    let app = TestApp::new().await;
+    let admin = app.create_user("admin", true).await;
+    let token = app.token_for(&admin, None).await;
+    assert_eq!(create(&app, &token, "photos", "image").await.status, StatusCode::CREATED);
+    let files: [(&str, Option<&str>, &[u8]); 3] =
+        [("file", Some("a.png"), PNG), ("file", Some("b.jpg"), JPEG), ("file", Some("c.png"), PNG)];
+    assert_eq!(app.upload_batch(&token, "photos", &files).await.status, StatusCode::CREATED);
+    let before = item_artifacts(&app, "photos").await;
+
+    let r = app.call(Method::DELETE, "/api/v1/datasets/photos/items/2", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    let r = app.call(Method::DELETE, "/api/v1/datasets/photos/items/2", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::NOT_FOUND);
+    assert_eq!(item_seqs(&app, &token, "photos").await, [1, 3]);
+    assert!(app.state.artifacts.get(&before[1].1).await.is_err(), "the removed item's file is gone");
+    let d = app.call(Method::GET, "/api/v1/datasets/photos", Auth::Bearer(&token), None).await.json();
+    assert_eq!(d["dataset"]["item_count"], 2, "{d}");
+    assert_eq!(d["dataset"]["total_bytes"], 2 * PNG.len(), "{d}");
+    let r = app.call(Method::GET, "/api/v1/datasets/photos/items/3/content", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::OK);
+
+    // A later batch numbers its items after the last one, never reusing a position.
+    assert_eq!(app.upload_batch(&token, "photos", &[("file", Some("d.png"), PNG)]).await.status, StatusCode::CREATED);
+    assert_eq!(item_seqs(&app, &token, "photos").await, [1, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_dataset_in_use_is_not_deleted_and_lineage_keeps_its_name() {
+    let app = TestApp::new().await;
+    let admin = app.create_user("admin", true).await;
+    let token = app.token_for(&admin, None).await;
+    let r = app.call(Method::POST, "/api/v1/groups", Auth::Bearer(&token), Some(json!({"name": "raters"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    for name in ["reviews", "photos"] {
+        assert_eq!(create(&app, &token, name, "text").await.status, StatusCode::CREATED);
+        let lines = b"{\"source\": \"one\"}\n{\"source\": \"two\"}\n{\"source\": \"three\"}\n";
+        let r = app.upload_batch(&token, name, &[("file", Some("r.jsonl"), lines)]).await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    }
+
+    // A labeling job in progress on it: refused, naming the job.
+    let spec = json!({
+        "name": "sentiment", "dataset": "reviews", "task_type": "text_classification",
+        "categories": [{"name": "good"}, {"name": "bad"}], "teams": ["raters"],
+    });
+    let r = app.call(Method::POST, "/api/v1/labeling/jobs", Auth::Bearer(&token), Some(spec)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = app.call(Method::DELETE, "/api/v1/datasets/reviews", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("labeling job sentiment (in progress)"), "{}", r.text());
+    let r = app.call(Method::DELETE, "/api/v1/datasets/reviews/items/1", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("labeling job sentiment"), "{}", r.text());
+    assert_eq!(item_count(&app, &token, "reviews").await, 3);
+
+    // A training job not yet finished reading it: refused, naming the job.
+    sqlx::query(
+        "INSERT INTO training_jobs (id, name, spec, state, priority, cpus, memory_mb, gpus, created_by, created_at) \
+         VALUES ('j', 'train-1', $1, 'Training', 0, 1, 1, 0, 'admin', 0)",
+    )
+    .bind(r#"{"algorithm":{"type":"builtin","name":"text"},"channels":[{"name":"train","dataset":"photos"}]}"#)
+    .execute(&app.state.db.pool)
+    .await
+    .expect("test setup");
+    let r = app.call(Method::DELETE, "/api/v1/datasets/photos", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    assert!(r.text().contains("training job train-1 (Training)"), "{}", r.text());
+
+    // Once it completed, its model version is registered; deleting the dataset then
+    // leaves the version's lineage naming it as deleted.
+    sqlx::query("UPDATE training_jobs SET state = 'Completed' WHERE id = 'j'")
+        .execute(&app.state.db.pool)
+        .await
+        .expect("test setup");
+    sqlx::query(
+        "INSERT INTO artifacts (id, name, kind, sha256, size, job_id, created_by, created_at) \
+         VALUES ('m1', 'model.tar.gz', 'model', '', 0, 'j', 'admin', 0)",
+    )
+    .execute(&app.state.db.pool)
+    .await
+    .expect("test setup");
+    let r = app.call(Method::POST, "/api/v1/model-groups", Auth::Bearer(&token), Some(json!({"name": "sent"}))).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = app
+        .call(
+            Method::POST,
+            "/api/v1/model-groups/sent/versions",
+            Auth::Bearer(&token),
+            Some(json!({"training_job": "train-1"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let r = app.call(Method::DELETE, "/api/v1/datasets/photos", Auth::Bearer(&token), None).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
+    let v = app.call(Method::GET, "/api/v1/model-groups/sent/versions/1", Auth::Bearer(&token), None).await;
+    assert_eq!(v.status, StatusCode::OK, "{}", v.text());
+    let v = v.json();
+    assert_eq!(v["lineage"]["datasets"], json!(["photos"]), "{v}");
+    assert_eq!(v["lineage"]["deleted_datasets"], json!(["photos"]), "{v}");
+}
+
+async fn item_count(app: &TestApp, token: &str, dataset: &str) -> i64 {
+    let d = app.call(Method::GET, &format!("/api/v1/datasets/{dataset}"), Auth::Bearer(token), None).await.json();
+    d["dataset"]["item_count"].as_i64().unwrap_or(-1)
+}

@@ -205,14 +205,25 @@ pub async fn wires(db: &Db, rows: Vec<VersionRow>) -> CoreResult<Vec<ModelVersio
             aliases.entry(row.try_get("version_id")?).or_default().push(row.try_get("alias")?);
         }
     }
-    Ok(rows
+    let mut out: Vec<ModelVersion> = rows
         .into_iter()
         .map(|r| {
             let n = approvals.get(&r.id).copied().unwrap_or(0);
             let a = aliases.remove(&r.id).unwrap_or_default();
             r.to_wire(n, a)
         })
-        .collect())
+        .collect();
+    // Datasets deleted since keep their names in the lineage, marked as deleted.
+    let mut named: Vec<String> = out.iter().flat_map(|v| v.lineage.datasets.iter().cloned()).collect();
+    named.sort();
+    named.dedup();
+    let deleted = crate::datasets::deleted_among(db, &named).await?;
+    if !deleted.is_empty() {
+        for v in &mut out {
+            v.lineage.deleted_datasets = v.lineage.datasets.iter().filter(|d| deleted.contains(d)).cloned().collect();
+        }
+    }
+    Ok(out)
 }
 
 /// `$1, $2, ... $n`.

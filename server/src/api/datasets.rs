@@ -182,6 +182,36 @@ pub async fn item_content(
     }
 }
 
+/// Deletes a dataset: its items, batches and files. Refused (409, naming them) while a
+/// training job that is not finished reads it or a labeling job was made from it.
+/// Training jobs and model versions keep its name in their lineage.
+#[utoipa::path(delete, path = "/api/v1/datasets/{dataset}", tag = "datasets",
+    params(("dataset" = String, Path, description = "Dataset name")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn delete_dataset(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    datasets::delete_dataset(&state.db, &state.artifacts, &p, &name).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Removes one item (and its file); the other items keep their positions. Refused
+/// (409) while a training job that is not finished or a labeling job in progress
+/// reads the dataset.
+#[utoipa::path(delete, path = "/api/v1/datasets/{dataset}/items/{seq}", tag = "datasets",
+    params(("dataset" = String, Path, description = "Dataset name"), ("seq" = i64, Path, description = "Item position, from 1")),
+    responses((status = 204), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody), (status = 409, body = ErrorBody)))]
+pub async fn remove_item(
+    State(state): State<AppState>,
+    Auth(p): Auth,
+    Path((name, seq)): Path<(String, i64)>,
+) -> Result<StatusCode, ApiError> {
+    datasets::remove_item(&state.db, &state.artifacts, &p, &name, seq).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// Headers of an item's content. The type was decided from the bytes at upload; never
 /// sniffed again, and never able to run script in this origin.
 pub fn content_headers(media_type: String) -> [(header::HeaderName, String); 4] {
@@ -196,8 +226,9 @@ pub fn content_headers(media_type: String) -> [(header::HeaderName, String); 4] 
 pub fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(list_datasets, create_dataset))
-        .routes(routes!(get_dataset))
+        .routes(routes!(get_dataset, delete_dataset))
         .routes(routes!(list_items))
+        .routes(routes!(remove_item))
         .routes(routes!(item_content))
 }
 
