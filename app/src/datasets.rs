@@ -6,8 +6,10 @@ use leptos::prelude::*;
 use leptos_router::hooks::{use_params_map, use_query_map};
 use serde::{Deserialize, Serialize};
 
+use crate::confirm::ConfirmButton;
 use crate::error::AppError;
 use crate::format::format_time;
+use crate::forms::FormError;
 
 /// Items per page of the grid.
 pub const PAGE_SIZE: i64 = 60;
@@ -171,6 +173,23 @@ pub async fn dataset_item(name: String, seq: i64) -> Result<ItemDetail, AppError
     let item = atelier_core::datasets::item(&db, &dataset, seq).await?;
     let text = item.text.clone();
     Ok(ItemDetail { dataset: dataset.into(), item: item.into(), text })
+}
+
+#[server]
+pub async fn delete_dataset(name: String) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    let store = crate::context::artifacts()?;
+    atelier_core::datasets::delete_dataset(&db, &store, &p, &name).await?;
+    leptos_axum::redirect("/datasets");
+    Ok(())
+}
+
+#[server]
+pub async fn remove_dataset_item(name: String, seq: i64) -> Result<(), AppError> {
+    let (db, p) = crate::context::db_and_principal()?;
+    let store = crate::context::artifacts()?;
+    atelier_core::datasets::remove_item(&db, &store, &p, &name, seq).await?;
+    Ok(())
 }
 
 /// "1.2 MB".
@@ -443,9 +462,12 @@ pub fn DatasetPage() -> impl IntoView {
     let page = move || query.read().get("page").and_then(|p| p.parse::<i64>().ok()).unwrap_or(1).max(1);
     let progress = RwSignal::new(None::<u32>);
     let outcome = RwSignal::new(None::<Result<BatchInfo, String>>);
+    let remove = ServerAction::<RemoveDatasetItem>::new();
+    let removed = move || remove.version().get();
+    let remove_error = Signal::derive(move || remove.value().get().and_then(Result::err));
     let uploads = move || outcome.get().map(|o| o.is_ok()).unwrap_or(false);
-    let detail = Resource::new(move || (name(), uploads()), |(n, _)| get_dataset(n));
-    let items = Resource::new(move || (name(), page(), uploads()), |(n, p, _)| dataset_items(n, p));
+    let detail = Resource::new(move || (name(), uploads(), removed()), |(n, _, _)| get_dataset(n));
+    let items = Resource::new(move || (name(), page(), uploads(), removed()), |(n, p, _, _)| dataset_items(n, p));
     let me = expect_context::<crate::CurrentUser>();
     view! {
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
@@ -461,6 +483,7 @@ pub fn DatasetPage() -> impl IntoView {
             })}
         </Transition>
         <h2>"Items"</h2>
+        <FormError error=remove_error/>
         <Transition fallback=|| view! { <p class="muted">"Loading…"</p> }>
             {move || Suspend::new(async move {
                 let dataset = name();
@@ -471,7 +494,7 @@ pub fn DatasetPage() -> impl IntoView {
                         let p = page();
                         view! {
                             <div class="item-grid" data-testid="items">
-                                {list.into_iter().map(|i| view! { <ItemCard dataset=dataset.clone() item=i/> }).collect_view()}
+                                {list.into_iter().map(|i| view! { <ItemCard dataset=dataset.clone() item=i remove/> }).collect_view()}
                             </div>
                             <nav class="pager">
                                 <Show when=move || { p > 1 }>
@@ -552,21 +575,75 @@ fn DatasetSummary(
                 <button type="submit" class="primary" disabled=move || progress.get().is_some()>"Upload"</button>
             </form>
         </Show>
+        <DeleteDataset dataset=d/>
+    }
+}
+
+/// What deleting the dataset removes, for the confirmation.
+fn delete_consequence(d: &DatasetInfo) -> String {
+    format!(
+        "Its {} item{} and their files ({}) are removed for good; training jobs and model versions that used it \
+         keep its name. A dataset a labeling job or an unfinished training job reads cannot be deleted.",
+        d.item_count,
+        if d.item_count == 1 { "" } else { "s" },
+        format_bytes(d.total_bytes)
+    )
+}
+
+/// Deleting the dataset: at the page's end, asked first; then back to the list.
+#[component]
+fn DeleteDataset(dataset: DatasetInfo) -> impl IntoView {
+    let delete = ServerAction::<DeleteDataset>::new();
+    let error = Signal::derive(move || delete.value().get().and_then(Result::err));
+    let navigate = leptos_router::hooks::use_navigate();
+    // The server function redirects; a client-side dispatch follows it here.
+    Effect::new(move |_| {
+        if matches!(delete.value().get(), Some(Ok(()))) {
+            navigate("/datasets", Default::default());
+        }
+    });
+    let name = dataset.name.clone();
+    let target = name.clone();
+    view! {
+        <section class="card danger-zone" data-testid="danger-zone">
+            <h2>"Danger zone"</h2>
+            <ConfirmButton
+                label="Delete dataset…"
+                title=format!("Delete dataset {name}?")
+                consequence=delete_consequence(&dataset)
+                confirm="Delete dataset"
+                testid="delete-dataset"
+                on_confirm=Callback::new(move |_| { delete.dispatch(DeleteDataset { name: target.clone() }); })
+            />
+            <FormError error/>
+        </section>
     }
 }
 
 #[component]
-fn ItemCard(dataset: String, item: ItemInfo) -> impl IntoView {
+fn ItemCard(dataset: String, item: ItemInfo, remove: ServerAction<RemoveDatasetItem>) -> impl IntoView {
     let href = format!("/datasets/{dataset}/items/{}", item.seq);
+    let input = RemoveDatasetItem { name: dataset.clone(), seq: item.seq };
     let body = match item.snippet {
         Some(text) => view! { <p class="snippet">{text}</p> }.into_any(),
         None => view! { <img src=content_url(&dataset, item.seq) alt=item.name.clone() loading="lazy"/> }.into_any(),
     };
     view! {
-        <a class="item-card" href=href data-item=item.seq>
-            {body}
-            <span class="item-name">{format!("#{} {}", item.seq, item.name)}</span>
-        </a>
+        <div class="item-cell">
+            <a class="item-card" href=href data-item=item.seq>
+                {body}
+                <span class="item-name">{format!("#{} {}", item.seq, item.name)}</span>
+            </a>
+            <ConfirmButton
+                label="Remove"
+                title=format!("Remove item {} ({}) from dataset {dataset}?", item.seq, item.name)
+                consequence="The item and its file are removed for good; the other items keep their numbers."
+                confirm="Remove item"
+                class="danger item-remove"
+                testid="remove-item"
+                on_confirm=Callback::new(move |_| { remove.dispatch(input.clone()); })
+            />
+        </div>
     }
 }
 

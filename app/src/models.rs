@@ -671,7 +671,13 @@ fn lineage_view(v: &ModelVersion) -> impl IntoView {
             v.lineage
                 .datasets
                 .iter()
-                .map(|d| node("dataset", d.clone(), Some(format!("/datasets/{d}"))))
+                .map(|d| {
+                    if v.lineage.deleted_datasets.contains(d) {
+                        node("dataset", format!("deleted dataset {d}"), None)
+                    } else {
+                        node("dataset", d.clone(), Some(format!("/datasets/{d}")))
+                    }
+                })
                 .collect_view()
                 .into_any(),
         );

@@ -181,10 +181,14 @@ pub mod server {
                 add("code".into(), artifacts::get(db, id).await);
             }
         }
+        let named: Vec<String> = spec.channels.iter().filter_map(|c| c.dataset.clone()).collect();
+        let deleted = atelier_core::datasets::deleted_among(db, &named).await?;
+        let mut sources = Vec::new();
         for channel in &spec.channels {
             // A dataset or labeling channel can hold thousands of files: name its source
             // (the lineage) and show the first few (the manifest among them).
             let source = match (&channel.dataset, &channel.labeling_job) {
+                (Some(d), _) if deleted.contains(d) => Some(format!("deleted dataset {d}")),
                 (Some(d), _) => Some(format!("dataset {d}")),
                 (None, Some(j)) => Some(format!("labeling job {j}")),
                 (None, None) => None,
@@ -193,9 +197,16 @@ pub mod server {
                 Some(s) => format!("{} ({s}, {} files)", channel.name, channel.artifacts.len()),
                 None => channel.name.clone(),
             };
+            if source.is_some() {
+                sources.push(key.clone());
+            }
             for id in channel.artifacts.iter().take(if source.is_some() { 20 } else { usize::MAX }) {
                 add(key.clone(), artifacts::get(db, id).await);
             }
+        }
+        // A source is listed even when none of its files is left (a deleted dataset's).
+        for key in sources {
+            inputs.entry(key).or_default();
         }
         Ok(TrainingJobDetail { job: view(db, &names, job, true).await?, events, artifacts, inputs })
     }

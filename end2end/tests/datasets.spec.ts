@@ -70,3 +70,55 @@ test('a text dataset shows snippets and whole texts, escaped', async ({ page }) 
   await page.locator('[data-item="2"]').click();
   await expect(page.getByTestId('item-text')).toHaveText('<img src=x onerror=alert(1)>');
 });
+
+test('removing an item and deleting a dataset ask first: Cancel keeps them, confirming removes them', async ({ page }) => {
+  await signIn(page, 'admin', ADMIN_PASSWORD);
+  const created = await page.request.post('/api/v1/datasets', { data: { name: 'ui-doomed', kind: 'image' } });
+  expect(created.status()).toBe(201);
+  const uploaded = await page.request.post('/api/v1/datasets/ui-doomed/batches', {
+    multipart: {
+      file: { name: 'a.png', mimeType: 'image/png', buffer: PNG },
+    },
+  });
+  expect(uploaded.status()).toBe(201);
+  const second = await page.request.post('/api/v1/datasets/ui-doomed/batches', {
+    multipart: {
+      file: { name: 'b.png', mimeType: 'image/png', buffer: PNG },
+    },
+  });
+  expect(second.status()).toBe(201);
+  await page.goto('/datasets/ui-doomed');
+  await hydrated(page);
+  await expect(page.getByTestId('item-count')).toHaveText('2');
+  const dialog = page.getByRole('alertdialog');
+
+  // Removing item 1: Cancel keeps it; confirming removes it, and item 2 keeps its number.
+  const removeFirst = page.getByTestId('remove-item').first();
+  await removeFirst.click();
+  await expect(dialog).toContainText('Remove item 1 (a.png) from dataset ui-doomed?');
+  await dialog.getByRole('button', { name: 'Cancel' }).click();
+  await expect(dialog).toBeHidden();
+  await expect(page.getByTestId('item-count')).toHaveText('2');
+  await removeFirst.click();
+  await dialog.getByRole('button', { name: 'Remove item' }).click();
+  await expect(page.getByTestId('item-count')).toHaveText('1');
+  await expect(page.locator('[data-item="1"]')).toHaveCount(0);
+  await expect(page.locator('[data-item="2"]')).toBeVisible();
+
+  // Deleting the dataset names it and what goes; Cancel keeps it.
+  const trigger = page.getByTestId('delete-dataset');
+  await trigger.click();
+  await expect(dialog).toContainText('Delete dataset ui-doomed?');
+  await expect(dialog).toContainText('Its 1 item and their files');
+  await expect(dialog.getByRole('button', { name: 'Cancel' })).toBeFocused();
+  await dialog.getByRole('button', { name: 'Cancel' }).click();
+  await expect(dialog).toBeHidden();
+  expect((await page.request.get('/api/v1/datasets/ui-doomed')).status()).toBe(200);
+
+  // Confirming deletes it and goes back to the list.
+  await trigger.click();
+  await dialog.getByRole('button', { name: 'Delete dataset' }).click();
+  await expect(page).toHaveURL(/\/datasets$/);
+  expect((await page.request.get('/api/v1/datasets/ui-doomed')).status()).toBe(404);
+  await expect(page.getByRole('link', { name: 'ui-doomed' })).toHaveCount(0);
+});
