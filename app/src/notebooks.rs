@@ -240,6 +240,9 @@ fn notebook_row(
     let owned_id = StoredValue::new(n.id.clone());
     let copy_name = format!("{} (copy)", n.name);
     let is_owner = n.role == "owner";
+    let ask_delete = format!("Delete notebook {}?", n.name);
+    let delete_consequence =
+        format!("Its {} cells, their outputs and its revisions go for good, for everyone it is shared with.", n.cells);
     view! {
         <tr data-notebook=n.name.clone()>
             <td><a href=format!("/notebooks/{}", n.id)>{n.name.clone()}</a></td>
@@ -262,10 +265,15 @@ fn notebook_row(
                         <input name="name" aria-label="New name" placeholder="New name" required=true size="12"/>
                         <button type="submit" class="secondary">"Rename"</button>
                     </ActionForm>
-                    <ActionForm action=delete attr:class="inline">
-                        <input type="hidden" name="id" value=owned_id.get_value()/>
-                        <button type="submit" class="danger">"Delete"</button>
-                    </ActionForm>
+                    <crate::confirm::ConfirmButton
+                        label="Delete"
+                        title=ask_delete.clone()
+                        consequence=delete_consequence.clone()
+                        confirm="Delete notebook"
+                        on_confirm=Callback::new(move |_| {
+                            delete.dispatch(DeleteNotebook { id: owned_id.get_value() });
+                        })
+                    />
                 </Show>
             </td>
         </tr>

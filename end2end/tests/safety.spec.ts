@@ -184,3 +184,24 @@ test('deleting an endpoint asks first, naming it and what it serves, from the da
   expect(errors).toEqual([]);
   await sid.context().close();
 });
+
+test('deleting a notebook asks first, naming it and what goes with it', async ({ page }) => {
+  await signIn(page, 'admin', ADMIN_PASSWORD);
+  const errors = browserErrors(page);
+  const notebook = await ok(await page.request.post('/api/v1/notebooks', { data: { name: 'safety-scratch' } }));
+  await page.goto('/notebooks');
+  await hydrated(page);
+  const row = page.locator('tr[data-notebook="safety-scratch"]');
+  await row.getByRole('button', { name: 'Delete' }).click();
+  await expect(dialog(page)).toContainText('Delete notebook safety-scratch?');
+  await expect(dialog(page)).toContainText('go for good');
+  await dialog(page).getByRole('button', { name: 'Cancel' }).click();
+  await expect(dialog(page)).toBeHidden();
+  await ok(await page.request.get(`/api/v1/notebooks/${notebook.id}`));
+
+  await row.getByRole('button', { name: 'Delete' }).click();
+  await dialog(page).getByRole('button', { name: 'Delete notebook' }).click();
+  await expect(row).toHaveCount(0);
+  expect((await page.request.get(`/api/v1/notebooks/${notebook.id}`)).status()).toBe(404);
+  expect(errors).toEqual([]);
+});
